@@ -1,0 +1,152 @@
+"""The `hebmctl` command line: parses options into a stage config and calls the stage. Nothing else."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+from pydantic import BaseModel, ValidationError
+
+from hebmctl import __version__
+from hebmctl.cli_options import build_config, config_parameters, read_config_file
+from hebmctl.errors import HebmctlError
+from hebmctl.io.console import console
+from hebmctl.schemas.latents import CacheLatentsConfig
+from hebmctl.schemas.pretrain import PretrainConfig
+
+app = typer.Typer(
+    name="hebmctl",
+    help="Energy-based priors on hierarchical VAE latents: pretrain -> cache-latents -> train-prior -> sample -> eval.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"hebmctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit.")) -> None:
+    """Energy-based priors on hierarchical VAE latents."""
+
+
+def fail(message: str) -> None:
+    console().print(f"[bold red]error:[/bold red] {message}", highlight=False)
+    raise typer.Exit(code=2)
+
+
+def guarded(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn user errors (bad input, bad config) into a one-paragraph message and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except HebmctlError as exc:
+            fail(str(exc))
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())
+            fail(f"Invalid settings: {problems}. See --help for the allowed values.")
+
+    return wrapper
+
+
+CONTROL_PARAMS = [
+    inspect.Parameter("config_file", inspect.Parameter.KEYWORD_ONLY, annotation=Path | None,
+                      default=typer.Option(None, "--config", help="TOML file with settings (a [stage] table or a flat table); options given here override it.")),
+    inspect.Parameter("force", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                      default=typer.Option(False, "--force", help="Discard an existing artifact or partial run in the output folder and start over.")),
+    inspect.Parameter("dry_run", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                      default=typer.Option(False, "--dry-run", help="Print the resolved config as JSON and exit.")),
+]
+
+
+def stage_command(name: str, model: type[BaseModel], section: str, help_text: str, extra: list[inspect.Parameter] = ()) -> Callable:
+    """Register a command whose options are `model`'s fields plus --config/--force/--dry-run (+ extra)."""
+
+    def decorator(runner: Callable[..., None]) -> Callable:
+        field_names = set(model.model_fields)
+
+        def command(**kwargs: Any) -> None:
+            control = {k: kwargs.pop(k) for k in list(kwargs) if k not in field_names}
+            config = build_config(model, read_config_file(control.pop("config_file"), section), kwargs)
+            if control.pop("dry_run"):
+                typer.echo(config.model_dump_json(indent=2))
+                return
+            runner(config, **control)
+
+        command.__signature__ = inspect.Signature(config_parameters(model) + CONTROL_PARAMS + list(extra))
+        command.__doc__ = help_text
+        app.command(name, help=help_text)(guarded(command))
+        return runner
+
+    return decorator
+
+
+STOP_AFTER = inspect.Parameter("stop_after", inspect.Parameter.KEYWORD_ONLY, annotation=int | None,
+                               default=typer.Option(None, "--stop-after", help="Stop (checkpointed) once this many steps are done in total; re-run without it to continue."))
+
+
+@stage_command("pretrain", PretrainConfig, "pretrain", "Train the hierarchical VAE backbone (resumes when re-run).", [STOP_AFTER])
+def _pretrain(config: PretrainConfig, force: bool, stop_after: int | None) -> None:
+    from hebmctl.stages import pretrain
+
+    pretrain.run(config, pretrain.RunControl(force=force, stop_after=stop_after))
+
+
+@stage_command("cache-latents", CacheLatentsConfig, "cache_latents", "Infer posterior latents u0 for each split into HDF5 (resumes when re-run).")
+def _cache_latents(config: CacheLatentsConfig, force: bool) -> None:
+    from hebmctl.stages import cache_latents
+
+    cache_latents.run(config, cache_latents.RunControl(force=force))
+
+
+@app.command("pipeline")
+@guarded
+def pipeline(
+    config_file: Path | None = typer.Option(None, "--config", help="Pipeline TOML: top-level `run = DIR` and one table per stage. Default: the built-in digits demo."),
+    run: Path | None = typer.Option(None, "--run", help="Run folder (overrides the file's `run`)."),
+    force: bool = typer.Option(False, "--force", help="Re-run every stage, even those already complete."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved stage configs as JSON and exit."),
+) -> None:
+    """Run every stage in order, skipping those already complete and up to date."""
+    from hebmctl.stages import pipeline as pipeline_stage
+
+    plan = pipeline_stage.load_plan(config_file, run)
+    if dry_run:
+        typer.echo(json.dumps({name: json.loads(cfg.model_dump_json()) for name, cfg in plan.stages()}, indent=2))
+        return
+    pipeline_stage.run(plan, force=force)
+
+
+@app.command("inspect")
+@guarded
+def inspect_artifact(
+    path: Path = typer.Argument(..., help="An artifact folder (or its manifest.json)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON on stdout instead of a table."),
+    no_hashes: bool = typer.Option(False, "--no-hashes", help="Check file sizes only, not sha256 (faster on big caches)."),
+) -> None:
+    """Validate an artifact folder (manifest schema, files, hashes) and print its manifest."""
+    from hebmctl.stages import inspect as inspect_stage
+
+    report = inspect_stage.run(path, check_hashes=not no_hashes)
+    if as_json:
+        typer.echo(report.manifest.model_dump_json(indent=2))
+    else:
+        inspect_stage.print_report(report)
+    if report.problems:
+        raise typer.Exit(code=1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

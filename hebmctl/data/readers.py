@@ -1,0 +1,106 @@
+"""``load_split``: one entry point for every data spec kind."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from hebmctl.data.cifar import cifar10_split
+from hebmctl.data.idx import FASHION_MNIST_CLASSES, MNIST_CLASSES, builtin_split, idx_split
+from hebmctl.data.imageset import ImageSet
+from hebmctl.data.images import list_tree, tree_split
+from hebmctl.data.npz import npz_split
+from hebmctl.data.raw import RawSplit
+from hebmctl.data.specs import check_split, parse_spec
+from hebmctl.errors import DataError
+
+_READERS: dict[str, Callable[[str, str], RawSplit]] = {
+    "mnist": lambda arg, split: idx_split(_path(arg), split, MNIST_CLASSES),
+    "fashion-mnist": lambda arg, split: idx_split(_path(arg), split, FASHION_MNIST_CLASSES),
+    "cifar10": lambda arg, split: cifar10_split(_path(arg), split),
+    "folder": lambda arg, split: tree_split(list_tree(_path(arg)), split),
+    "npz": lambda arg, split: npz_split(_path(arg), split),
+    "builtin": lambda arg, split: builtin_split(split),
+}
+
+
+def _path(argument: str) -> Path:
+    path = Path(argument).expanduser()
+    if not path.exists():
+        raise DataError(f"{path} does not exist. Check the path in the data spec (relative paths are from the current folder).")
+    return path
+
+
+def _check_excluded(labels: np.ndarray, excluded: list[int], where: str) -> None:
+    present = sorted(set(np.unique(labels).tolist()) - {-1})
+    missing = [c for c in excluded if c not in present and not (c == -1 and (labels == -1).any())]
+    if not missing:
+        return
+    if not present:
+        raise DataError(f"Cannot exclude classes {missing} from {where}: it has no labels. Drop the class exclusion.")
+    raise DataError(
+        f"Cannot exclude class {', '.join(map(str, missing))} from {where}: its labels are "
+        f"{', '.join(map(str, present))}. Exclude only class ids that occur in the data."
+    )
+
+
+def select_rows(labels: np.ndarray, exclude_classes: Sequence[int], limit: int | None, where: str) -> np.ndarray:
+    """Rows (int64) kept: labels not in ``exclude_classes``, then the first ``limit`` of them."""
+    excluded = [int(c) for c in exclude_classes]
+    _check_excluded(labels, excluded, where)
+    rows = np.flatnonzero(~np.isin(labels, excluded)).astype(np.int64)
+    if limit is not None:
+        if int(limit) < 1:
+            raise DataError(f"limit must be a positive number of images, got {limit}. Leave it unset to load everything.")
+        rows = rows[: int(limit)]
+    if rows.size == 0:
+        reason = f"after excluding classes {excluded}" if excluded and labels.size else "it has no images"
+        raise DataError(f"{where} is empty ({reason}). Check the data path, the split and the excluded classes.")
+    return rows
+
+
+def load_split(spec: str, split: str, exclude_classes: Sequence[int] = (), limit: int | None = None) -> ImageSet:
+    """Load one split of a data set as uint8 images ``[N, H, W, C]`` with int64 labels and index.
+
+    Args:
+        spec: ``mnist:DIR``, ``fashion-mnist:DIR``, ``cifar10:PATH``, ``folder:PATH``, ``npz:PATH``
+            or ``builtin:mnist-10k`` (see DESIGN.md §5).
+        split: "train", "test" or "all".
+            - IDX sets and CIFAR-10 (pickles or ``train/``+``test/`` folders): their own splits;
+              "all" = train then test.
+            - ``builtin:mnist-10k`` (the MNIST *test* split shipped with hebmctl, 10,000 images):
+              "train" = its first 9,000 images, "test" = the last 1,000, "all" = all 10,000.
+            - folders without ``train/``+``test/`` and npz files: every 10th item (positions 9, 19,
+              29, ... in sorted order) is "test", the rest "train"; "all" = everything.
+        exclude_classes: label ids to drop; each must occur among the split's labels.
+        limit: keep only the first ``limit`` rows after exclusion (image files beyond them are not
+            decoded).
+
+    Returns:
+        ImageSet whose ``index`` holds each row's position in the unfiltered split: in the file for
+        IDX train/test and npz, in the builtin file (test = 9000..9999), in the sorted listing for
+        folders without splits, in the split folder's sorted listing otherwise, in the train-then-test
+        concatenation for "all" of sets that have their own splits.
+
+    Raises:
+        DataError: unknown spec kind, missing or corrupt files, bad arrays, unknown split, an
+            excluded class that does not occur, or an empty result.
+    """
+    kind, argument = parse_spec(spec)
+    check_split(split, spec)
+    raw = _READERS[kind](argument, split)
+    try:
+        rows = select_rows(raw.labels, exclude_classes, limit, f"split {split!r} of {spec!r}")
+        images = raw.decode(rows)
+    finally:
+        raw.close()
+    return ImageSet(
+        images=np.ascontiguousarray(images),
+        labels=raw.labels[rows],
+        index=raw.index[rows],
+        class_names=raw.class_names,
+        spec=spec,
+        split=split,
+    )

@@ -1,0 +1,115 @@
+"""Resumable checkpoints: `checkpoints/ckpt-000500/` with model, EMA, optimizer and RNG state.
+
+Each checkpoint folder holds safetensors files and a `state.json` written last (its commit
+marker) with the step, the stage fingerprint and any JSON-able extras (e.g. the data position).
+Resume = find the newest complete checkpoint with the same fingerprint and load it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hebmctl.errors import ArtifactError
+from hebmctl.io.atomic import write_text
+from hebmctl.io.state import (
+    generator_state,
+    load_tensors,
+    optimizer_from_tensors,
+    optimizer_to_tensors,
+    save_tensors,
+    set_generator_state,
+)
+
+STATE_NAME = "state.json"
+
+
+@dataclass
+class TrainingState:
+    """Everything a training loop needs to continue exactly where it stopped."""
+
+    modules: dict[str, torch.nn.Module]
+    optimizers: dict[str, torch.optim.Optimizer]
+    generators: dict[str, torch.Generator]
+
+
+def checkpoint_dir(root: Path, step: int) -> Path:
+    return Path(root) / f"ckpt-{step:06d}"
+
+
+def save_checkpoint(root: Path, step: int, fingerprint: str, state: TrainingState, extra: dict[str, Any], keep: int) -> Path:
+    """Write checkpoint `step` (state.json last), then delete all but the newest `keep`."""
+    folder = checkpoint_dir(root, step)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, module in state.modules.items():
+        save_tensors(folder / f"{name}.safetensors", module.state_dict())
+    for name, optimizer in state.optimizers.items():
+        tensors, meta = optimizer_to_tensors(optimizer)
+        save_tensors(folder / f"optimizer-{name}.safetensors", tensors, metadata={"optimizer": meta})
+    rng = {name: generator_state(gen) for name, gen in state.generators.items()}
+    rng["torch_cpu_default"] = torch.get_rng_state()
+    save_tensors(folder / "rng.safetensors", rng)
+    write_text(folder / STATE_NAME, json.dumps({"step": step, "fingerprint": fingerprint, "extra": extra}, indent=2))
+    _prune(root, keep)
+    return folder
+
+
+def _complete_checkpoints(root: Path) -> list[Path]:
+    if not Path(root).is_dir():
+        return []
+    return sorted(p for p in Path(root).glob("ckpt-*") if (p / STATE_NAME).is_file())
+
+
+def _prune(root: Path, keep: int) -> None:
+    for old in _complete_checkpoints(root)[:-keep]:
+        shutil.rmtree(old)
+
+
+def latest_checkpoint(root: Path, fingerprint: str) -> Path | None:
+    """The newest complete checkpoint of this exact run, or None.
+
+    Checkpoints of another config are an error, not silently ignored: resuming them would mix runs.
+    """
+    found = _complete_checkpoints(root)
+    if not found:
+        return None
+    newest = found[-1]
+    recorded = json.loads((newest / STATE_NAME).read_text())["fingerprint"]
+    if recorded != fingerprint:
+        raise ArtifactError(
+            f"{root} holds checkpoints of a run with other settings or inputs (fingerprint {recorded[:12]}... vs "
+            f"{fingerprint[:12]}... now), so they cannot be resumed. Re-run with the original settings to resume, "
+            "or pass --force to discard them and start over."
+        )
+    return newest
+
+
+def load_checkpoint(folder: Path, state: TrainingState) -> tuple[int, dict[str, Any]]:
+    """Restore modules, optimizers and generators in place; returns (step, extra)."""
+    for name, module in state.modules.items():
+        tensors, _ = load_tensors(folder / f"{name}.safetensors", device=_device_of(module))
+        module.load_state_dict(tensors)
+    for name, optimizer in state.optimizers.items():
+        tensors, meta = load_tensors(folder / f"optimizer-{name}.safetensors", device=_optimizer_device(optimizer))
+        optimizer_from_tensors(optimizer, tensors, meta["optimizer"])
+    rng, _ = load_tensors(folder / "rng.safetensors")
+    for name, gen in state.generators.items():
+        set_generator_state(gen, rng[name])
+    torch.set_rng_state(rng["torch_cpu_default"])
+    info = json.loads((folder / STATE_NAME).read_text())
+    return int(info["step"]), info["extra"]
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    for tensor in module.state_dict().values():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _optimizer_device(optimizer: torch.optim.Optimizer) -> torch.device:
+    return optimizer.param_groups[0]["params"][0].device

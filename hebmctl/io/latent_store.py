@@ -1,0 +1,147 @@
+"""HDF5 latent cache, one file per split (DESIGN §4).
+
+Datasets: `u0 [N, S, D]` (S posterior samples per image, D = sum of group dims, bottom group
+first), optional `z [N, S, D]`, `labels [N]` int64, `index [N]` int64 (row of the data split).
+Attributes: `group_dims`, `group_names`, `backbone_sha256`, `fingerprint`, `rows_written`.
+Chunked by rows. The file is written as `<name>.h5.tmp` and renamed when complete; while
+incomplete, `rows_written` says how far it got, so an interrupted run continues from there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import h5py
+import numpy as np
+
+from hebmctl.errors import ArtifactError, LineageError
+from hebmctl.io.atomic import commit, tmp_path_for
+
+
+@dataclass(frozen=True)
+class LatentLayout:
+    """Shape and storage options of one split's latent file."""
+
+    n_rows: int
+    samples_per_image: int
+    group_dims: tuple[int, ...]
+    group_names: tuple[str, ...]
+    storage_dtype: Literal["float32", "float16"] = "float32"
+    compression: Literal["none", "gzip", "lzf"] = "none"
+    rows_per_chunk: int = 1024
+    store_z: bool = False
+
+    @property
+    def latent_dim(self) -> int:
+        return sum(self.group_dims)
+
+
+class LatentWriter:
+    """Writes one split's latents, resumable. Use as a context manager; call `commit()` at the end."""
+
+    def __init__(self, path: Path, layout: LatentLayout, backbone_sha256: str, fingerprint: str) -> None:
+        self.path, self.layout = Path(path), layout
+        self.tmp = tmp_path_for(self.path)
+        self.tmp.parent.mkdir(parents=True, exist_ok=True)
+        if self.tmp.exists() and not self._can_resume(backbone_sha256, fingerprint):
+            self.tmp.unlink()
+        fresh = not self.tmp.exists()
+        self.file = h5py.File(self.tmp, "a")
+        if fresh:
+            self._create(backbone_sha256, fingerprint)
+
+    def _can_resume(self, backbone_sha256: str, fingerprint: str) -> bool:
+        """True if the partial file belongs to this run; refuses one made from another backbone."""
+        try:
+            with h5py.File(self.tmp, "r") as handle:
+                recorded_backbone = str(handle.attrs["backbone_sha256"])
+                recorded_fingerprint = str(handle.attrs["fingerprint"])
+        except (OSError, KeyError):
+            return False  # unreadable partial file (killed while creating it): start over
+        if recorded_backbone != backbone_sha256:
+            raise LineageError(
+                f"The partial latent file {self.tmp} was being written from a backbone with manifest hash "
+                f"{recorded_backbone[:12]}..., but the backbone given now has hash {backbone_sha256[:12]}.... "
+                "Pass --force to discard the partial cache and start over with this backbone."
+            )
+        return recorded_fingerprint == fingerprint
+
+    def _create(self, backbone_sha256: str, fingerprint: str) -> None:
+        lay = self.layout
+        chunk_rows = max(1, min(lay.rows_per_chunk, lay.n_rows))
+        filters = {} if lay.compression == "none" else {"compression": lay.compression}
+        shape = (lay.n_rows, lay.samples_per_image, lay.latent_dim)
+        self.file.create_dataset("u0", shape=shape, dtype=lay.storage_dtype, chunks=(chunk_rows, *shape[1:]), **filters)
+        if lay.store_z:
+            self.file.create_dataset("z", shape=shape, dtype=lay.storage_dtype, chunks=(chunk_rows, *shape[1:]), **filters)
+        self.file.create_dataset("labels", shape=(lay.n_rows,), dtype="int64")
+        self.file.create_dataset("index", shape=(lay.n_rows,), dtype="int64")
+        attrs = self.file.attrs
+        attrs["group_dims"] = np.asarray(lay.group_dims, dtype=np.int64)
+        attrs["group_names"] = np.asarray(lay.group_names, dtype=h5py.string_dtype())
+        attrs["backbone_sha256"] = backbone_sha256
+        attrs["fingerprint"] = fingerprint
+        attrs["rows_written"] = 0
+        self.file.flush()
+
+    @property
+    def rows_written(self) -> int:
+        return int(self.file.attrs["rows_written"])
+
+    def write(self, start: int, u0: np.ndarray, labels: np.ndarray, index: np.ndarray, z: np.ndarray | None = None) -> None:
+        """Write rows [start, start + b): u0 (and z) `[b, S, D]`, labels and index `[b]`; then mark them written."""
+        stop = start + len(u0)
+        self.file["u0"][start:stop] = u0
+        if z is not None:
+            self.file["z"][start:stop] = z
+        self.file["labels"][start:stop] = labels
+        self.file["index"][start:stop] = index
+        self.file.attrs["rows_written"] = stop
+        self.file.flush()
+
+    def commit(self) -> None:
+        if self.rows_written != self.layout.n_rows:
+            raise RuntimeError(f"commit with {self.rows_written} of {self.layout.n_rows} rows written")
+        self.file.close()
+        commit(self.tmp, self.path)
+
+    def close(self) -> None:
+        if self.file.id.valid:
+            self.file.close()
+
+    def __enter__(self) -> "LatentWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class LatentSplit:
+    """One split's latents in memory: u0 float32 `[N, S, D]`, labels/index int64 `[N]`."""
+
+    u0: np.ndarray
+    labels: np.ndarray
+    index: np.ndarray
+    group_dims: tuple[int, ...]
+    group_names: tuple[str, ...]
+    backbone_sha256: str
+
+
+def read_latents(path: Path) -> LatentSplit:
+    """Read a complete latent file into memory (u0 as float32)."""
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as handle:
+            return LatentSplit(
+                u0=handle["u0"][...].astype(np.float32, copy=False),
+                labels=handle["labels"][...],
+                index=handle["index"][...],
+                group_dims=tuple(int(d) for d in handle.attrs["group_dims"]),
+                group_names=tuple(str(n) for n in handle.attrs["group_names"]),
+                backbone_sha256=str(handle.attrs["backbone_sha256"]),
+            )
+    except (OSError, KeyError) as exc:
+        raise ArtifactError(f"Could not read the latent file {path} ({exc}). Delete the latent folder and re-run cache-latents.") from exc

@@ -1,0 +1,169 @@
+"""Manifests: the commit marker of every artifact folder (DESIGN §4).
+
+A folder is an artifact only if it holds a `manifest.json` that validates against its kind's
+schema; the manifest is written last, atomically. Its sha256 (of the file's bytes) is what
+children record as their lineage.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+from pathlib import Path
+from typing import Any, TypeVar
+
+import h5py
+from pydantic import BaseModel, ValidationError
+from safetensors import safe_open
+
+from hebmctl import __version__
+from hebmctl.errors import ArtifactError, LineageError
+from hebmctl.io.atomic import write_text
+from hebmctl.io.hashing import sha256_bytes, sha256_file, sha256_json
+from hebmctl.schemas.common import SCHEMA_VERSION, InputRef, ManifestBase, OutputFile, StageConfig, TensorInfo
+
+MANIFEST_NAME = "manifest.json"
+M = TypeVar("M", bound=ManifestBase)
+
+
+def manifest_path(folder: Path) -> Path:
+    return Path(folder) / MANIFEST_NAME
+
+
+def has_manifest(folder: Path) -> bool:
+    return manifest_path(folder).is_file()
+
+
+def read_manifest(folder: Path, model: type[M]) -> tuple[M, str]:
+    """Read and validate `folder/manifest.json` as `model`; returns (manifest, sha256 of its bytes)."""
+    path = manifest_path(folder)
+    if not path.is_file():
+        raise ArtifactError(
+            f"{folder} is not a complete artifact: it has no {MANIFEST_NAME}. Either the path is wrong or "
+            "the stage that writes it never finished; run that stage (re-running resumes it)."
+        )
+    raw = path.read_bytes()
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{path} is not valid JSON ({exc}); the artifact is corrupt. Delete {folder} and re-run its stage.") from exc
+    expected_kind = model.model_fields["kind"].default
+    if isinstance(data, dict) and data.get("kind") != expected_kind:
+        raise ArtifactError(f"{folder} holds a '{data.get('kind')}' artifact, but a '{expected_kind}' artifact is needed here. Check the path.")
+    try:
+        manifest = model.model_validate(data)
+    except ValidationError as exc:
+        raise ArtifactError(
+            f"{path} does not match the '{expected_kind}' manifest schema ({exc.error_count()} problems, first: "
+            f"{exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}). It was written by another hebmctl version or edited by hand; "
+            "re-run the stage that writes it."
+        ) from exc
+    return manifest, sha256_bytes(raw)
+
+
+def write_manifest(folder: Path, manifest: BaseModel) -> str:
+    """Atomically write the manifest (last step of a stage); returns its sha256."""
+    text = manifest.model_dump_json(indent=2) + "\n"
+    write_text(manifest_path(folder), text)
+    return sha256_bytes(text.encode("utf-8"))
+
+
+def now_utc() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def common_fields(fingerprint: str) -> dict[str, Any]:
+    """The manifest fields every stage fills the same way."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "hebmctl_version": __version__,
+        "created_at": now_utc(),
+        "fingerprint": fingerprint,
+        "status": "complete",
+    }
+
+
+def stage_fingerprint(config: StageConfig, inputs: list[InputRef]) -> str:
+    """sha256 of (the config values that determine the result, the input hashes, the schema version)."""
+    return sha256_json(
+        {
+            "config": config.hashed_fields(),
+            "inputs": sorted((ref.role, ref.sha256) for ref in inputs),
+            "schema_version": SCHEMA_VERSION,
+        }
+    )
+
+
+def describe_file(folder: Path, name: str) -> OutputFile:
+    """Size, sha256 and tensor shapes of one output file (safetensors and HDF5 are looked inside)."""
+    path = Path(folder) / name
+    return OutputFile(name=name, bytes=path.stat().st_size, sha256=sha256_file(path), tensors=_tensor_infos(path))
+
+
+def _tensor_infos(path: Path) -> dict[str, TensorInfo]:
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), framework="pt") as handle:
+            return {k: TensorInfo(shape=list(handle.get_slice(k).get_shape()), dtype=handle.get_slice(k).get_dtype()) for k in handle.keys()}
+    if path.suffix == ".h5":
+        with h5py.File(path, "r") as handle:
+            return {k: TensorInfo(shape=list(ds.shape), dtype=str(ds.dtype)) for k, ds in handle.items() if isinstance(ds, h5py.Dataset)}
+    return {}
+
+
+def verify_outputs(folder: Path, manifest: ManifestBase, check_hashes: bool = True) -> list[str]:
+    """Problems with the artifact's files (missing, wrong size, wrong sha256); empty when all is well."""
+    problems = []
+    for out in manifest.outputs:
+        path = Path(folder) / out.name
+        if not path.is_file():
+            problems.append(f"{out.name}: missing")
+        elif path.stat().st_size != out.bytes:
+            problems.append(f"{out.name}: size {path.stat().st_size} bytes, manifest says {out.bytes}")
+        elif check_hashes and sha256_file(path) != out.sha256:
+            problems.append(f"{out.name}: sha256 differs from the manifest (file changed after it was written)")
+    return problems
+
+
+def require_intact(folder: Path, manifest: ManifestBase) -> None:
+    """Raise ArtifactError if any output file is missing or changed."""
+    problems = verify_outputs(folder, manifest)
+    if problems:
+        raise ArtifactError(
+            f"The artifact in {folder} is damaged: " + "; ".join(problems) + f". Delete {folder} and re-run the stage that writes it."
+        )
+
+
+def check_lineage(child: str, recorded_sha: str, parent_folder: Path, actual_sha: str) -> None:
+    """Refuse to combine artifacts when the parent changed since the child was made from it."""
+    if recorded_sha != actual_sha:
+        raise LineageError(
+            f"{child} was made from a {parent_folder.name} whose manifest hash was {recorded_sha[:12]}..., but {parent_folder} "
+            f"now has manifest hash {actual_sha[:12]}... (it was retrained or replaced). Re-run the stage that made {child} "
+            "against this parent (with --force), or point to the parent it was made from."
+        )
+
+
+def prepare_output(folder: Path, model: type[M], fingerprint: str, force: bool) -> M | None:
+    """Decide what to do with an output folder before a stage runs.
+
+    Returns the existing manifest when the artifact is complete and up to date (the stage can skip).
+    With `force`, clears the folder. Refuses (ArtifactError) to overwrite a complete artifact made
+    with other settings or inputs. Otherwise returns None: the stage runs (resuming if it can).
+    """
+    folder = Path(folder)
+    if force and folder.exists():
+        shutil.rmtree(folder)
+    if not has_manifest(folder):
+        return None
+    try:
+        manifest, _ = read_manifest(folder, model)
+    except ArtifactError as exc:
+        raise ArtifactError(f"{folder} holds an unreadable artifact ({exc}) Pass --force to replace it, or choose another output folder.") from exc
+    if manifest.fingerprint == fingerprint:
+        return manifest
+    raise ArtifactError(
+        f"{folder} already holds a complete {manifest.kind} made with other settings or inputs (fingerprint "
+        f"{manifest.fingerprint[:12]}... vs {fingerprint[:12]}... now). Nothing was overwritten. Pass --force to replace it, "
+        "or write to another folder (--out or --run)."
+    )

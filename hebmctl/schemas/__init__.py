@@ -1,0 +1,30 @@
+"""Pydantic models of every stage config and artifact manifest (imports nothing else of hebmctl)."""
+
+from hebmctl.schemas.common import SCHEMA_VERSION, InputRef, ManifestBase, OutputFile, StageConfig, TensorInfo
+from hebmctl.schemas.latents import CacheLatentsConfig, LatentsManifest
+from hebmctl.schemas.pretrain import BackboneManifest, PretrainConfig
+
+MANIFEST_TYPES: dict[str, type[ManifestBase]] = {
+    "backbone": BackboneManifest,
+    "latents": LatentsManifest,
+}
+"""Artifact kind -> manifest model (used by `hebmctl inspect` and the JSON Schema export)."""
+
+CONFIG_TYPES: dict[str, type[StageConfig]] = {
+    "pretrain": PretrainConfig,
+    "cache_latents": CacheLatentsConfig,
+}
+"""Pipeline table name -> stage config model."""
+
+
+def json_schemas() -> dict[str, dict]:
+    """File name -> JSON Schema of every manifest and config, as written to the top-level `schemas/`."""
+    out = {f"manifest.{kind}.schema.json": model.model_json_schema() for kind, model in MANIFEST_TYPES.items()}
+    out |= {f"config.{name}.schema.json": model.model_json_schema() for name, model in CONFIG_TYPES.items()}
+    return out
+
+
+__all__ = [
+    "SCHEMA_VERSION", "InputRef", "ManifestBase", "OutputFile", "StageConfig", "TensorInfo",
+    "CacheLatentsConfig", "LatentsManifest", "BackboneManifest", "PretrainConfig", "MANIFEST_TYPES", "CONFIG_TYPES", "json_schemas",
+]

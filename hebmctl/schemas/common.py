@@ -1,0 +1,109 @@
+"""Shared pydantic building blocks: the strict base model, stage configs, manifest parts.
+
+This package imports nothing else of hebmctl (DESIGN §2), so other tools can load it alone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SCHEMA_VERSION = 1
+"""Bumped whenever a manifest or config changes meaning; part of every stage's fingerprint."""
+
+Device = str
+
+
+class StrictModel(BaseModel):
+    """Frozen, no unknown keys: a typo in a config file is an error, not a silently ignored key."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def split_csv(value: Any) -> Any:
+    """Accept "64,32,16" (the CLI's form) as well as a list for tuple-valued fields."""
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",")]
+        return tuple(p for p in parts if p)
+    return value
+
+
+class StageConfig(StrictModel):
+    """Base of every stage config.
+
+    `run_defaults` maps a path field to its location inside the run folder (`--run RUN`): a path
+    left unset is filled from it when the config is built, so a resolved config always holds
+    concrete paths. `unhashed` lists fields that do not change the result (paths, device) and are
+    left out of the fingerprint that decides whether a stage is up to date.
+    """
+
+    run_defaults: ClassVar[dict[str, str]] = {}
+    unhashed: ClassVar[frozenset[str]] = frozenset({"run", "device"})
+
+    run: Path = Field(Path("runs/default"), description="Run folder that holds the default locations of all artifacts.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_run_paths(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        run = Path(data.get("run") or cls.model_fields["run"].default)
+        for field, sub_path in cls.run_defaults.items():
+            if data.get(field) is None:
+                data[field] = run / sub_path
+        return data
+
+    def hashed_fields(self) -> dict[str, Any]:
+        """The config values that determine the stage's result, as JSON-able data."""
+        skip = set(self.unhashed) | set(self.run_defaults)
+        return self.model_dump(mode="json", exclude=skip)
+
+
+def device_field() -> Any:
+    return Field("auto", description="Torch device: 'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
+
+
+class InputRef(StrictModel):
+    """A parent artifact or data set this artifact was made from."""
+
+    role: str = Field(description="What the input is for this stage, e.g. 'backbone' or 'data:train'.")
+    path: str = Field(description="Where it was read from (as given).")
+    kind: str = Field(description="Artifact kind of the parent manifest, or 'data' for a data set.")
+    sha256: str = Field(description="sha256 of the parent's manifest.json bytes, or the data set's content fingerprint.")
+
+
+class TensorInfo(StrictModel):
+    shape: list[int] = Field(description="Tensor or dataset shape.")
+    dtype: str = Field(description="Element type, e.g. 'float32'.")
+
+
+class OutputFile(StrictModel):
+    """One file the artifact consists of."""
+
+    name: str = Field(description="Path relative to the artifact folder.")
+    bytes: int = Field(description="File size in bytes.")
+    sha256: str = Field(description="sha256 of the file's bytes.")
+    tensors: dict[str, TensorInfo] = Field(default_factory=dict, description="Tensors (safetensors) or datasets (HDF5) inside the file.")
+
+
+class ManifestBase(StrictModel):
+    """Fields shared by every manifest. Subclasses fix `kind` and the type of `config`."""
+
+    kind: str = Field(description="Artifact kind.")
+    schema_version: int = Field(description="hebmctl schema version that wrote this manifest.")
+    hebmctl_version: str = Field(description="hebmctl package version that wrote this manifest.")
+    created_at: str = Field(description="UTC time the manifest was written, ISO 8601.")
+    fingerprint: str = Field(description="sha256 of (hashed config values, input hashes, schema version): equal fingerprints mean an up-to-date artifact.")
+    inputs: list[InputRef] = Field(description="Parent artifacts and data sets, with their hashes (lineage).")
+    outputs: list[OutputFile] = Field(description="Files of this artifact, with sizes and hashes.")
+    metrics: dict[str, Any] = Field(default_factory=dict, description="Measurements made by the stage.")
+    status: Literal["complete"] = Field(description="Always 'complete': a manifest is written last, as the commit marker.")
+
+    def input(self, role: str) -> InputRef:
+        for ref in self.inputs:
+            if ref.role == role:
+                return ref
+        raise KeyError(role)

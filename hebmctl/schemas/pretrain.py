@@ -1,0 +1,58 @@
+"""Config of `hebmctl pretrain` and the manifest of a backbone artifact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator
+
+from hebmctl.schemas.common import ManifestBase, StageConfig, split_csv
+
+
+class PretrainConfig(StageConfig):
+    """Train a hierarchical VAE backbone on a data set."""
+
+    run_defaults: ClassVar[dict[str, str]] = {"out": "backbone"}
+
+    out: Path = Field(None, description="Backbone folder to write (default: RUN/backbone).")
+    data: str = Field("builtin:mnist-10k", description="Data spec: builtin:mnist-10k, mnist:DIR, fashion-mnist:DIR, cifar10:PATH, folder:PATH, npz:PATH.")
+    exclude_classes: tuple[int, ...] = Field((), description="Class ids left out of the training split, comma-separated (anomaly protocol).")
+    limit: int | None = Field(None, ge=1, description="Use only the first N training images (after exclusion).")
+    backbone: Literal["hvae"] = Field("hvae", description="Backbone family: 'hvae' (conditional hierarchy, Joint-EBM).")
+    latent_dims: tuple[int, ...] = Field((64, 32, 16), description="Latent group sizes, bottom (z_1) to top (z_L), comma-separated.")
+    channels: int = Field(32, ge=4, description="Width of the first conv layer; doubled at each of the two down-samplings.")
+    mlp_hidden: int = Field(256, ge=8, description="Hidden width of the MLPs between latent groups.")
+    inference: Literal["top-down", "bottom-up"] = Field("top-down", description="q(z|x) factorisation: 'top-down' q(z_L|x) prod q(z_i|z_{i+1},x), or 'bottom-up' q(z_1|x) prod q(z_{i+1}|z_i) (Joint-EBM eq. 4).")
+    steps: int = Field(6000, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(128, ge=1, description="Images per step.")
+    lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate (cosine decay to 10% over the run).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    grad_clip: float = Field(100.0, gt=0, description="Gradient-norm clip.")
+    ema_decay: float = Field(0.999, ge=0, lt=1, description="Decay of the exponential moving average of the weights; the EMA weights are the backbone's output.")
+    kl_warmup_steps: int = Field(1000, ge=0, description="Steps over which the KL weight rises linearly from 0 to 1.")
+    free_bits: float = Field(0.25, ge=0, description="Free bits in nats per latent dimension, applied per layer: the KL of layer i is floored at free_bits * dim_i in the loss.")
+    checkpoint_every: int = Field(500, ge=1, description="Write a resumable checkpoint every N steps.")
+    keep_checkpoints: int = Field(2, ge=1, description="Number of most recent checkpoints kept.")
+    log_every: int = Field(50, ge=1, description="Append a line to metrics.jsonl every N steps.")
+    eval_limit: int | None = Field(None, ge=1, description="Evaluate on the first N test images only (default: the whole test split).")
+    seed: int = Field(0, description="Seed of every random number generator of the stage.")
+    device: str = Field("auto", description="Torch device: 'auto' (CUDA when present, else CPU), 'cpu', 'cuda', ...")
+
+    unhashed: ClassVar[frozenset[str]] = frozenset({"run", "device", "log_every", "checkpoint_every", "keep_checkpoints"})
+
+    _csv = field_validator("exclude_classes", "latent_dims", mode="before")(lambda cls, v: split_csv(v))
+
+    @field_validator("latent_dims")
+    @classmethod
+    def _positive_dims(cls, dims: tuple[int, ...]) -> tuple[int, ...]:
+        if len(dims) < 1 or any(d < 1 for d in dims):
+            raise ValueError("latent_dims needs at least one positive group size")
+        return dims
+
+
+class BackboneManifest(ManifestBase):
+    kind: Literal["backbone"] = Field("backbone", description="Artifact kind.")
+    config: PretrainConfig = Field(description="The resolved stage config.")
+    image_shape: tuple[int, int, int] = Field(description="(H, W, C) of the images the backbone was trained on.")
+    group_dims: tuple[int, ...] = Field(description="Latent group sizes, bottom to top.")

@@ -1,0 +1,225 @@
+"""Stage `pretrain`: train the hierarchical VAE backbone (DESIGN §1, issue 2).
+
+Loss per batch (negative ELBO with KL warm-up and per-layer free bits):
+    recon_nll + beta(step) * sum_i max(KL_i, free_bits * dim_i),   beta rising 0 -> 1.
+Writes `weights.safetensors` (EMA weights), `recon_grid.png`, `prior_samples.png`,
+`metrics.jsonl`, then `manifest.json`. Re-running the same command resumes from the newest
+checkpoint; a complete, up-to-date backbone is left as it is.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hebmctl.data import ImageSet, from_unit_range, load_split, to_unit_range
+from hebmctl.errors import DivergenceError
+from hebmctl.io.checkpoints import TrainingState, latest_checkpoint, load_checkpoint, save_checkpoint
+from hebmctl.io.console import append_jsonl, console, progress_bar, truncate_jsonl
+from hebmctl.io.images import save_grid
+from hebmctl.io.manifest import common_fields, describe_file, prepare_output, stage_fingerprint, write_manifest
+from hebmctl.io.state import save_tensors
+from hebmctl.metrics.backbone import evaluate_backbone
+from hebmctl.models.hvae import HierarchicalVAE
+from hebmctl.runtime import peak_cuda_mb, peak_rss_mb, resolve_device
+from hebmctl.schemas.common import InputRef
+from hebmctl.schemas.pretrain import BackboneManifest, PretrainConfig
+from hebmctl.stages.artifacts import WEIGHTS_NAME, build_backbone
+
+GRID_COLUMNS = 8
+
+
+@dataclass(frozen=True)
+class RunControl:
+    """How to run a stage, as opposed to what it computes (not part of the fingerprint)."""
+
+    force: bool = False
+    stop_after: int | None = None  # stop after this many steps in total, checkpointed, as if paused
+
+
+def run(config: PretrainConfig, control: RunControl = RunControl()) -> BackboneManifest | None:
+    """Train (or resume, or skip when up to date); None when stopped early by `control.stop_after`."""
+    device = resolve_device(config.device)
+    train_set = load_split(config.data, "train", config.exclude_classes, config.limit)
+    inputs = [InputRef(role="data:train", path=config.data, kind="data", sha256=train_set.fingerprint())]
+    fingerprint = stage_fingerprint(config, inputs)
+    existing = prepare_output(config.out, BackboneManifest, fingerprint, control.force)
+    if existing is not None:
+        console().print(f"[green]pretrain: {config.out} is up to date[/green] (fingerprint {fingerprint[:12]})")
+        return existing
+    config.out.mkdir(parents=True, exist_ok=True)
+    model = build_backbone(config, train_set.image_shape).to(device)
+    trainer = _Trainer(config, model, train_set, device, fingerprint)
+    finished = trainer.train(control.stop_after)
+    if not finished:
+        console().print(f"[yellow]pretrain: stopped at step {trainer.step}; re-run the same command to continue.[/yellow]")
+        return None
+    return _finalize(config, trainer, train_set, inputs, fingerprint, device)
+
+
+def lr_at(step: int, total: int, peak: float) -> float:
+    """Cosine decay from `peak` to 0.1 * peak over `total` steps."""
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step, total) / total)))
+
+
+def kl_weight_at(step: int, warmup_steps: int) -> float:
+    return 1.0 if warmup_steps == 0 else min(1.0, step / warmup_steps)
+
+
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step: int) -> None:
+    """ema <- d * ema + (1 - d) * model, with d warmed up as min(decay, (1 + step) / (10 + step))."""
+    d = min(decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+            e.lerp_(p, 1 - d)
+
+
+class _Trainer:
+    """The training loop's state: model, EMA, optimizer, RNG, step. Data order is a function of (seed, epoch)."""
+
+    def __init__(self, config: PretrainConfig, model: HierarchicalVAE, train_set: ImageSet, device: torch.device, fingerprint: str) -> None:
+        self.config, self.model, self.device, self.fingerprint = config, model, device, fingerprint
+        self.ema = copy.deepcopy(model).requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.generator = torch.Generator(device=device).manual_seed(config.seed)
+        self.images = torch.from_numpy(train_set.images).to(device)
+        self.batches_per_epoch = max(1, len(train_set) // config.batch_size)
+        self.free_nats = torch.tensor([config.free_bits * d for d in config.latent_dims], device=device)
+        self.step = 0
+        self.wall_s = 0.0
+        self._epoch_order: tuple[int, torch.Tensor] | None = None
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.config.out / "checkpoints"
+
+    @property
+    def state(self) -> TrainingState:
+        return TrainingState({"model": self.model, "ema": self.ema}, {"adamw": self.optimizer}, {"noise": self.generator})
+
+    def batch(self, step: int) -> torch.Tensor:
+        """Images of `step`: a slice of the epoch's permutation, seeded by (seed, epoch); `[B, C, H, W]`."""
+        epoch, position = divmod(step, self.batches_per_epoch)
+        if self._epoch_order is None or self._epoch_order[0] != epoch:
+            order_gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
+            self._epoch_order = (epoch, torch.randperm(len(self.images), generator=order_gen))
+        rows = self._epoch_order[1][position * self.config.batch_size : (position + 1) * self.config.batch_size]
+        return to_unit_range(self.images[rows.to(self.images.device)])
+
+    def resume(self) -> None:
+        found = latest_checkpoint(self.checkpoints, self.fingerprint)
+        if found is None:
+            (self.config.out / "metrics.jsonl").unlink(missing_ok=True)
+            return
+        self.step, extra = load_checkpoint(found, self.state)
+        self.wall_s = float(extra.get("wall_s", 0.0))
+        truncate_jsonl(self.config.out / "metrics.jsonl", self.step)
+        console().print(f"pretrain: resuming from {found.name} (step {self.step})")
+
+    def train_step(self) -> dict[str, float]:
+        cfg = self.config
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.step, cfg.steps, cfg.lr)
+        x = self.batch(self.step)
+        terms = self.model.elbo_terms(x, self.generator)
+        kl_per_layer = terms.kl.mean(0)  # [L]
+        kl_beta = kl_weight_at(self.step, cfg.kl_warmup_steps)
+        loss = terms.recon_nll.mean() + kl_beta * torch.maximum(kl_per_layer, self.free_nats).sum()
+        if not torch.isfinite(loss):
+            raise DivergenceError(
+                f"pretrain diverged at step {self.step}: the loss is {float(loss)}. The last good checkpoint is kept in "
+                f"{self.checkpoints}; lower --lr or --grad-clip and re-run with --force (or keep the settings and re-run to retry)."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        ema_update(self.ema, self.model, cfg.ema_decay, self.step)
+        self.step += 1
+        return {
+            "step": self.step,
+            "loss": loss.item(),
+            "recon_nll": float(terms.recon_nll.mean()),
+            "kl_per_layer": [float(k) for k in kl_per_layer],
+            "elbo": float(-(terms.recon_nll + terms.kl.sum(-1)).mean()),
+            "mse": float(((terms.x_mean.detach() - x) ** 2).mean()),
+            "kl_weight": kl_beta,
+            "grad_norm": float(grad_norm),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "decoder_std": float(self.model.log_std_x_clamped().exp()),
+        }
+
+    def train(self, stop_after: int | None) -> bool:
+        """Run until `steps` (True) or until `stop_after` (False, checkpointed)."""
+        cfg = self.config
+        self.resume()
+        last = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+        self.model.train()
+        with progress_bar() as bar:
+            task = bar.add_task("pretrain", total=cfg.steps, completed=self.step, unit="step", info="")
+            while self.step < last:
+                t0 = time.perf_counter()
+                record = self.train_step()
+                self.wall_s += time.perf_counter() - t0
+                bar.update(task, advance=1, info=f"loss {record['loss']:.1f}  mse {record['mse']:.4f}  kl {sum(record['kl_per_layer']):.1f}")
+                if self.step % cfg.log_every == 0 or self.step == last:
+                    append_jsonl(cfg.out / "metrics.jsonl", record | {"wall_s": round(self.wall_s, 3)})
+                if self.step % cfg.checkpoint_every == 0 or self.step == last:
+                    save_checkpoint(self.checkpoints, self.step, self.fingerprint, self.state, {"wall_s": self.wall_s}, cfg.keep_checkpoints)
+        return self.step >= cfg.steps
+
+
+def _finalize(config: PretrainConfig, trainer: _Trainer, train_set: ImageSet, inputs: list[InputRef], fingerprint: str, device: torch.device) -> BackboneManifest:
+    """Write EMA weights, evaluate on the test split, write grids, then the manifest."""
+    out, ema = config.out, trainer.ema.eval()
+    save_tensors(out / WEIGHTS_NAME, ema.state_dict())
+    test_set = load_split(config.data, "test", (), config.eval_limit)
+    t0 = time.perf_counter()
+    test_metrics = evaluate_backbone(ema, test_set.images, device, seed=config.seed)
+    _write_grids(out, ema, test_set.images[: GRID_COLUMNS * 4], device, config.seed)
+    names = [WEIGHTS_NAME, "recon_grid.png", "prior_samples.png", "metrics.jsonl"]
+    metrics = {
+        "test": test_metrics,
+        "train_wall_s": round(trainer.wall_s, 2),
+        "steps_per_s": round(config.steps / max(trainer.wall_s, 1e-9), 3),
+        "eval_wall_s": round(time.perf_counter() - t0, 2),
+        "n_train_images": len(train_set),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "peak_cuda_mb": peak_cuda_mb(device),
+        "device": str(device),
+        "num_parameters": sum(p.numel() for p in ema.parameters()),
+    }
+    manifest = BackboneManifest(
+        **common_fields(fingerprint),
+        config=config,
+        inputs=inputs,
+        outputs=[describe_file(out, n) for n in names],
+        metrics=metrics,
+        image_shape=train_set.image_shape,
+        group_dims=config.latent_dims,
+    )
+    write_manifest(out, manifest)
+    console().print(
+        f"[green]pretrain: done[/green] test recon MSE {test_metrics['recon_mse']:.4f}, ELBO {test_metrics['elbo_nats']:.1f} nats, "
+        f"active units {test_metrics['active_units']} of {list(config.latent_dims)}"
+    )
+    return manifest
+
+
+@torch.no_grad()
+def _write_grids(out: Path, model: HierarchicalVAE, images: np.ndarray, device: torch.device, seed: int) -> None:
+    """recon_grid.png: rows alternate originals / reconstructions; prior_samples.png: 64 Gaussian-prior samples."""
+    x = to_unit_range(images).to(device)
+    z_mean, _ = model.posterior(x, None, sample=False)
+    recon = from_unit_range(model.decode(z_mean).clamp(-1, 1).cpu())
+    pairs = np.concatenate([np.stack([images[r * GRID_COLUMNS : (r + 1) * GRID_COLUMNS], recon[r * GRID_COLUMNS : (r + 1) * GRID_COLUMNS]]) for r in range(len(images) // GRID_COLUMNS)])
+    save_grid(out / "recon_grid.png", pairs.reshape(-1, *images.shape[1:]), GRID_COLUMNS)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    samples = model.decode(model.sample_prior(GRID_COLUMNS * GRID_COLUMNS, generator)).clamp(-1, 1).cpu()
+    save_grid(out / "prior_samples.png", from_unit_range(samples), GRID_COLUMNS)
