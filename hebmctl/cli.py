@@ -19,6 +19,8 @@ from hebmctl.errors import HebmctlError
 from hebmctl.io.console import console
 from hebmctl.schemas.latents import CacheLatentsConfig
 from hebmctl.schemas.pretrain import PretrainConfig
+from hebmctl.schemas.prior import TrainPriorConfig
+from hebmctl.schemas.sample import SampleConfig
 
 app = typer.Typer(
     name="hebmctl",
@@ -109,6 +111,20 @@ def _cache_latents(config: CacheLatentsConfig, force: bool) -> None:
     from hebmctl.stages import cache_latents
 
     cache_latents.run(config, cache_latents.RunControl(force=force))
+
+
+@stage_command("train-prior", TrainPriorConfig, "train_prior", "Learn an EBM prior in u-space on the cached latents: --scheme joint|diffusion (resumes when re-run).", [STOP_AFTER])
+def _train_prior(config: TrainPriorConfig, force: bool, stop_after: int | None) -> None:
+    from hebmctl.stages import train_prior
+
+    train_prior.run(config, train_prior.RunControl(force=force, stop_after=stop_after))
+
+
+@stage_command("sample", SampleConfig, "sample", "Generate images with the Gaussian prior or a trained EBM prior.")
+def _sample(config: SampleConfig, force: bool) -> None:
+    from hebmctl.stages import sample
+
+    sample.run(config, sample.RunControl(force=force))
 
 
 @app.command("pipeline")

@@ -67,7 +67,7 @@ def _read_pickle(path: Path) -> dict[Any, Any]:
             f"{path} is missing. A {PICKLE_FOLDER} folder must hold data_batch_1..5, test_batch and "
             f"batches.meta; re-extract cifar-10-python.tar.gz."
         ) from exc
-    except (pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError, AttributeError, IndexError) as exc:
+    except (pickle.UnpicklingError, EOFError, OSError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
         raise DataError(
             f"{path} is not a readable CIFAR-10 batch ({type(exc).__name__}: {exc}). Only plain "
             f"numpy arrays, lists and strings are accepted; re-extract cifar-10-python.tar.gz."

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 import zlib
 from importlib import resources
@@ -50,7 +51,7 @@ def _header(data: bytes, magic: int, ndim: int, name: str) -> tuple[int, ...]:
             f"{name} is not an IDX {'image' if magic == IMAGES_MAGIC else 'label'} file: its magic "
             f"number is {found}, expected {magic}. Check that the file names match their contents. {_REDOWNLOAD}"
         )
-    expected = size + int(np.prod(dims, dtype=np.int64))
+    expected = size + math.prod(dims)
     if len(data) != expected:
         raise DataError(
             f"{name} has {len(data)} bytes but its header (dims {dims}) needs exactly {expected}; "

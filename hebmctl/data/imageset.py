@@ -64,7 +64,7 @@ class ImageSet:
         """
         digest = hashlib.sha256()
         digest.update(("uint8" + repr(tuple(int(d) for d in self.images.shape))).encode("ascii"))
-        digest.update(memoryview(self.images).cast("B"))
+        digest.update(self.images.reshape(-1).data)
         digest.update(self.labels.astype("<i8", copy=False).tobytes())
         digest.update(self.index.astype("<i8", copy=False).tobytes())
         return digest.hexdigest()

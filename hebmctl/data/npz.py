@@ -36,7 +36,10 @@ def _images(arrays: dict[str, np.ndarray], path: Path) -> np.ndarray:
     """Validated images -> uint8 ``[N, H, W, C]``."""
     images = arrays["images"]
     if images.dtype != np.uint8:
-        raise DataError(f"{path}: 'images' has dtype {images.dtype}, not uint8. {_FORMAT}; convert with .astype(np.uint8) after scaling to 0..255.")
+        raise DataError(
+            f"{path}: 'images' has dtype {images.dtype}, not uint8. {_FORMAT}; scale to 0..255 and "
+            f"convert with .astype(np.uint8)."
+        )
     if images.ndim == 3:
         images = images[..., np.newaxis]
     if images.ndim != 4 or images.shape[3] not in (1, 3) or 0 in images.shape:

@@ -56,7 +56,11 @@ def select_rows(labels: np.ndarray, exclude_classes: Sequence[int], limit: int |
             raise DataError(f"limit must be a positive number of images, got {limit}. Leave it unset to load everything.")
         rows = rows[: int(limit)]
     if rows.size == 0:
-        reason = f"after excluding classes {excluded}" if excluded and labels.size else "it has no images"
+        reason = (
+            f"after excluding classes {excluded}"
+            if excluded and labels.size
+            else "it has no images; sets without their own train/test split put every 10th image in 'test'"
+        )
         raise DataError(f"{where} is empty ({reason}). Check the data path, the split and the excluded classes.")
     return rows
 

@@ -57,6 +57,6 @@ def check_split(split: str, spec: str) -> str:
     if split not in SPLITS:
         raise DataError(
             f"Unknown split {split!r} for data spec {spec!r}. Use one of: "
-            f"{', '.join(SPLITS)} ('all' is train followed by test)."
+            f"{', '.join(SPLITS)} ('all' is both)."
         )
     return split

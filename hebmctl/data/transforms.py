@@ -6,13 +6,19 @@ import numpy as np
 import torch
 
 
+def _writable(array: np.ndarray) -> np.ndarray:
+    """A C-contiguous, writable view or copy (torch.from_numpy warns on read-only arrays)."""
+    array = np.ascontiguousarray(array)
+    return array if array.flags.writeable else array.copy()
+
+
 def to_unit_range(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 ``[N, H, W, C]`` (numpy or torch) -> float32 torch ``[N, C, H, W]`` in [-1, 1].
 
     Computes ``x / 127.5 - 1``; the result is a new contiguous tensor on the input's device
     (CPU for numpy input). Raises ValueError for another dtype or rank.
     """
-    tensor = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
+    tensor = torch.from_numpy(_writable(images)) if isinstance(images, np.ndarray) else images
     if tensor.dtype != torch.uint8 or tensor.dim() != 4:
         raise ValueError(f"expected uint8 [N,H,W,C] images, got {tensor.dtype} {tuple(tensor.shape)}")
     unit = tensor.permute(0, 3, 1, 2).to(torch.float32) / 127.5 - 1.0

@@ -82,7 +82,7 @@ def _per_example_step(step_size: float | Tensor, u: Tensor) -> Tensor:
     Accepts a Python float, a 0-d tensor, or a tensor ``[B]`` (one step size per example).
     """
     batch = u.shape[0]
-    s = torch.as_tensor(step_size, dtype=u.dtype, device=u.device)
+    s = torch.as_tensor(step_size, dtype=u.dtype, device=u.device).detach()
     if s.dim() == 0:
         s = s.expand(batch)
     elif s.shape != (batch,):

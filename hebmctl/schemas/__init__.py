@@ -3,16 +3,22 @@
 from hebmctl.schemas.common import SCHEMA_VERSION, InputRef, ManifestBase, OutputFile, StageConfig, TensorInfo
 from hebmctl.schemas.latents import CacheLatentsConfig, LatentsManifest
 from hebmctl.schemas.pretrain import BackboneManifest, PretrainConfig
+from hebmctl.schemas.prior import PriorManifest, TrainPriorConfig
+from hebmctl.schemas.sample import SampleConfig, SamplesManifest
 
 MANIFEST_TYPES: dict[str, type[ManifestBase]] = {
     "backbone": BackboneManifest,
     "latents": LatentsManifest,
+    "prior": PriorManifest,
+    "samples": SamplesManifest,
 }
 """Artifact kind -> manifest model (used by `hebmctl inspect` and the JSON Schema export)."""
 
 CONFIG_TYPES: dict[str, type[StageConfig]] = {
     "pretrain": PretrainConfig,
     "cache_latents": CacheLatentsConfig,
+    "train_prior": TrainPriorConfig,
+    "sample": SampleConfig,
 }
 """Pipeline table name -> stage config model."""
 
@@ -26,5 +32,6 @@ def json_schemas() -> dict[str, dict]:
 
 __all__ = [
     "SCHEMA_VERSION", "InputRef", "ManifestBase", "OutputFile", "StageConfig", "TensorInfo",
-    "CacheLatentsConfig", "LatentsManifest", "BackboneManifest", "PretrainConfig", "MANIFEST_TYPES", "CONFIG_TYPES", "json_schemas",
+    "CacheLatentsConfig", "LatentsManifest", "BackboneManifest", "PretrainConfig",
+    "PriorManifest", "TrainPriorConfig", "SampleConfig", "SamplesManifest", "MANIFEST_TYPES", "CONFIG_TYPES", "json_schemas",
 ]

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import torch
 
-from hebmctl.io.manifest import read_manifest, require_intact
+from hebmctl.io.manifest import check_lineage, read_manifest, require_intact
 from hebmctl.io.state import load_module_state
+from hebmctl.models.energy import JointEnergy
 from hebmctl.models.hvae import HierarchicalVAE
 from hebmctl.schemas.pretrain import BackboneManifest, PretrainConfig
+from hebmctl.schemas.prior import PriorManifest, TrainPriorConfig
 
 WEIGHTS_NAME = "weights.safetensors"
 
@@ -42,3 +44,38 @@ def load_backbone(folder: Path, device: torch.device) -> LoadedBackbone:
     load_module_state(model, Path(folder) / WEIGHTS_NAME)
     model.eval().requires_grad_(False)
     return LoadedBackbone(model=model, manifest=manifest, manifest_sha256=sha, folder=Path(folder))
+
+
+ENERGY_NAME = "energy.safetensors"
+
+
+def build_energy(config: TrainPriorConfig, group_dims: tuple[int, ...]) -> JointEnergy:
+    """A freshly initialised energy network with the architecture a train-prior config describes."""
+    return JointEnergy(
+        group_dims=group_dims,
+        width=config.width,
+        depth=config.depth,
+        activation=config.activation,
+        spectral_norm=config.spectral_norm,
+        n_levels=config.T if config.scheme == "diffusion" else 0,
+        time_embed_dim=config.time_embed_dim,
+    )
+
+
+@dataclass(frozen=True)
+class LoadedPrior:
+    energy: JointEnergy
+    manifest: PriorManifest
+    manifest_sha256: str
+    folder: Path
+
+
+def load_prior(folder: Path, backbone: LoadedBackbone, device: torch.device) -> LoadedPrior:
+    """Read a prior artifact (EMA weights) and check that it was trained on this backbone."""
+    manifest, sha = read_manifest(folder, PriorManifest)
+    check_lineage(f"The prior {folder}", manifest.input("backbone").sha256, backbone.folder, backbone.manifest_sha256)
+    require_intact(folder, manifest)
+    energy = build_energy(manifest.config, manifest.group_dims).to(device)
+    load_module_state(energy, Path(folder) / ENERGY_NAME)
+    energy.eval().requires_grad_(False)
+    return LoadedPrior(energy=energy, manifest=manifest, manifest_sha256=sha, folder=Path(folder))

@@ -26,13 +26,15 @@ from hebmctl.io.images import save_grid
 from hebmctl.io.manifest import common_fields, describe_file, prepare_output, stage_fingerprint, write_manifest
 from hebmctl.io.state import save_tensors
 from hebmctl.metrics.backbone import evaluate_backbone
-from hebmctl.models.hvae import HierarchicalVAE
+from hebmctl.models.ema import ema_update
+from hebmctl.models.hvae import LOG_STD_X_RANGE, ElboTerms, HierarchicalVAE
 from hebmctl.runtime import peak_cuda_mb, peak_rss_mb, resolve_device
 from hebmctl.schemas.common import InputRef
 from hebmctl.schemas.pretrain import BackboneManifest, PretrainConfig
 from hebmctl.stages.artifacts import WEIGHTS_NAME, build_backbone
 
 GRID_COLUMNS = 8
+CALIBRATION_IMAGES = 5000
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,9 @@ def run(config: PretrainConfig, control: RunControl = RunControl()) -> BackboneM
         console().print(f"[green]pretrain: {config.out} is up to date[/green] (fingerprint {fingerprint[:12]})")
         return existing
     config.out.mkdir(parents=True, exist_ok=True)
-    model = build_backbone(config, train_set.image_shape).to(device)
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
+        torch.manual_seed(config.seed)
+        model = build_backbone(config, train_set.image_shape).to(device)
     trainer = _Trainer(config, model, train_set, device, fingerprint)
     finished = trainer.train(control.stop_after)
     if not finished:
@@ -70,14 +74,6 @@ def lr_at(step: int, total: int, peak: float) -> float:
 
 def kl_weight_at(step: int, warmup_steps: int) -> float:
     return 1.0 if warmup_steps == 0 else min(1.0, step / warmup_steps)
-
-
-def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step: int) -> None:
-    """ema <- d * ema + (1 - d) * model, with d warmed up as min(decay, (1 + step) / (10 + step))."""
-    d = min(decay, (1 + step) / (10 + step))
-    with torch.no_grad():
-        for e, p in zip(ema.parameters(), model.parameters(), strict=True):
-            e.lerp_(p, 1 - d)
 
 
 class _Trainer:
@@ -127,7 +123,7 @@ class _Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, cfg.steps, cfg.lr)
         x = self.batch(self.step)
-        terms = self.model.elbo_terms(x, self.generator)
+        terms = self.model.elbo_terms(x, self.generator, calibrate=True)
         kl_per_layer = terms.kl.mean(0)  # [L]
         kl_beta = kl_weight_at(self.step, cfg.kl_warmup_steps)
         loss = terms.recon_nll.mean() + kl_beta * torch.maximum(kl_per_layer, self.free_nats).sum()
@@ -138,6 +134,7 @@ class _Trainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        terms = ElboTerms(terms.recon_nll.detach(), terms.kl.detach(), terms.x_mean.detach())
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
         ema_update(self.ema, self.model, cfg.ema_decay, self.step)
@@ -146,13 +143,13 @@ class _Trainer:
             "step": self.step,
             "loss": loss.item(),
             "recon_nll": float(terms.recon_nll.mean()),
-            "kl_per_layer": [float(k) for k in kl_per_layer],
+            "kl_per_layer": [float(k) for k in kl_per_layer.detach()],
             "elbo": float(-(terms.recon_nll + terms.kl.sum(-1)).mean()),
-            "mse": float(((terms.x_mean.detach() - x) ** 2).mean()),
+            "mse": float(((terms.x_mean - x) ** 2).mean()),
             "kl_weight": kl_beta,
             "grad_norm": float(grad_norm),
             "lr": self.optimizer.param_groups[0]["lr"],
-            "decoder_std": float(self.model.log_std_x_clamped().exp()),
+            "decoder_std": float(self.model.calibrated_log_std(x, terms.x_mean).exp()),
         }
 
     def train(self, stop_after: int | None) -> bool:
@@ -178,6 +175,7 @@ class _Trainer:
 def _finalize(config: PretrainConfig, trainer: _Trainer, train_set: ImageSet, inputs: list[InputRef], fingerprint: str, device: torch.device) -> BackboneManifest:
     """Write EMA weights, evaluate on the test split, write grids, then the manifest."""
     out, ema = config.out, trainer.ema.eval()
+    ema.log_std_x.copy_(calibrate_decoder_std(ema, train_set.images[:CALIBRATION_IMAGES], device, config.seed))
     save_tensors(out / WEIGHTS_NAME, ema.state_dict())
     test_set = load_split(config.data, "test", (), config.eval_limit)
     t0 = time.perf_counter()
@@ -194,6 +192,7 @@ def _finalize(config: PretrainConfig, trainer: _Trainer, train_set: ImageSet, in
         "peak_cuda_mb": peak_cuda_mb(device),
         "device": str(device),
         "num_parameters": sum(p.numel() for p in ema.parameters()),
+        "decoder_std": round(float(ema.log_std_x.exp()), 5),
     }
     manifest = BackboneManifest(
         **common_fields(fingerprint),
@@ -210,6 +209,19 @@ def _finalize(config: PretrainConfig, trainer: _Trainer, train_set: ImageSet, in
         f"active units {test_metrics['active_units']} of {list(config.latent_dims)}"
     )
     return manifest
+
+
+@torch.no_grad()
+def calibrate_decoder_std(model: HierarchicalVAE, images: np.ndarray, device: torch.device, seed: int, batch_size: int = 500) -> torch.Tensor:
+    """Closed-form decoder log std of the final (EMA) model: 0.5 log(per-pixel MSE) of posterior-sample reconstructions."""
+    generator = torch.Generator(device=device).manual_seed(seed)
+    sq_err, count = 0.0, 0
+    for start in range(0, len(images), batch_size):
+        x = to_unit_range(images[start : start + batch_size]).to(device)
+        z, _ = model.posterior(x, generator, sample=True)
+        sq_err += float(((model.decode(z) - x) ** 2).sum())
+        count += x.numel()
+    return torch.tensor(0.5 * math.log(max(sq_err / count, 1e-12))).clamp(*LOG_STD_X_RANGE)
 
 
 @torch.no_grad()

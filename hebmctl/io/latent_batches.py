@@ -1,0 +1,50 @@
+"""Minibatches of cached u0 for prior training: in memory when the cache fits, streamed otherwise.
+
+Batch `step` is a pure function of (seed, step), so a resumed run draws exactly the batches an
+uninterrupted one would have; no sampler state needs to be checkpointed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+IN_MEMORY_LIMIT_BYTES = 4 * 2**30
+"""u0 caches up to this size (as float32) are loaded whole; larger ones are read per batch."""
+
+
+class LatentBatches:
+    """Random rows of `u0 [N, S, D]` flattened to `[N * S, D]` samples, on `device`."""
+
+    def __init__(self, path: Path, device: torch.device, seed: int, in_memory_limit_bytes: int = IN_MEMORY_LIMIT_BYTES) -> None:
+        self.path, self.device, self.seed = Path(path), device, seed
+        with h5py.File(self.path, "r") as handle:
+            n, s, d = handle["u0"].shape
+        self.n_images, self.samples_per_image, self.dim = n, s, d
+        self.in_memory = n * s * d * 4 <= in_memory_limit_bytes
+        self._u0: torch.Tensor | None = None
+        if self.in_memory:
+            with h5py.File(self.path, "r") as handle:
+                self._u0 = torch.from_numpy(handle["u0"][...].astype(np.float32).reshape(n * s, d)).to(device)
+
+    def __len__(self) -> int:
+        return self.n_images * self.samples_per_image
+
+    def batch(self, step: int, batch_size: int) -> torch.Tensor:
+        """Batch of update `step`: `[batch_size, D]` float32, rows drawn uniformly with replacement."""
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        rows = torch.randint(len(self), (batch_size,), generator=gen)
+        if self._u0 is not None:
+            return self._u0[rows.to(self.device)]
+        return self._read_rows(rows).to(self.device)
+
+    def _read_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Streamed path: h5py reads sorted unique image rows, then the sample axis is picked in memory."""
+        image_rows, sample_idx = rows // self.samples_per_image, rows % self.samples_per_image
+        unique, inverse = torch.unique(image_rows, sorted=True, return_inverse=True)
+        with h5py.File(self.path, "r") as handle:
+            block = torch.from_numpy(handle["u0"][unique.numpy()].astype(np.float32))  # [U, S, D]
+        return block[inverse, sample_idx]

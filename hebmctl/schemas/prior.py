@@ -1,0 +1,78 @@
+"""Config of `hebmctl train-prior` and the manifest of a prior artifact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from hebmctl.schemas.common import ManifestBase, StageConfig
+
+DEFAULT_LANGEVIN_STEPS = {"joint": 60, "diffusion": 30}
+DEFAULT_STEP_SIZE = {"joint": 0.4}
+
+
+class TrainPriorConfig(StageConfig):
+    """Learn an energy-based prior in u-space on a frozen backbone's cached latents (DESIGN §3)."""
+
+    run_defaults: ClassVar[dict[str, str]] = {"backbone": "backbone", "latents": "latents"}
+    unhashed: ClassVar[frozenset[str]] = frozenset({"run", "device", "name", "out", "log_every", "checkpoint_every", "keep_checkpoints"})
+
+    backbone: Path = Field(None, description="Backbone folder (default: RUN/backbone).")
+    latents: Path = Field(None, description="Latent cache folder (default: RUN/latents).")
+    name: str = Field(None, description="Prior name (default: the scheme); the prior goes to RUN/priors/NAME unless --out is given.")
+    out: Path = Field(None, description="Prior folder to write (default: RUN/priors/NAME).")
+    scheme: Literal["joint", "diffusion"] = Field("diffusion", description="'joint': one EBM, Langevin from N(0, I) (Joint-EBM); 'diffusion': conditional EBMs along a short diffusion (Diff-EBM).")
+    T: int = Field(3, ge=1, description="Diffusion levels (diffusion scheme).")
+    schedule: Literal["drl", "cosine"] = Field("drl", description="Noise schedule of the diffusion scheme.")
+    b2: float = Field(3e-5, gt=0, description="Diffusion scheme step-size scale: s_t^2 = (sigma_cum[t] / sigma_cum[0]) * b2 * sigma[t+1]^2.")
+    langevin_steps: int = Field(None, ge=1, description="K, Langevin steps per training example (default: 60 joint, 30 diffusion).")
+    step_size: float = Field(None, gt=0, description="Langevin step size s of the joint scheme (default 0.4); the diffusion scheme derives s_t from b2.")
+    width: int = Field(200, ge=1, description="Hidden width of each group's energy MLP.")
+    depth: int = Field(2, ge=1, description="Hidden layers of each group's energy MLP.")
+    activation: Literal["silu", "leaky_relu"] = Field("silu", description="Activation of the energy MLPs (leaky_relu has slope 0.2).")
+    spectral_norm: bool = Field(False, description="Spectral normalisation on the energy MLPs' linear layers.")
+    time_embed_dim: int = Field(64, ge=2, description="Size of the sinusoidal level embedding (diffusion scheme).")
+    steps: int = Field(4000, ge=1, description="EBM parameter updates.")
+    batch_size: int = Field(256, ge=1, description="Latents per update.")
+    lr: float = Field(1e-4, gt=0, description="Adam learning rate of the EBM.")
+    beta1: float = Field(0.5, ge=0, lt=1, description="Adam beta1.")
+    energy_l2: float = Field(0.0, ge=0, description="Weight of the regulariser mean(F_pos^2 + F_neg^2) (0 = off).")
+    grad_clip: float = Field(10.0, gt=0, description="Gradient-norm clip of the EBM update.")
+    ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA decay of the EBM weights; the EMA weights are the prior's output.")
+    max_rollbacks: int = Field(3, ge=0, description="On a non-finite loss or energy: roll back to the last checkpoint with the learning rate halved, at most this many times, then stop.")
+    checkpoint_every: int = Field(500, ge=1, description="Write a resumable checkpoint every N steps.")
+    keep_checkpoints: int = Field(2, ge=1, description="Number of most recent checkpoints kept.")
+    log_every: int = Field(50, ge=1, description="Append a line to metrics.jsonl every N steps.")
+    seed: int = Field(0, description="Seed of every random number generator of the stage.")
+    device: str = Field("auto", description="Torch device: 'auto' (CUDA when present, else CPU), 'cpu', 'cuda', ...")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_run_paths(cls, data: Any) -> Any:
+        """Scheme-dependent defaults, then the run-folder paths (out = RUN/priors/NAME)."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        scheme = data.get("scheme") or cls.model_fields["scheme"].default
+        if data.get("langevin_steps") is None:
+            data["langevin_steps"] = DEFAULT_LANGEVIN_STEPS.get(scheme, 30)
+        if data.get("step_size") is None:
+            data["step_size"] = DEFAULT_STEP_SIZE.get(scheme, 0.4)
+        data["name"] = data.get("name") or scheme
+        run = Path(data.get("run") or cls.model_fields["run"].default)
+        if data.get("out") is None:
+            data["out"] = run / "priors" / data["name"]
+        for field, sub_path in cls.run_defaults.items():
+            if data.get(field) is None:
+                data[field] = run / sub_path
+        return data
+
+
+class PriorManifest(ManifestBase):
+    kind: Literal["prior"] = Field("prior", description="Artifact kind.")
+    config: TrainPriorConfig = Field(description="The resolved stage config.")
+    group_dims: tuple[int, ...] = Field(description="Latent group sizes, bottom to top.")
+    schedule: dict[str, Any] | None = Field(description="Diffusion schedule (alpha, sigma, alpha_cum, sigma_cum per level) for the diffusion scheme; None for joint.")
+    step_sizes: list[float] = Field(description="Langevin step size per level s_t (diffusion, t = 0..T-1) or [s] (joint).")

@@ -1,0 +1,60 @@
+"""Config of `hebmctl sample` and the manifest of a samples artifact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from hebmctl.schemas.common import ManifestBase, StageConfig
+
+
+class SampleConfig(StageConfig):
+    """Generate images from the backbone with the Gaussian prior or a trained EBM prior."""
+
+    run_defaults: ClassVar[dict[str, str]] = {"backbone": "backbone"}
+    unhashed: ClassVar[frozenset[str]] = frozenset({"run", "device", "out", "prior"})  # the prior is an input (hashed by manifest)
+
+    backbone: Path = Field(None, description="Backbone folder (default: RUN/backbone).")
+    prior: str = Field("gaussian", description="'gaussian' (the backbone alone), a prior folder, or a prior name under RUN/priors/.")
+    out: Path = Field(None, description="Samples folder to write (default: RUN/samples/<prior name>).")
+    n: int = Field(64, ge=1, description="Number of images.")
+    temperature: float = Field(1.0, gt=0, description="tau: u_0 is scaled by tau before z = T(tau * u_0) (DESIGN §3).")
+    langevin_steps: int | None = Field(None, ge=0, description="K per level (default: the prior's training K).")
+    step_size: float | None = Field(None, gt=0, description="Joint scheme: the Langevin step size s (default: the prior's training value).")
+    step_scale: float | None = Field(None, gt=0, description="Diffusion scheme: multiply every step s_t by this (default: sqrt(K_train / K), CDRL's fewer-steps adjustment; 1 at the training K).")
+    hierarchical: bool = Field(False, description="Also write one grid per layer: that layer resampled, the others fixed (Hier-EBM Fig. 4-6).")
+    trajectory: bool = Field(False, description="Also write the images along the chain at every level and the energy profile of a long run.")
+    trajectory_steps: int = Field(2500, ge=1, description="Length of the long run for the energy profile (--trajectory).")
+    batch_size: int = Field(500, ge=1, description="Images per sampling batch.")
+    seed: int = Field(0, description="Seed of the sampling noise.")
+    device: str = Field("auto", description="Torch device: 'auto' (CUDA when present, else CPU), 'cpu', 'cuda', ...")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_run_paths(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        run = Path(data.get("run") or cls.model_fields["run"].default)
+        prior = str(data.get("prior") or "gaussian")
+        if data.get("out") is None:
+            data["out"] = run / "samples" / (prior if prior == "gaussian" else Path(prior).name)
+        if data.get("backbone") is None:
+            data["backbone"] = run / "backbone"
+        return data
+
+    def prior_dir(self) -> Path | None:
+        """The prior folder, or None for the Gaussian prior. A bare name means RUN/priors/NAME."""
+        if self.prior == "gaussian":
+            return None
+        path = Path(self.prior)
+        return path if (path.is_absolute() or len(path.parts) > 1) else self.run / "priors" / self.prior
+
+
+class SamplesManifest(ManifestBase):
+    kind: Literal["samples"] = Field("samples", description="Artifact kind.")
+    config: SampleConfig = Field(description="The resolved stage config.")
+    prior_kind: Literal["gaussian", "joint", "diffusion"] = Field(description="Which prior generated the samples.")
+    sampler: dict[str, Any] = Field(description="Every number the sampler used: K, step sizes, temperature, schedule, seed.")

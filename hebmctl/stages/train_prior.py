@@ -1,0 +1,247 @@
+"""Stage `train-prior`: an energy-based prior in u-space on a frozen backbone (DESIGN §3, issue 3).
+
+Schemes (the network outputs a negative energy F; density is proportional to exp(F)):
+- `joint` (Joint-EBM): log p(u) = F(T(u)) - |u|^2/2; negatives by K Langevin steps from N(0, I);
+  loss mean F(T(u_neg)) - mean F(T(u_pos)).
+- `diffusion` (Diff-EBM): level t ~ U{0..T-1} per example, (u_t, u_{t+1}) from the forward process
+  started at cached u_0, K Langevin steps of log p(u_t | u_{t+1}) initialised at u_{t+1};
+  loss mean(-(G(pos, t) - G(neg, t)) / s_t^2).
+Divergence (a non-finite loss or energy) rolls back to the last checkpoint with the learning rate
+halved, at most `max_rollbacks` times, then stops with DivergenceError.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from hebmctl.errors import DivergenceError
+from hebmctl.io.checkpoints import TrainingState, checkpoint_dir, latest_checkpoint, load_checkpoint, save_checkpoint
+from hebmctl.io.console import append_jsonl, console, progress_bar, truncate_jsonl
+from hebmctl.io.latent_batches import LatentBatches
+from hebmctl.io.manifest import check_lineage, common_fields, describe_file, prepare_output, read_manifest, require_intact, stage_fingerprint, write_manifest
+from hebmctl.io.state import save_tensors
+from hebmctl.models.ebm_losses import diffusion_ebm_loss, energy_gap, joint_ebm_loss
+from hebmctl.models.ema import ema_update
+from hebmctl.models.energy import JointEnergy
+from hebmctl.runtime import peak_cuda_mb, peak_rss_mb, resolve_device
+from hebmctl.samplers import anchor_step_sizes_sq, conditional_log_density, forward_pairs, langevin, make_schedule, sample_joint_prior
+from hebmctl.samplers.schedules import DiffusionSchedule
+from hebmctl.schemas.common import InputRef
+from hebmctl.schemas.latents import LatentsManifest
+from hebmctl.schemas.prior import PriorManifest, TrainPriorConfig
+from hebmctl.stages.artifacts import ENERGY_NAME, LoadedBackbone, build_energy, load_backbone
+
+
+@dataclass(frozen=True)
+class RunControl:
+    force: bool = False
+    stop_after: int | None = None
+
+
+@dataclass(frozen=True)
+class PriorGeometry:
+    """Schedule and Langevin step sizes of a prior: everything the samplers need besides the networks."""
+
+    scheme: str
+    schedule: DiffusionSchedule | None
+    step_sizes_sq: Tensor  # [T] (diffusion) or [1] (joint)
+
+    @property
+    def step_sizes(self) -> list[float]:
+        return [float(s) for s in self.step_sizes_sq.sqrt()]
+
+
+def prior_geometry(config: TrainPriorConfig, device: torch.device) -> PriorGeometry:
+    if config.scheme == "joint":
+        return PriorGeometry("joint", None, torch.tensor([config.step_size**2], device=device))
+    schedule = make_schedule(config.schedule, config.T).to(device)
+    return PriorGeometry("diffusion", schedule, anchor_step_sizes_sq(schedule, config.b2).to(device))
+
+
+def run(config: TrainPriorConfig, control: RunControl = RunControl()) -> PriorManifest | None:
+    """Train (or resume, or skip when up to date); None when stopped early by `control.stop_after`."""
+    device = resolve_device(config.device)
+    backbone = load_backbone(config.backbone, device)
+    latents, latents_sha = read_manifest(config.latents, LatentsManifest)
+    check_lineage(f"The latent cache {config.latents}", latents.input("backbone").sha256, config.backbone, backbone.manifest_sha256)
+    require_intact(config.latents, latents)
+    inputs = [
+        InputRef(role="backbone", path=str(config.backbone), kind="backbone", sha256=backbone.manifest_sha256),
+        InputRef(role="latents", path=str(config.latents), kind="latents", sha256=latents_sha),
+    ]
+    fingerprint = stage_fingerprint(config, inputs)
+    existing = prepare_output(config.out, PriorManifest, fingerprint, control.force)
+    if existing is not None:
+        console().print(f"[green]train-prior: {config.out} is up to date[/green]")
+        return existing
+    config.out.mkdir(parents=True, exist_ok=True)
+    trainer = _PriorTrainer(config, backbone, LatentBatches(config.latents / "train.h5", device, config.seed), device, fingerprint)
+    if not trainer.train(control.stop_after):
+        console().print(f"[yellow]train-prior: stopped at step {trainer.step}; re-run the same command to continue.[/yellow]")
+        return None
+    return _finalize(config, trainer, backbone, inputs, fingerprint, device)
+
+
+def neg_energy_on_u(energy: JointEnergy, backbone: LoadedBackbone) -> Callable[[Tensor, Tensor | None], Tensor]:
+    """G(u, t) = F(T(u), t): the energy network composed with the backbone's u -> z map (DESIGN §3)."""
+    to_z = backbone.model.u_to_z
+    return lambda u, t=None: energy(to_z(u), t)
+
+
+@dataclass
+class _Progress:
+    rollbacks: list[dict] = field(default_factory=list)
+    lr_scale: float = 1.0
+
+
+class _PriorTrainer:
+    def __init__(self, config: TrainPriorConfig, backbone: LoadedBackbone, data: LatentBatches, device: torch.device, fingerprint: str) -> None:
+        self.config, self.backbone, self.data, self.device, self.fingerprint = config, backbone, data, device, fingerprint
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self.energy = build_energy(config, backbone.model.group_dims).to(device)
+        self.ema = copy.deepcopy(self.energy).requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.energy.parameters(), lr=config.lr, betas=(config.beta1, 0.999))
+        self.generator = torch.Generator(device=device).manual_seed(config.seed)
+        self.geometry = prior_geometry(config, device)
+        self.step, self.wall_s, self.progress = 0, 0.0, _Progress()
+
+    @property
+    def checkpoints(self):
+        return self.config.out / "checkpoints"
+
+    @property
+    def state(self) -> TrainingState:
+        return TrainingState({"energy": self.energy, "ema": self.ema}, {"adam": self.optimizer}, {"noise": self.generator})
+
+    def _extra(self) -> dict:
+        return {"wall_s": self.wall_s, "lr_scale": self.progress.lr_scale, "rollbacks": self.progress.rollbacks}
+
+    def _restore(self, folder) -> None:
+        self.step, extra = load_checkpoint(folder, self.state)
+        self.wall_s = float(extra["wall_s"])
+        self.progress = _Progress(rollbacks=list(extra["rollbacks"]), lr_scale=float(extra["lr_scale"]))
+
+    def resume(self) -> None:
+        found = latest_checkpoint(self.checkpoints, self.fingerprint)
+        if found is None:
+            (self.config.out / "metrics.jsonl").unlink(missing_ok=True)
+            save_checkpoint(self.checkpoints, 0, self.fingerprint, self.state, self._extra(), self.config.keep_checkpoints)
+            return
+        self._restore(found)
+        truncate_jsonl(self.config.out / "metrics.jsonl", self.step)
+        console().print(f"train-prior: resuming from {found.name} (step {self.step})")
+
+    def negatives_and_loss(self, u0: Tensor) -> tuple[Tensor, dict]:
+        """One EBM loss on a batch of cached u0 `[B, D]`; returns (loss, log record)."""
+        cfg, g, G = self.config, self.generator, neg_energy_on_u(self.energy, self.backbone)
+        if cfg.scheme == "joint":
+            u_init = torch.randn(u0.shape, generator=g, device=self.device)
+            u_neg, stats = sample_joint_prior(lambda u: G(u, None), u_init, cfg.langevin_steps, cfg.step_size, g)
+            pos, neg = G(u0, None), G(u_neg, None)
+            loss = joint_ebm_loss(pos, neg)
+        else:
+            geometry = self.geometry
+            t = torch.randint(cfg.T, (u0.shape[0],), generator=g, device=self.device)
+            u_t, u_tp1 = forward_pairs(u0, t, geometry.schedule, g)
+            log_p = conditional_log_density(G, u_tp1, t, geometry.schedule, geometry.step_sizes_sq)
+            s_sq = geometry.step_sizes_sq[t]
+            u_neg, stats = langevin(log_p, u_tp1, cfg.langevin_steps, s_sq.sqrt(), g)
+            pos, neg = G(u_t, t), G(u_neg, t)
+            loss = diffusion_ebm_loss(pos, neg, s_sq)
+        if cfg.energy_l2 > 0:
+            loss = loss + cfg.energy_l2 * (pos.pow(2) + neg.pow(2)).mean()
+        record = {"loss": loss.item(), "energy_gap": energy_gap(pos.detach(), neg.detach()), "neg_energy_pos": pos.mean().item(),
+                  "neg_energy_neg": neg.mean().item(), "langevin_grad_norm": float(stats.grad_norm[-1]) if stats.n_steps else 0.0}
+        finite = torch.isfinite(loss) and torch.isfinite(pos).all() and torch.isfinite(neg).all() and stats.is_finite()
+        return (loss if finite else None), record
+
+    def train_step(self) -> dict | None:
+        """One update; None when the loss or an energy is not finite (nothing is applied then)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.lr * self.progress.lr_scale
+        loss, record = self.negatives_and_loss(self.data.batch(self.step, self.config.batch_size))
+        if loss is None:
+            return None
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        record["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.energy.parameters(), self.config.grad_clip))
+        self.optimizer.step()
+        ema_update(self.ema, self.energy, self.config.ema_decay, self.step)
+        self.step += 1
+        return {"step": self.step} | record | {"lr": self.optimizer.param_groups[0]["lr"]}
+
+    def roll_back(self, record_step: int) -> None:
+        """Divergence: back to the newest checkpoint with half the learning rate, or stop."""
+        if len(self.progress.rollbacks) >= self.config.max_rollbacks:
+            raise DivergenceError(
+                f"train-prior diverged at step {record_step} (non-finite loss or energy) after {len(self.progress.rollbacks)} "
+                f"rollbacks with halved learning rates. Checkpoints are in {self.checkpoints}. Try a smaller --lr, a smaller "
+                "step size (--step-size / --b2), --spectral-norm or --energy-l2, then re-run with --force."
+            )
+        rollbacks, scale = self.progress.rollbacks, self.progress.lr_scale * 0.5
+        self._restore(latest_checkpoint(self.checkpoints, self.fingerprint))
+        self.progress = _Progress(rollbacks=rollbacks + [{"diverged_at_step": record_step, "resumed_from_step": self.step, "lr_scale": scale}], lr_scale=scale)
+        console().print(f"[yellow]train-prior: non-finite loss at step {record_step}; rolled back to step {self.step}, learning rate x{scale:g}[/yellow]")
+
+    def train(self, stop_after: int | None) -> bool:
+        cfg = self.config
+        self.resume()
+        last = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+        with progress_bar() as bar:
+            task = bar.add_task(f"train-prior {cfg.scheme}", total=cfg.steps, completed=self.step, unit="step", info="")
+            while self.step < last:
+                t0 = time.perf_counter()
+                record = self.train_step()
+                self.wall_s += time.perf_counter() - t0
+                if record is None:
+                    self.roll_back(self.step + 1)
+                    bar.update(task, completed=self.step)
+                    continue
+                bar.update(task, advance=1, info=f"gap {record['energy_gap']:+.3f}  loss {record['loss']:+.3f}")
+                if self.step % cfg.log_every == 0 or self.step == last:
+                    append_jsonl(cfg.out / "metrics.jsonl", record | {"wall_s": round(self.wall_s, 3)})
+                if self.step % cfg.checkpoint_every == 0 or self.step == last:
+                    save_checkpoint(self.checkpoints, self.step, self.fingerprint, self.state, self._extra(), cfg.keep_checkpoints)
+        return self.step >= cfg.steps
+
+
+def _finalize(config: TrainPriorConfig, trainer: _PriorTrainer, backbone: LoadedBackbone, inputs: list[InputRef], fingerprint: str, device: torch.device) -> PriorManifest:
+    out = config.out
+    save_tensors(out / ENERGY_NAME, trainer.ema.state_dict())
+    records = [line for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    import json
+
+    tail = [json.loads(r) for r in records[-10:]]
+    metrics = {
+        "train_wall_s": round(trainer.wall_s, 2),
+        "steps_per_s": round(config.steps / max(trainer.wall_s, 1e-9), 3),
+        "final_energy_gap": sum(r["energy_gap"] for r in tail) / max(len(tail), 1),
+        "final_loss": sum(r["loss"] for r in tail) / max(len(tail), 1),
+        "rollbacks": trainer.progress.rollbacks,
+        "n_train_latents": len(trainer.data),
+        "latents_in_memory": trainer.data.in_memory,
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "peak_cuda_mb": peak_cuda_mb(device),
+        "device": str(device),
+    }
+    geometry = trainer.geometry
+    manifest = PriorManifest(
+        **common_fields(fingerprint),
+        config=config,
+        inputs=inputs,
+        outputs=[describe_file(out, n) for n in (ENERGY_NAME, "metrics.jsonl")],
+        metrics=metrics,
+        group_dims=backbone.model.group_dims,
+        schedule=geometry.schedule.to_dict() if geometry.schedule is not None else None,
+        step_sizes=geometry.step_sizes,
+    )
+    write_manifest(out, manifest)
+    console().print(f"[green]train-prior: done[/green] {config.scheme}, energy gap {metrics['final_energy_gap']:+.4f}, {metrics['steps_per_s']:.2f} steps/s -> {out}")
+    return manifest

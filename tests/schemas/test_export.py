@@ -1,0 +1,33 @@
+"""The top-level schemas/ folder must hold exactly what hebmctl.schemas exports."""
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from hebmctl.schemas import PretrainConfig, json_schemas
+from hebmctl.schemas.export import render
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
+
+
+def test_exported_json_schemas_are_in_sync():
+    expected = {name: render(schema) for name, schema in json_schemas().items()}
+    on_disk = {p.name: p.read_text() for p in SCHEMAS.glob("*.json")}
+    assert set(on_disk) == set(expected), "run: python -m hebmctl.schemas.export schemas/"
+    for name, text in expected.items():
+        assert on_disk[name] == text, f"{name} is stale: run python -m hebmctl.schemas.export schemas/"
+
+
+def test_configs_are_frozen_strict_and_documented():
+    config = PretrainConfig(latent_dims="16, 8,4", exclude_classes="1")
+    assert config.latent_dims == (16, 8, 4) and config.exclude_classes == (1,)
+    assert str(config.out) == "runs/default/backbone"
+    with pytest.raises(ValidationError):
+        PretrainConfig(stesp=10)  # typo: extra keys are forbidden
+    with pytest.raises(ValidationError):
+        config.steps = 5  # frozen
+    for model_name, schema in json_schemas().items():
+        if model_name.startswith("config."):
+            for field, spec in schema["properties"].items():
+                assert spec.get("description"), f"{model_name}: {field} has no description"

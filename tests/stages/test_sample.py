@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from hebmctl.errors import LineageError
+from hebmctl.io.manifest import read_manifest
+from hebmctl.schemas import SampleConfig, SamplesManifest
+from hebmctl.stages import pretrain, sample
+from hebmctl.stages.artifacts import load_backbone
+
+from tests.conftest import tiny_pretrain_config
+
+
+def _config(backbone, out, **kw):
+    return SampleConfig(**(dict(backbone=backbone, out=out, n=10, batch_size=4, device="cpu") | kw))
+
+
+@pytest.mark.parametrize("prior", ["gaussian", "joint", "diffusion"])
+def test_sample_writes_images_latents_and_manifest(tiny_backbone, tiny_priors, tmp_path, prior):
+    prior_arg = prior if prior == "gaussian" else str(tiny_priors[prior])
+    manifest = sample.run(_config(tiny_backbone, tmp_path / "s", prior=prior_arg, temperature=0.7))
+    out = tmp_path / "s"
+    images = np.load(out / "images.npz", allow_pickle=False)["images"]
+    assert images.shape == (10, 28, 28, 1) and images.dtype == np.uint8
+    assert len(list((out / "images").glob("*.png"))) == 10
+    assert Image.open(out / "grid.png").size[0] > 28 * 8
+    latents = load_file(str(out / "latents.safetensors"))
+    model = load_backbone(tiny_backbone, torch.device("cpu")).model
+    with torch.no_grad():
+        assert torch.allclose(model.u_to_z(0.7 * latents["u0"]), latents["z"], atol=1e-5)  # z = T(tau * u0)
+    assert manifest.prior_kind == prior and manifest.sampler["temperature"] == 0.7
+    if prior == "diffusion":
+        assert manifest.sampler["step_scale"] == 1.0 and len(manifest.sampler["step_sizes"]) == 3
+    loaded, _ = read_manifest(out, SamplesManifest)
+    assert loaded == manifest  # manifest round-trips through JSON
+
+
+def test_same_seed_same_images_and_fewer_steps_scale_the_step(tiny_backbone, tiny_priors, tmp_path):
+    prior = str(tiny_priors["diffusion"])
+    a = sample.run(_config(tiny_backbone, tmp_path / "a", prior=prior))
+    b = sample.run(_config(tiny_backbone, tmp_path / "b", prior=prior))
+    assert np.array_equal(np.load(tmp_path / "a" / "images.npz")["images"], np.load(tmp_path / "b" / "images.npz")["images"])
+    assert a.fingerprint == b.fingerprint
+    c = sample.run(_config(tiny_backbone, tmp_path / "c", prior=prior, langevin_steps=1))
+    assert c.sampler["step_scale"] == pytest.approx(3**0.5)  # CDRL: sqrt(K_train / K)
+
+
+@pytest.mark.parametrize("prior", ["gaussian", "joint", "diffusion"])
+def test_hierarchical_and_trajectory_figures(tiny_backbone, tiny_priors, tmp_path, prior):
+    prior_arg = prior if prior == "gaussian" else str(tiny_priors[prior])
+    manifest = sample.run(_config(tiny_backbone, tmp_path / "s", prior=prior_arg, n=8, hierarchical=True, trajectory=True, trajectory_steps=20))
+    names = {o.name for o in manifest.outputs}
+    assert {"hierarchical_z1.png", "hierarchical_z2.png", "hierarchical_z3.png"} <= names
+    if prior != "gaussian":
+        assert {"trajectory.png", "long_run.png", "energy_profile.png", "energy_profile.json"} <= names
+
+
+def test_hierarchical_resampling_changes_only_its_layer(tiny_backbone, tiny_priors):
+    """The conditional samplers keep every other layer fixed exactly."""
+    from hebmctl.samplers.conditional import resample_masked_diffusion, resample_masked_joint
+    from hebmctl.stages.artifacts import load_prior
+    from hebmctl.stages.train_prior import neg_energy_on_u, prior_geometry
+
+    backbone = load_backbone(tiny_backbone, torch.device("cpu"))
+    u_fixed = torch.randn(6, backbone.model.latent_dim, generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(backbone.model.latent_dim)
+    mask[8:12] = 1.0  # layer z2
+    for scheme in ("joint", "diffusion"):
+        prior = load_prior(tiny_priors[scheme], backbone, torch.device("cpu"))
+        G = neg_energy_on_u(prior.energy, backbone)
+        g = torch.Generator().manual_seed(1)
+        if scheme == "joint":
+            u, _ = resample_masked_joint(lambda u: G(u, None), u_fixed, mask, 3, 0.4, g)
+        else:
+            geo = prior_geometry(prior.manifest.config, torch.device("cpu"))
+            u, _ = resample_masked_diffusion(G, u_fixed, mask, geo.schedule, geo.step_sizes_sq, 3, g)
+        assert torch.equal(u[:, mask == 0], u_fixed[:, mask == 0])
+        assert not torch.allclose(u[:, mask == 1], u_fixed[:, mask == 1])
+
+
+def test_prior_of_another_backbone_is_refused(tiny_priors, tmp_path):
+    other = tmp_path / "other"
+    pretrain.run(tiny_pretrain_config(other, seed=3))
+    with pytest.raises(LineageError):
+        sample.run(_config(other, tmp_path / "s", prior=str(tiny_priors["joint"])))

@@ -1,0 +1,64 @@
+import json
+import shutil
+
+import pytest
+import torch
+
+from hebmctl.errors import DivergenceError, LineageError
+from hebmctl.io.manifest import read_manifest
+from hebmctl.io.state import load_tensors
+from hebmctl.schemas import PriorManifest
+from hebmctl.stages import pretrain, train_prior
+from hebmctl.stages.artifacts import load_backbone, load_prior
+
+from tests.conftest import tiny_pretrain_config, tiny_prior_config
+
+
+@pytest.mark.parametrize("scheme", ["joint", "diffusion"])
+def test_prior_manifest_records_every_number(tiny_priors, scheme):
+    manifest, _ = read_manifest(tiny_priors[scheme], PriorManifest)
+    assert manifest.config.scheme == scheme and manifest.config.langevin_steps == 3
+    assert {r.role for r in manifest.inputs} == {"backbone", "latents"}
+    if scheme == "diffusion":
+        assert manifest.schedule["name"] == "drl" and len(manifest.schedule["alpha"]) == 4
+        assert len(manifest.step_sizes) == 3 and all(s > 0 for s in manifest.step_sizes)
+    else:
+        assert manifest.schedule is None and manifest.step_sizes == pytest.approx([0.4])
+    lines = [json.loads(x) for x in (tiny_priors[scheme] / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2, 3, 4, 5, 6] and all("energy_gap" in r for r in lines)
+    assert manifest.metrics["rollbacks"] == []
+    prior = load_prior(tiny_priors[scheme], load_backbone(manifest.config.backbone, torch.device("cpu")), torch.device("cpu"))
+    assert not any(p.requires_grad for p in prior.energy.parameters())
+
+
+def test_train_prior_resume_is_exact(tiny_backbone, tiny_latents, tiny_priors, tmp_path):
+    config = tiny_prior_config(tiny_backbone, tiny_latents, tmp_path / "p", scheme="diffusion")
+    assert train_prior.run(config, train_prior.RunControl(stop_after=4)) is None
+    train_prior.run(config)
+    resumed, _ = load_tensors(tmp_path / "p" / "energy.safetensors")
+    straight, _ = load_tensors(tiny_priors["diffusion"] / "energy.safetensors")
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
+
+
+def test_latents_from_another_backbone_are_refused(tiny_backbone, tiny_latents, tmp_path):
+    other = tmp_path / "other-backbone"
+    pretrain.run(tiny_pretrain_config(other, seed=1))
+    with pytest.raises(LineageError, match="manifest hash"):
+        train_prior.run(tiny_prior_config(other, tiny_latents, tmp_path / "p"))
+    assert not (tmp_path / "p").exists()
+
+
+def test_divergence_rolls_back_then_stops_with_a_clear_error(tiny_backbone, tiny_latents, tmp_path):
+    """A huge learning rate with a huge step blows the chains up: rollbacks are recorded, then it stops."""
+    config = tiny_prior_config(tiny_backbone, tiny_latents, tmp_path / "p", scheme="joint", lr=1e30, step_size=1e6, max_rollbacks=2, steps=20)
+    with pytest.raises(DivergenceError, match="rollbacks"):
+        train_prior.run(config)
+    assert not (tmp_path / "p" / "manifest.json").exists()
+
+
+def test_up_to_date_prior_is_skipped(tiny_backbone, tiny_latents, tiny_priors, tmp_path):
+    folder = tmp_path / "copy"
+    shutil.copytree(tiny_priors["joint"], folder)
+    before = (folder / "manifest.json").read_bytes()
+    train_prior.run(tiny_prior_config(tiny_backbone, tiny_latents, folder, scheme="joint"))
+    assert (folder / "manifest.json").read_bytes() == before
