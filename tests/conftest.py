@@ -13,6 +13,16 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 torch.set_num_threads(2)
 
 
+@pytest.fixture
+def single_thread():
+    """For tests on tiny tensors: one intra-op thread is faster than two, and far faster when the
+    2 cores are shared (OpenMP spin-waits made toy training 10-15x slower with 2 threads)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def tiny_pretrain_config(out: Path, **overrides):
     """A backbone small enough to train in a few seconds on 2 CPU cores, on real digits."""
     from hebmctl.schemas import PretrainConfig

@@ -77,3 +77,5 @@ def test_pipeline_dry_run_uses_the_builtin_demo(tmp_path):
     plan = json.loads(result.stdout)
     assert plan["pretrain"]["data"] == "builtin:mnist-10k"
     assert plan["cache_latents"]["backbone"] == str(tmp_path / "demo" / "backbone")
+    assert plan["train_prior:diffusion"]["scheme"] == "diffusion"
+    assert {"sample:gaussian", f"sample:{tmp_path / 'demo' / 'priors' / 'diffusion'}"} <= set(plan)

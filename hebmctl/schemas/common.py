@@ -47,13 +47,21 @@ class StageConfig(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _fill_run_paths(cls, data: Any) -> Any:
+        """Derived defaults (`_derived_defaults`), then unset paths from `run_defaults`, whose
+        entries may name other fields as `{field}` (string fields as paths: `{prior.name}`)."""
         if not isinstance(data, dict):
             return data
-        data = dict(data)
+        data = cls._derived_defaults(dict(data))
         run = Path(data.get("run") or cls.model_fields["run"].default)
+        context = {k: Path(v) if isinstance(v, str) else v for k, v in data.items()}
         for field, sub_path in cls.run_defaults.items():
             if data.get(field) is None:
-                data[field] = run / sub_path
+                data[field] = run / sub_path.format(**context)
+        return data
+
+    @classmethod
+    def _derived_defaults(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """Defaults that depend on other fields (e.g. K on the scheme); none by default."""
         return data
 
     def hashed_fields(self) -> dict[str, Any]:

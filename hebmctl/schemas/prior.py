@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from hebmctl.schemas.common import ManifestBase, StageConfig
 
@@ -16,7 +16,7 @@ DEFAULT_STEP_SIZE = {"joint": 0.4}
 class TrainPriorConfig(StageConfig):
     """Learn an energy-based prior in u-space on a frozen backbone's cached latents (DESIGN §3)."""
 
-    run_defaults: ClassVar[dict[str, str]] = {"backbone": "backbone", "latents": "latents"}
+    run_defaults: ClassVar[dict[str, str]] = {"backbone": "backbone", "latents": "latents", "out": "priors/{name}"}
     unhashed: ClassVar[frozenset[str]] = frozenset({"run", "device", "name", "out", "log_every", "checkpoint_every", "keep_checkpoints"})
 
     backbone: Path = Field(None, description="Backbone folder (default: RUN/backbone).")
@@ -48,25 +48,15 @@ class TrainPriorConfig(StageConfig):
     seed: int = Field(0, description="Seed of every random number generator of the stage.")
     device: str = Field("auto", description="Torch device: 'auto' (CUDA when present, else CPU), 'cpu', 'cuda', ...")
 
-    @model_validator(mode="before")
     @classmethod
-    def _fill_run_paths(cls, data: Any) -> Any:
-        """Scheme-dependent defaults, then the run-folder paths (out = RUN/priors/NAME)."""
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
+    def _derived_defaults(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """K and s depend on the scheme; the name defaults to the scheme."""
         scheme = data.get("scheme") or cls.model_fields["scheme"].default
         if data.get("langevin_steps") is None:
-            data["langevin_steps"] = DEFAULT_LANGEVIN_STEPS.get(scheme, 30)
+            data["langevin_steps"] = DEFAULT_LANGEVIN_STEPS[scheme]
         if data.get("step_size") is None:
             data["step_size"] = DEFAULT_STEP_SIZE.get(scheme, 0.4)
         data["name"] = data.get("name") or scheme
-        run = Path(data.get("run") or cls.model_fields["run"].default)
-        if data.get("out") is None:
-            data["out"] = run / "priors" / data["name"]
-        for field, sub_path in cls.run_defaults.items():
-            if data.get(field) is None:
-                data[field] = run / sub_path
         return data
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from hebmctl.schemas.common import ManifestBase, StageConfig
 
@@ -13,7 +13,7 @@ from hebmctl.schemas.common import ManifestBase, StageConfig
 class SampleConfig(StageConfig):
     """Generate images from the backbone with the Gaussian prior or a trained EBM prior."""
 
-    run_defaults: ClassVar[dict[str, str]] = {"backbone": "backbone"}
+    run_defaults: ClassVar[dict[str, str]] = {"backbone": "backbone", "out": "samples/{prior.name}"}
     unhashed: ClassVar[frozenset[str]] = frozenset({"run", "device", "out", "prior"})  # the prior is an input (hashed by manifest)
 
     backbone: Path = Field(None, description="Backbone folder (default: RUN/backbone).")
@@ -31,18 +31,10 @@ class SampleConfig(StageConfig):
     seed: int = Field(0, description="Seed of the sampling noise.")
     device: str = Field("auto", description="Torch device: 'auto' (CUDA when present, else CPU), 'cpu', 'cuda', ...")
 
-    @model_validator(mode="before")
     @classmethod
-    def _fill_run_paths(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        run = Path(data.get("run") or cls.model_fields["run"].default)
-        prior = str(data.get("prior") or "gaussian")
-        if data.get("out") is None:
-            data["out"] = run / "samples" / (prior if prior == "gaussian" else Path(prior).name)
-        if data.get("backbone") is None:
-            data["backbone"] = run / "backbone"
+    def _derived_defaults(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """The samples folder is named after the prior: RUN/samples/gaussian, RUN/samples/<prior folder name>."""
+        data["prior"] = str(data.get("prior") or "gaussian")
         return data
 
     def prior_dir(self) -> Path | None:

@@ -14,14 +14,7 @@ from hebmctl.models.ebm_losses import (
 from hebmctl.models.energy import GroupEnergy, JointEnergy, sinusoidal_embedding
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """These tensors are tiny: one intra-op thread is faster than two, and far faster when the 2
-    cores are shared (OpenMP spin-waits made the toy training 10-15x slower with 2 threads)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 DIMS = [3, 5, 2]
