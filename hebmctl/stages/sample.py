@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from hebmctl.data import from_unit_range
+from hebmctl.errors import DivergenceError
 from hebmctl.io.atomic import write_text, write_with
 from hebmctl.io.console import console, progress_bar
 from hebmctl.io.images import save_grid, save_png
@@ -117,9 +118,11 @@ def run(config: SampleConfig, control: RunControl = RunControl()) -> SamplesMani
     names = _write_samples(out, u0, z, images, chain_stats)
     if config.hierarchical:
         names += _write_hierarchical(out, config, sampler, u0[:GRID_COLUMNS])
+    long_run: dict = {}
     if config.trajectory:
-        names += _write_trajectory(out, config, sampler)
-    metrics = {"wall_s": round(wall_s, 3), "images_per_s": round(config.n / max(wall_s, 1e-9), 2),
+        trajectory_names, long_run = _write_trajectory(out, config, sampler)
+        names += trajectory_names
+    metrics = long_run | {"wall_s": round(wall_s, 3), "images_per_s": round(config.n / max(wall_s, 1e-9), 2),
                "pixel_saturation": float(np.mean((images == 0) | (images == 255))), "peak_rss_mb": round(peak_rss_mb(), 1), "device": str(device)}
     manifest = SamplesManifest(**common_fields(fingerprint), config=config, inputs=inputs, outputs=[describe_file(out, n) for n in names],
                                metrics=metrics, prior_kind=sampler.kind, sampler=sampler.describe(config.temperature, config.seed))
@@ -141,12 +144,23 @@ def _generate(config: SampleConfig, sampler: Sampler) -> tuple[Tensor, Tensor, n
             n = min(config.batch_size, config.n - start)
             generator = torch.Generator(device=sampler.device).manual_seed(config.seed * 1_000_003 + start)
             u0, chain = sampler.draw(n, generator)
+            _require_finite(u0, sampler)
             with torch.no_grad():
                 z = model.u_to_z(config.temperature * u0)  # DESIGN §3: z = T(tau * u_0)
                 x = model.decode(z).clamp(-1, 1)
             u_parts.append(u0.cpu()), z_parts.append(z.cpu()), image_parts.append(from_unit_range(x.cpu())), stats.append(chain)
             bar.update(task, advance=n)
     return torch.cat(u_parts), torch.cat(z_parts), np.concatenate(image_parts), stats, time.perf_counter() - t0
+
+
+def _require_finite(u0: Tensor, sampler: Sampler) -> None:
+    bad = int((~torch.isfinite(u0).all(dim=1)).sum())
+    if bad:
+        raise DivergenceError(
+            f"The {sampler.kind} sampler diverged: {bad} of {u0.shape[0]} latents in a batch are not finite "
+            f"(K = {sampler.n_steps}, step {sampler.step_size:g}). Nothing was written as samples; use a smaller "
+            "--step-size / --step-scale or fewer --langevin-steps."
+        )
 
 
 def _write_samples(out: Path, u0: Tensor, z: Tensor, images: np.ndarray, chain_stats: list[list[ChainStats]]) -> list[str]:
@@ -193,11 +207,11 @@ def _resample_layer(sampler: Sampler, u_fixed: Tensor, mask: Tensor, generator: 
     return resample_masked_diffusion(G, u_fixed, mask, geometry.schedule, geometry.step_sizes_sq, sampler.n_steps, generator, sampler.step_size)[0]
 
 
-def _write_trajectory(out: Path, config: SampleConfig, sampler: Sampler) -> list[str]:
+def _write_trajectory(out: Path, config: SampleConfig, sampler: Sampler) -> tuple[list[str], dict]:
     """trajectory.png (images along the chain: one row per level / checkpoint of the chain),
     energy_profile.png and long_run.png (a long chain from the final samples: it must not saturate)."""
     if sampler.prior is None:
-        return []
+        return [], {}
     generator = torch.Generator(device=sampler.device).manual_seed(config.seed + 17)
     n, model = GRID_COLUMNS, sampler.backbone.model
     G = neg_energy_on_u(sampler.prior.energy, sampler.backbone)
@@ -220,10 +234,17 @@ def _write_trajectory(out: Path, config: SampleConfig, sampler: Sampler) -> list
     save_grid(out / "trajectory.png", images, GRID_COLUMNS)
     u_long, profile = _long_run(G, log_density, u0, config.trajectory_steps, step, generator, sampler.kind == "diffusion")
     save_grid(out / "long_run.png", _decode(sampler, u_long, config.temperature), GRID_COLUMNS)
-    save_line_plot(out / "energy_profile.png", {"F(T(u)) (batch mean)": profile["neg_energy"]}, f"{sampler.kind} prior: "
-                   f"{config.trajectory_steps}-step Langevin run from the samples", "Langevin step", "negative energy F", x=profile["step"])
+    diverged = profile["diverged_at_step"]
+    title = f"{sampler.kind} prior: {config.trajectory_steps}-step run from the samples"
+    if diverged is not None:
+        title += f" (diverged: step {diverged})"
+        console().print(f"[yellow]sample: the long run diverged (non-finite) at step {diverged}; the profile stops there.[/yellow]")
+    save_line_plot(out / "energy_profile.png", {"F(T(u)) (batch mean)": profile["neg_energy"]}, title, "Langevin step",
+                   "negative energy F", x=profile["step"])
     write_text(out / "energy_profile.json", json.dumps(profile))
-    return ["trajectory.png", "long_run.png", "energy_profile.png", "energy_profile.json"]
+    long_run = {"long_run_steps": config.trajectory_steps, "long_run_diverged_at_step": diverged,
+                "long_run_neg_energy_start": profile["neg_energy"][0], "long_run_neg_energy_end": profile["neg_energy"][-1]}
+    return ["trajectory.png", "long_run.png", "energy_profile.png", "energy_profile.json"], long_run
 
 
 PROFILE_POINTS = 100
@@ -231,19 +252,27 @@ PROFILE_POINTS = 100
 
 def _long_run(G, log_density, u0: Tensor, n_steps: int, step: float, generator: torch.Generator, with_level: bool) -> tuple[Tensor, dict]:
     """Langevin for n_steps from u0, recording the batch-mean F(T(u)) (at level 0 for the diffusion
-    scheme) at ~PROFILE_POINTS evenly spaced steps."""
+    scheme) at ~PROFILE_POINTS evenly spaced steps.
+
+    A chain that leaves the finite numbers is divergence, not an error: the run stops there, the
+    last finite state is returned and `diverged_at_step` says when (None if it never did).
+    """
     t0 = torch.zeros(u0.shape[0], dtype=torch.long, device=u0.device) if with_level else None
     chunk = max(1, n_steps // PROFILE_POINTS)
-    u, done, profile = u0, 0, {"step": [0], "neg_energy": []}
+    u, done = u0, 0
     with torch.no_grad():
-        profile["neg_energy"].append(float(G(u, t0).mean()))
+        profile: dict = {"step": [0], "neg_energy": [float(G(u, t0).mean())], "diverged_at_step": None}
     while done < n_steps:
         k = min(chunk, n_steps - done)
-        u, _ = langevin(log_density, u, k, step, generator)
-        done += k
+        u_next, _ = langevin(log_density, u, k, step, generator)
         with torch.no_grad():
-            profile["neg_energy"].append(float(G(u, t0).mean()))
+            value = float(G(u_next, t0).mean()) if torch.isfinite(u_next).all() else math.nan
+        if not math.isfinite(value):
+            profile["diverged_at_step"] = done + k
+            break
+        u, done = u_next, done + k
         profile["step"].append(done)
+        profile["neg_energy"].append(value)
     return u, profile
 
 

@@ -6,7 +6,8 @@ Schemes (the network outputs a negative energy F; density is proportional to exp
 - `diffusion` (Diff-EBM): level t ~ U{0..T-1} per example, (u_t, u_{t+1}) from the forward process
   started at cached u_0, K Langevin steps of log p(u_t | u_{t+1}) initialised at u_{t+1};
   loss mean(-(G(pos, t) - G(neg, t)) / s_t^2).
-Divergence (a non-finite loss or energy) rolls back to the last checkpoint with the learning rate
+Divergence (a non-finite loss or energy, or an energy gap beyond `max_energy_gap`, the sign that the
+Langevin chains have stopped reaching the model's high-density region) rolls back to the last checkpoint with the learning rate
 halved, at most `max_rollbacks` times, then stops with DivergenceError.
 """
 
@@ -160,10 +161,11 @@ class _PriorTrainer:
         record = {"loss": loss.item(), "energy_gap": energy_gap(pos.detach(), neg.detach()), "neg_energy_pos": pos.mean().item(),
                   "neg_energy_neg": neg.mean().item(), "langevin_grad_norm": float(stats.grad_norm[-1]) if stats.n_steps else 0.0}
         finite = torch.isfinite(loss) and torch.isfinite(pos).all() and torch.isfinite(neg).all() and stats.is_finite()
-        return (loss if finite else None), record
+        runaway = abs(record["energy_gap"]) > cfg.max_energy_gap
+        return (loss if finite and not runaway else None), record
 
     def train_step(self) -> dict | None:
-        """One update; None when the loss or an energy is not finite (nothing is applied then)."""
+        """One update; None on divergence (non-finite values or a runaway energy gap; nothing is applied then)."""
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.lr * self.progress.lr_scale
         loss, record = self.negatives_and_loss(self.data.batch(self.step, self.config.batch_size))
@@ -181,14 +183,14 @@ class _PriorTrainer:
         """Divergence: back to the newest checkpoint with half the learning rate, or stop."""
         if len(self.progress.rollbacks) >= self.config.max_rollbacks:
             raise DivergenceError(
-                f"train-prior diverged at step {record_step} (non-finite loss or energy) after {len(self.progress.rollbacks)} "
+                f"train-prior diverged at step {record_step} (non-finite loss or energy, or |energy gap| > --max-energy-gap) after {len(self.progress.rollbacks)} "
                 f"rollbacks with halved learning rates. Checkpoints are in {self.checkpoints}. Try a smaller --lr, a smaller "
                 "step size (--step-size / --b2), --spectral-norm or --energy-l2, then re-run with --force."
             )
         rollbacks, scale = self.progress.rollbacks, self.progress.lr_scale * 0.5
         self._restore(latest_checkpoint(self.checkpoints, self.fingerprint))
         self.progress = _Progress(rollbacks=rollbacks + [{"diverged_at_step": record_step, "resumed_from_step": self.step, "lr_scale": scale}], lr_scale=scale)
-        console().print(f"[yellow]train-prior: non-finite loss at step {record_step}; rolled back to step {self.step}, learning rate x{scale:g}[/yellow]")
+        console().print(f"[yellow]train-prior: divergence at step {record_step}; rolled back to step {self.step}, learning rate x{scale:g}[/yellow]")
 
     def train(self, stop_after: int | None) -> bool:
         cfg = self.config

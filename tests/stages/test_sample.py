@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from hebmctl.errors import LineageError
+from hebmctl.errors import DivergenceError, LineageError
 from hebmctl.io.manifest import read_manifest
 from hebmctl.schemas import SampleConfig, SamplesManifest
 from hebmctl.stages import pretrain, sample
@@ -85,3 +85,19 @@ def test_prior_of_another_backbone_is_refused(tiny_priors, tmp_path):
     pretrain.run(tiny_pretrain_config(other, seed=3))
     with pytest.raises(LineageError):
         sample.run(_config(other, tmp_path / "s", prior=str(tiny_priors["joint"])))
+
+
+def test_diverging_sampler_is_a_clear_error(tiny_backbone, tiny_priors, tmp_path):
+    with pytest.raises(DivergenceError, match="step-size"):
+        sample.run(_config(tiny_backbone, tmp_path / "s", prior=str(tiny_priors["joint"]), n=8, step_size=1e6))
+    assert not (tmp_path / "s" / "manifest.json").exists()
+
+
+def test_long_run_stops_at_divergence_and_says_when():
+    """log p(u) = |u|^4 pushes chains to infinity: the profile stops at the first non-finite state."""
+    from hebmctl.stages.sample import _long_run
+
+    G = lambda u, t: u.pow(2).sum(1)  # noqa: E731
+    u_end, profile = _long_run(G, lambda u: u.pow(4).sum(1), torch.ones(4, 3), 500, 0.5, torch.Generator().manual_seed(0), False)
+    assert profile["diverged_at_step"] is not None and profile["diverged_at_step"] <= 500
+    assert torch.isfinite(u_end).all() and len(profile["step"]) == len(profile["neg_energy"])

@@ -62,3 +62,10 @@ def test_up_to_date_prior_is_skipped(tiny_backbone, tiny_latents, tiny_priors, t
     before = (folder / "manifest.json").read_bytes()
     train_prior.run(tiny_prior_config(tiny_backbone, tiny_latents, folder, scheme="joint"))
     assert (folder / "manifest.json").read_bytes() == before
+
+
+def test_runaway_energy_gap_counts_as_divergence(tiny_backbone, tiny_latents, tmp_path):
+    """A finite but exploding gap (here: any gap above a tiny threshold) triggers rollbacks, then a stop."""
+    config = tiny_prior_config(tiny_backbone, tiny_latents, tmp_path / "p", scheme="joint", max_energy_gap=1e-9, max_rollbacks=1)
+    with pytest.raises(DivergenceError, match="max-energy-gap"):
+        train_prior.run(config)
