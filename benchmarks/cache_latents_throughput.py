@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import SHARED_DATA, emit
+from _common import REPO, SHARED_DATA, emit
 
 from hebmctl.data import load_split, to_unit_range
 from hebmctl.schemas import PretrainConfig
@@ -43,7 +43,7 @@ def bare_inference_images_per_s(backbone_dir: Path, batch_size: int, samples: in
 def stage_run(backbone_dir: Path, out: Path, batch_size: int, samples: int, extra: list[str]) -> dict:
     cmd = [sys.executable, "-m", "hebmctl.cli", "cache-latents", "--backbone", str(backbone_dir), "--out", str(out),
            "--splits", "train", "--batch-size", str(batch_size), "--samples-per-image", str(samples), "--force", *extra]
-    subprocess.run(cmd, check=True, capture_output=True)
+    subprocess.run(cmd, check=True, capture_output=True, cwd=REPO)
     manifest = json.loads((out / "manifest.json").read_text())
     train = manifest["metrics"]["splits"]["train"]
     return {"images_per_s": train["images_per_s"], "wall_s": train["wall_s"], "peak_rss_mb": manifest["metrics"]["peak_rss_mb"],

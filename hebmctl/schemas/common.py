@@ -30,6 +30,15 @@ def split_csv(value: Any) -> Any:
     return value
 
 
+def absolute_data_spec(spec: Any) -> Any:
+    """`kind:relative/path` -> `kind:/absolute/path`, so that later stages run from any folder find
+    the data the manifest names (`builtin:` specs and non-strings pass through)."""
+    if not isinstance(spec, str) or ":" not in spec or spec.startswith("builtin:"):
+        return spec
+    kind, path = spec.split(":", 1)
+    return f"{kind}:{Path(path).expanduser().absolute()}" if path else spec
+
+
 class StageConfig(StrictModel):
     """Base of every stage config.
 

@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from hebmctl.schemas.common import ManifestBase, StageConfig, split_csv
+from hebmctl.schemas.common import ManifestBase, StageConfig, absolute_data_spec, split_csv
 
 
 class CacheLatentsConfig(StageConfig):
@@ -32,6 +32,7 @@ class CacheLatentsConfig(StageConfig):
 
     unhashed: ClassVar[frozenset[str]] = frozenset({"run", "device"})
 
+    _data = field_validator("data", mode="before")(lambda cls, v: absolute_data_spec(v))
     _csv = field_validator("splits", "exclude_classes", mode="before")(lambda cls, v: split_csv(v))
 
 

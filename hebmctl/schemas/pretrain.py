@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from hebmctl.schemas.common import ManifestBase, StageConfig, split_csv
+from hebmctl.schemas.common import ManifestBase, StageConfig, absolute_data_spec, split_csv
 
 
 class PretrainConfig(StageConfig):
@@ -41,6 +41,7 @@ class PretrainConfig(StageConfig):
 
     unhashed: ClassVar[frozenset[str]] = frozenset({"run", "device", "log_every", "checkpoint_every", "keep_checkpoints"})
 
+    _data = field_validator("data", mode="before")(lambda cls, v: absolute_data_spec(v))
     _csv = field_validator("exclude_classes", "latent_dims", mode="before")(lambda cls, v: split_csv(v))
 
     @field_validator("latent_dims")

@@ -31,3 +31,9 @@ def test_configs_are_frozen_strict_and_documented():
         if model_name.startswith("config."):
             for field, spec in schema["properties"].items():
                 assert spec.get("description"), f"{model_name}: {field} has no description"
+
+
+def test_relative_data_paths_are_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert PretrainConfig(data="mnist:data/mnist").data == f"mnist:{tmp_path / 'data' / 'mnist'}"
+    assert PretrainConfig(data="builtin:mnist-10k").data == "builtin:mnist-10k"
