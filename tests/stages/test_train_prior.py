@@ -23,7 +23,8 @@ def test_prior_manifest_records_every_number(tiny_priors, scheme):
         assert manifest.schedule["name"] == "drl" and len(manifest.schedule["alpha"]) == 4
         assert len(manifest.step_sizes) == 3 and all(s > 0 for s in manifest.step_sizes)
     else:
-        assert manifest.schedule is None and manifest.step_sizes == pytest.approx([0.4])
+        assert manifest.schedule is None and manifest.step_sizes == pytest.approx([0.1])
+        assert manifest.config.energy_l2 == 0.1
     lines = [json.loads(x) for x in (tiny_priors[scheme] / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2, 3, 4, 5, 6] and all("energy_gap" in r for r in lines)
     assert manifest.metrics["rollbacks"] == []
