@@ -13,9 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 SCHEMA_VERSION = 1
 """Bumped whenever a manifest or config changes meaning; part of every stage's fingerprint."""
 
-Device = str
-
-
 class StrictModel(BaseModel):
     """Frozen, no unknown keys: a typo in a config file is an error, not a silently ignored key."""
 
@@ -77,10 +74,6 @@ class StageConfig(StrictModel):
         """The config values that determine the stage's result, as JSON-able data."""
         skip = set(self.unhashed) | set(self.run_defaults)
         return self.model_dump(mode="json", exclude=skip)
-
-
-def device_field() -> Any:
-    return Field("auto", description="Torch device: 'auto' (CUDA when present, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
 
 
 class InputRef(StrictModel):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from hebmctl.io.manifest import common_fields, describe_file, prepare_output, st
 from hebmctl.io.plots import save_line_plot
 from hebmctl.io.state import save_tensors
 from hebmctl.runtime import peak_rss_mb, resolve_device
-from hebmctl.samplers import langevin, reverse_diffusion_sample, sample_joint_prior
+from hebmctl.samplers import conditional_log_density, langevin, reverse_diffusion_sample, sample_joint_prior
 from hebmctl.samplers.conditional import resample_masked_diffusion, resample_masked_joint
 from hebmctl.samplers.langevin import ChainStats, joint_prior_log_density
 from hebmctl.schemas.common import InputRef
@@ -133,8 +134,6 @@ def run(config: SampleConfig, control: RunControl = RunControl()) -> SamplesMani
 
 def _generate(config: SampleConfig, sampler: Sampler) -> tuple[Tensor, Tensor, np.ndarray, list[list[ChainStats]], float]:
     """Batched sampling; batch b uses a generator seeded by (seed, b). Returns u0, z `[n, D]`, uint8 images."""
-    import time
-
     model = sampler.backbone.model
     u_parts, z_parts, image_parts, stats = [], [], [], []
     t0 = time.perf_counter()
@@ -278,7 +277,5 @@ def _long_run(G, log_density, u0: Tensor, n_steps: int, step: float, generator: 
 
 def _level0_log_density(G, u1: Tensor, geometry):
     """log p(u_0 | u_1) with the chain's own u_1: the long run continues the last level's chain."""
-    from hebmctl.samplers import conditional_log_density
-
     t = torch.zeros(u1.shape[0], dtype=torch.long, device=u1.device)
     return conditional_log_density(G, u1, t, geometry.schedule, geometry.step_sizes_sq)

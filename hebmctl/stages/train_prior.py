@@ -14,6 +14,7 @@ halved, at most `max_rollbacks` times, then stops with DivergenceError.
 from __future__ import annotations
 
 import copy
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -218,8 +219,6 @@ def _finalize(config: TrainPriorConfig, trainer: _PriorTrainer, backbone: Loaded
     out = config.out
     save_tensors(out / ENERGY_NAME, trainer.ema.state_dict())
     records = [line for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    import json
-
     tail = [json.loads(r) for r in records[-10:]]
     metrics = {
         "train_wall_s": round(trainer.wall_s, 2),
