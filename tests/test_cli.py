@@ -50,6 +50,8 @@ def test_bad_inputs_exit_2_with_a_message_and_no_traceback(tmp_path):
         ("pretrain", "--run", tmp_path, "--inference", "sideways"),
         ("pretrain", "--config", tmp_path / "missing.toml"),
         ("cache-latents", "--backbone", tmp_path / "no-backbone", "--out", tmp_path / "lat"),
+        ("train-prior", "--run", tmp_path, "--scheme", "sideways"),
+        ("sample", "--run", tmp_path, "--prior", "nope"),
     ]
     for args in cases:
         result = invoke(*args)

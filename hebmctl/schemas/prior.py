@@ -58,11 +58,11 @@ class TrainPriorConfig(StageConfig):
         """K, s and the energy L2 weight depend on the scheme; the name defaults to the scheme."""
         scheme = data.get("scheme") or cls.model_fields["scheme"].default
         if data.get("langevin_steps") is None:
-            data["langevin_steps"] = DEFAULT_LANGEVIN_STEPS[scheme]
+            data["langevin_steps"] = DEFAULT_LANGEVIN_STEPS.get(scheme, 30)  # an unknown scheme is rejected by validation
         if data.get("step_size") is None:
             data["step_size"] = DEFAULT_STEP_SIZE.get(scheme, 0.1)
         if data.get("energy_l2") is None:
-            data["energy_l2"] = DEFAULT_ENERGY_L2[scheme]
+            data["energy_l2"] = DEFAULT_ENERGY_L2.get(scheme, 0.0)
         data["name"] = data.get("name") or scheme
         return data
 
