@@ -34,7 +34,7 @@ from hebmctl.samplers.langevin import ChainStats, joint_prior_log_density
 from hebmctl.schemas.common import InputRef
 from hebmctl.schemas.sample import SampleConfig, SamplesManifest
 from hebmctl.stages.artifacts import LoadedBackbone, LoadedPrior, load_backbone, load_prior
-from hebmctl.stages.train_prior import neg_energy_on_u, prior_geometry
+from hebmctl.stages.train_prior import PriorGeometry, neg_energy_on_u, prior_geometry
 
 GRID_COLUMNS = 8
 
@@ -53,6 +53,7 @@ class Sampler:
     n_steps: int
     step_size: float  # joint: s; diffusion: the scale applied to every s_t
     device: torch.device
+    geometry: PriorGeometry | None = None  # schedule and training step sizes of a prior
 
     @property
     def kind(self) -> str:
@@ -67,7 +68,7 @@ class Sampler:
         if self.kind == "joint":
             u0, stats = sample_joint_prior(lambda u: G(u, None), u_top, self.n_steps, self.step_size, generator)
             return u0, [stats]
-        geometry = prior_geometry(self.prior.manifest.config, self.device)
+        geometry = self.geometry
         return reverse_diffusion_sample(G, u_top, geometry.schedule, geometry.step_sizes_sq, self.n_steps, generator, step_scale=self.step_size)
 
     def describe(self, temperature: float, seed: int) -> dict:
@@ -92,11 +93,12 @@ def make_sampler(config: SampleConfig, backbone: LoadedBackbone, prior: LoadedPr
     if prior is None:
         return Sampler(backbone, None, 0, 0.0, device)
     cfg = prior.manifest.config
+    geometry = prior_geometry(cfg, device)
     k = config.langevin_steps if config.langevin_steps is not None else cfg.langevin_steps
     if cfg.scheme == "joint":
-        return Sampler(backbone, prior, k, config.step_size or cfg.step_size, device)
+        return Sampler(backbone, prior, k, config.step_size or cfg.step_size, device, geometry)
     scale = config.step_scale if config.step_scale is not None else math.sqrt(cfg.langevin_steps / max(k, 1))
-    return Sampler(backbone, prior, k, scale, device)
+    return Sampler(backbone, prior, k, scale, device, geometry)
 
 
 def run(config: SampleConfig, control: RunControl = RunControl()) -> SamplesManifest:
@@ -202,7 +204,7 @@ def _resample_layer(sampler: Sampler, u_fixed: Tensor, mask: Tensor, generator: 
     G = neg_energy_on_u(sampler.prior.energy, sampler.backbone)
     if sampler.kind == "joint":
         return resample_masked_joint(lambda u: G(u, None), u_fixed, mask, sampler.n_steps, sampler.step_size, generator)[0]
-    geometry = prior_geometry(sampler.prior.manifest.config, sampler.device)
+    geometry = sampler.geometry
     return resample_masked_diffusion(G, u_fixed, mask, geometry.schedule, geometry.step_sizes_sq, sampler.n_steps, generator, sampler.step_size)[0]
 
 
@@ -216,7 +218,7 @@ def _write_trajectory(out: Path, config: SampleConfig, sampler: Sampler) -> tupl
     G = neg_energy_on_u(sampler.prior.energy, sampler.backbone)
     u_top = torch.randn((n, model.latent_dim), generator=generator, device=sampler.device)
     if sampler.kind == "diffusion":
-        geometry = prior_geometry(sampler.prior.manifest.config, sampler.device)
+        geometry = sampler.geometry
         u0, _, levels = reverse_diffusion_sample(G, u_top, geometry.schedule, geometry.step_sizes_sq, sampler.n_steps, generator,
                                                 step_scale=sampler.step_size, return_trajectory=True)
         rows = levels  # u_T, ..., u_0
