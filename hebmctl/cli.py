@@ -17,6 +17,7 @@ from hebmctl import __version__
 from hebmctl.cli_options import build_config, config_parameters, read_config_file
 from hebmctl.errors import HebmctlError
 from hebmctl.io.console import console
+from hebmctl.schemas.eval import EvalAnomalyConfig, EvalFidConfig, EvalOodConfig, EvalProbeConfig, EvalReconConfig
 from hebmctl.schemas.latents import CacheLatentsConfig
 from hebmctl.schemas.pretrain import PretrainConfig
 from hebmctl.schemas.prior import TrainPriorConfig
@@ -73,8 +74,16 @@ CONTROL_PARAMS = [
 ]
 
 
-def stage_command(name: str, model: type[BaseModel], section: str, help_text: str, extra: list[inspect.Parameter] = ()) -> Callable:
-    """Register a command whose options are `model`'s fields plus --config/--force/--dry-run (+ extra)."""
+eval_app = typer.Typer(
+    name="eval",
+    help="Evaluate backbones and priors: fid, recon, ood, anomaly, probe. Each writes RUN/eval/<name>/ (result.json, plots, manifest).",
+    no_args_is_help=True,
+)
+app.add_typer(eval_app, name="eval")
+
+
+def stage_command(name: str, model: type[BaseModel], section: str, help_text: str, extra: list[inspect.Parameter] = (), target: typer.Typer = app) -> Callable:
+    """Register a command on `target` whose options are `model`'s fields plus --config/--force/--dry-run (+ extra)."""
 
     def decorator(runner: Callable[..., None]) -> Callable:
         field_names = set(model.model_fields)
@@ -89,7 +98,7 @@ def stage_command(name: str, model: type[BaseModel], section: str, help_text: st
 
         command.__signature__ = inspect.Signature(config_parameters(model) + CONTROL_PARAMS + list(extra))
         command.__doc__ = help_text
-        app.command(name, help=help_text)(guarded(command))
+        target.command(name, help=help_text)(guarded(command))
         return runner
 
     return decorator
@@ -125,6 +134,50 @@ def _sample(config: SampleConfig, force: bool) -> None:
     from hebmctl.stages import sample
 
     sample.run(config, sample.RunControl(force=force))
+
+
+AS_JSON = inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                            default=typer.Option(False, "--json", help="Print the result as one JSON object on stdout (tables and progress go to stderr)."))
+
+
+def _print_result(manifest: Any, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(manifest.metrics))
+
+
+@stage_command("fid", EvalFidConfig, "eval_fid", "FID (clean-fid, offline Inception) of a prior's samples, reconstructions or given images vs a data split.", [AS_JSON], eval_app)
+def _eval_fid(config: EvalFidConfig, force: bool, as_json: bool) -> None:
+    from hebmctl.stages import eval_common, eval_fid
+
+    _print_result(eval_fid.run(config, eval_common.RunControl(force=force)), as_json)
+
+
+@stage_command("recon", EvalReconConfig, "eval_recon", "Reconstruction MSE (and ELBO, KL per layer, active units) of the backbone on a split.", [AS_JSON], eval_app)
+def _eval_recon(config: EvalReconConfig, force: bool, as_json: bool) -> None:
+    from hebmctl.stages import eval_common, eval_recon
+
+    _print_result(eval_recon.run(config, eval_common.RunControl(force=force)), as_json)
+
+
+@stage_command("ood", EvalOodConfig, "eval_ood", "OOD detection with L^{>k} and LLR^{>k}: AUROC, AUPRC, FPR@80%TPR, histograms, ROC curves.", [AS_JSON], eval_app)
+def _eval_ood(config: EvalOodConfig, force: bool, as_json: bool) -> None:
+    from hebmctl.stages import eval_common, eval_ood
+
+    _print_result(eval_ood.run(config, eval_common.RunControl(force=force)), as_json)
+
+
+@stage_command("anomaly", EvalAnomalyConfig, "eval_anomaly", "Held-out-class anomaly detection (score -L^{>0}): AUPRC and PR curve.", [AS_JSON], eval_app)
+def _eval_anomaly(config: EvalAnomalyConfig, force: bool, as_json: bool) -> None:
+    from hebmctl.stages import eval_anomaly, eval_common
+
+    _print_result(eval_anomaly.run(config, eval_common.RunControl(force=force)), as_json)
+
+
+@stage_command("probe", EvalProbeConfig, "eval_probe", "Per-layer latent probes: test accuracy of a 2-layer MLP on posterior-mean codes.", [AS_JSON], eval_app)
+def _eval_probe(config: EvalProbeConfig, force: bool, as_json: bool) -> None:
+    from hebmctl.stages import eval_common, eval_probe
+
+    _print_result(eval_probe.run(config, eval_common.RunControl(force=force)), as_json)
 
 
 @app.command("pipeline")

@@ -1,4 +1,4 @@
-"""Line plots as PNG (matplotlib, headless Agg backend), written atomically."""
+"""Line plots, histograms and ROC/PR curves as PNG (matplotlib, headless Agg backend), written atomically."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -24,7 +25,43 @@ def save_line_plot(path: Path, series: dict[str, Sequence[float]], title: str, x
     ax.grid(alpha=0.3)
     if len(series) > 1:
         ax.legend()
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
     fig.tight_layout()
     with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+
+
+def save_histogram_panels(path: Path, panels: dict[str, dict[str, Sequence[float]]], xlabel: str, bins: int = 60) -> None:
+    """One subplot per panel (title -> {set name -> values}); the sets share bins within a panel."""
+    n = len(panels)
+    cols = min(n, 3)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), dpi=110, squeeze=False)
+    for ax, (title, sets) in zip(axes.flat, panels.items()):
+        values = [v for vs in sets.values() for v in vs]
+        edges = np.histogram_bin_edges(values, bins=bins)
+        for name, vs in sets.items():
+            ax.hist(list(vs), bins=edges, alpha=0.55, density=True, label=name)
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    _save(fig, path)
+
+
+def save_curves(path: Path, curves: dict[str, tuple[Sequence[float], Sequence[float]]], title: str, xlabel: str, ylabel: str, diagonal: bool = False) -> None:
+    """One line per curve (name -> (x, y)) on [0, 1] x [0, 1]; `diagonal` adds the chance line y = x."""
+    fig, ax = plt.subplots(figsize=(4.8, 4.4), dpi=120)
+    for name, (xs, ys) in curves.items():
+        ax.plot(list(xs), list(ys), label=name, linewidth=1.3)
+    if diagonal:
+        ax.plot([0, 1], [0, 1], color="gray", linestyle=":", linewidth=1)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel, xlim=(0, 1), ylim=(0, 1.01))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)

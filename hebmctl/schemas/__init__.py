@@ -1,6 +1,19 @@
 """Pydantic models of every stage config and artifact manifest (imports nothing else of hebmctl)."""
 
 from hebmctl.schemas.common import SCHEMA_VERSION, InputRef, ManifestBase, OutputFile, StageConfig, TensorInfo
+from hebmctl.schemas.eval import (
+    EvalAnomalyConfig,
+    EvalAnomalyManifest,
+    EvalFidConfig,
+    EvalFidManifest,
+    EvalOodConfig,
+    EvalOodManifest,
+    EvalProbeConfig,
+    EvalProbeManifest,
+    EvalReconConfig,
+    EvalReconManifest,
+    FidStatsManifest,
+)
 from hebmctl.schemas.latents import CacheLatentsConfig, LatentsManifest
 from hebmctl.schemas.pretrain import BackboneManifest, PretrainConfig
 from hebmctl.schemas.prior import PriorManifest, TrainPriorConfig
@@ -11,6 +24,12 @@ MANIFEST_TYPES: dict[str, type[ManifestBase]] = {
     "latents": LatentsManifest,
     "prior": PriorManifest,
     "samples": SamplesManifest,
+    "fid-stats": FidStatsManifest,
+    "eval-fid": EvalFidManifest,
+    "eval-recon": EvalReconManifest,
+    "eval-ood": EvalOodManifest,
+    "eval-anomaly": EvalAnomalyManifest,
+    "eval-probe": EvalProbeManifest,
 }
 """Artifact kind -> manifest model (used by `hebmctl inspect` and the JSON Schema export)."""
 
@@ -19,8 +38,13 @@ CONFIG_TYPES: dict[str, type[StageConfig]] = {
     "cache_latents": CacheLatentsConfig,
     "train_prior": TrainPriorConfig,
     "sample": SampleConfig,
+    "eval_fid": EvalFidConfig,
+    "eval_recon": EvalReconConfig,
+    "eval_ood": EvalOodConfig,
+    "eval_anomaly": EvalAnomalyConfig,
+    "eval_probe": EvalProbeConfig,
 }
-"""Pipeline table name -> stage config model."""
+"""Config table name (pipeline / --config file) -> stage config model."""
 
 
 def json_schemas() -> dict[str, dict]:
@@ -33,5 +57,7 @@ def json_schemas() -> dict[str, dict]:
 __all__ = [
     "SCHEMA_VERSION", "InputRef", "ManifestBase", "OutputFile", "StageConfig", "TensorInfo",
     "CacheLatentsConfig", "LatentsManifest", "BackboneManifest", "PretrainConfig",
-    "PriorManifest", "TrainPriorConfig", "SampleConfig", "SamplesManifest", "MANIFEST_TYPES", "CONFIG_TYPES", "json_schemas",
+    "PriorManifest", "TrainPriorConfig", "SampleConfig", "SamplesManifest",
+    "EvalFidConfig", "EvalReconConfig", "EvalOodConfig", "EvalAnomalyConfig", "EvalProbeConfig", "FidStatsManifest",
+    "EvalFidManifest", "EvalReconManifest", "EvalOodManifest", "EvalAnomalyManifest", "EvalProbeManifest", "MANIFEST_TYPES", "CONFIG_TYPES", "json_schemas",
 ]

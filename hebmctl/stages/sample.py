@@ -117,7 +117,7 @@ def run(config: SampleConfig, control: RunControl = RunControl()) -> SamplesMani
     sampler = make_sampler(config, backbone, prior, device)
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
-    u0, z, images, chain_stats, wall_s = _generate(config, sampler)
+    u0, z, images, chain_stats, wall_s = generate(config, sampler)
     names = _write_samples(out, u0, z, images, chain_stats)
     if config.hierarchical:
         names += _write_hierarchical(out, config, sampler, u0[:GRID_COLUMNS])
@@ -134,7 +134,7 @@ def run(config: SampleConfig, control: RunControl = RunControl()) -> SamplesMani
     return manifest
 
 
-def _generate(config: SampleConfig, sampler: Sampler) -> tuple[Tensor, Tensor, np.ndarray, list[list[ChainStats]], float]:
+def generate(config: SampleConfig, sampler: Sampler) -> tuple[Tensor, Tensor, np.ndarray, list[list[ChainStats]], float]:
     """Batched sampling; batch b uses a generator seeded by (seed, b). Returns u0, z `[n, D]`, uint8 images."""
     model = sampler.backbone.model
     u_parts, z_parts, image_parts, stats = [], [], [], []
@@ -190,7 +190,7 @@ def _write_hierarchical(out: Path, config: SampleConfig, sampler: Sampler, base_
     for layer in range(model.num_layers):
         mask = torch.cat([torch.full((d,), float(i == layer), device=sampler.device) for i, d in enumerate(model.group_dims)])
         generator = torch.Generator(device=sampler.device).manual_seed(config.seed * 7919 + layer)
-        u_new = _resample_layer(sampler, u_fixed, mask, generator)
+        u_new = resample_masked(sampler, u_fixed, mask, generator)
         images = _decode(sampler, u_new, config.temperature)
         name = f"hierarchical_z{layer + 1}.png"
         save_grid(out / name, images.reshape(n_base * GRID_COLUMNS, *images.shape[1:]), GRID_COLUMNS)
@@ -198,7 +198,7 @@ def _write_hierarchical(out: Path, config: SampleConfig, sampler: Sampler, base_
     return names
 
 
-def _resample_layer(sampler: Sampler, u_fixed: Tensor, mask: Tensor, generator: torch.Generator) -> Tensor:
+def resample_masked(sampler: Sampler, u_fixed: Tensor, mask: Tensor, generator: torch.Generator) -> Tensor:
     if sampler.prior is None:
         return u_fixed * (1 - mask) + torch.randn(u_fixed.shape, generator=generator, device=sampler.device) * mask
     G = neg_energy_on_u(sampler.prior.energy, sampler.backbone)

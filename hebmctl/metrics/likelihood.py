@@ -1,0 +1,83 @@
+"""Likelihood scores of images under a backbone with a (Gaussian or EBM) prior (DESIGN §3).
+
+`L^{>k}(x) = log p(x | z) + log p_Gauss(z) + F(z)` with `z_{>k}` drawn from `q(z | x)` and
+`z_{<=k}` drawn from the prior conditioned on the fixed `z_{>k}` (Joint-EBM eq. 20); `k = 0` keeps
+the whole posterior draw. `LLR^{>k} = L^{>0} - L^{>k}` (eq. 21). `log p_Gauss(z)` is the backbone's
+conditional Gaussian hierarchy `prod_i p(z_i | z_{i+1})`, `F` the EBM's negative energy (0 for the
+Gaussian prior); the EBM's normaliser is a constant and cancels in every ranking.
+
+Layers are numbered from the bottom: z_1 .. z_L. Because `T` is triangular top-down (z_i depends on
+u_i, ..., u_L), fixing z_{>k} is the same as fixing u_{>k}, so the conditional draw is a masked
+resampling of u_1 .. u_k (see `hebmctl.samplers.conditional`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from hebmctl.models.hvae import HierarchicalVAE
+
+NegEnergyOfZ = Callable[[Tensor], Tensor]
+"""z `[B, D]` -> F(z) `[B]`."""
+ConditionalResampler = Callable[[Tensor, Tensor, torch.Generator], Tensor]
+"""(u_fixed `[B, D]`, mask `[D]` with 1 = resample, generator) -> u `[B, D]` with the masked part redrawn."""
+
+
+def log_gaussian_prior(model: HierarchicalVAE, z: Tensor) -> Tensor:
+    """log p_Gauss(z) = sum_i log N(z_i; mu_i(z_{i+1}), sigma_i(z_{i+1})^2), top layer N(0, I): `[B, D]` -> `[B]`."""
+    groups = model.split_groups(z)
+    total = torch.zeros(z.shape[0], device=z.device, dtype=z.dtype)
+    for i, z_i in enumerate(groups):
+        above = groups[i + 1] if i < model.num_layers - 1 else z
+        mu, sigma = model.prior_params(i, above)
+        total = total + (-0.5 * ((z_i - mu) / sigma) ** 2 - torch.log(sigma) - 0.5 * math.log(2 * math.pi)).sum(-1)
+    return total
+
+
+def log_joint(model: HierarchicalVAE, x: Tensor, z: Tensor, neg_energy: NegEnergyOfZ | None) -> Tensor:
+    """log p(x | z) + log p_Gauss(z) + F(z) for images x `[B, C, H, W]` in [-1, 1] and z `[B, D]` -> `[B]` nats."""
+    value = -model.recon_nll(x, model.decode(z)) + log_gaussian_prior(model, z)
+    return value if neg_energy is None else value + neg_energy(z)
+
+
+def layer_mask(model: HierarchicalVAE, k: int, device: torch.device) -> Tensor:
+    """`[D]` mask with 1 on the coordinates of layers z_1 .. z_k (the ones drawn from the prior)."""
+    return torch.cat([torch.full((d,), float(i < k), device=device) for i, d in enumerate(model.group_dims)])
+
+
+@torch.no_grad()
+def _posterior_u(model: HierarchicalVAE, features: Tensor, generator: torch.Generator) -> Tensor:
+    z, _ = model.posterior_from_features(features, generator, sample=True)
+    return model.z_to_u(z)
+
+
+def layer_scores(
+    model: HierarchicalVAE,
+    x: Tensor,
+    ks: tuple[int, ...],
+    neg_energy: NegEnergyOfZ | None,
+    resample: ConditionalResampler,
+    generator: torch.Generator,
+    draws: int = 1,
+) -> dict[int, Tensor]:
+    """L^{>k}(x) for each k in `ks`: x `[B, C, H, W]` -> {k: `[B]`}, the mean over `draws` draws.
+
+    Each draw takes one posterior sample u ~ q (in u-space) shared by every k, then redraws
+    u_1 .. u_k with `resample` (nothing for k = 0) and scores z = T(u) with `log_joint`.
+    """
+    if any(k < 0 or k > model.num_layers for k in ks):
+        raise ValueError(f"k must be in 0..{model.num_layers}, got {ks}")
+    with torch.no_grad():
+        features = model.encoder(x)
+    totals = {k: torch.zeros(x.shape[0], device=x.device) for k in ks}
+    for _ in range(draws):
+        u_q = _posterior_u(model, features, generator)
+        for k in ks:
+            u = u_q if k == 0 else resample(u_q, layer_mask(model, k, x.device), generator)
+            with torch.no_grad():
+                totals[k] += log_joint(model, x, model.u_to_z(u), neg_energy)
+    return {k: total / draws for k, total in totals.items()}

