@@ -2,12 +2,17 @@
 
 Config (TOML): top-level `run = DIR`; tables `[pretrain]`, `[cache_latents]`; `[[train_prior]]`
 (one table per prior; a single `[train_prior]` table also works); `[sample]` (settings shared by
-the Gaussian prior's samples and each trained prior's). The last step writes
-`RUN/samples/comparison.png`: the grids side by side.
+the Gaussian prior's samples and each trained prior's), which writes `RUN/samples/comparison.png`:
+the grids side by side. Optional evaluation tables, each run after sampling: `[eval_recon]`,
+`[eval_probe]` (once), `[eval_fid]` (for the Gaussian prior, the reconstructions and every trained
+prior, at the same N), `[eval_ood]` and `[eval_anomaly]` (for the Gaussian prior and every trained
+prior). With `[eval_fid]` the pipeline ends with `RUN/eval/summary.json`: FID per source and each
+EBM prior's prior-hole closure `(FID_gauss - FID_ebm) / (FID_gauss - FID_recon)`.
 """
 
 from __future__ import annotations
 
+import json
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
@@ -20,12 +25,24 @@ from PIL import Image, ImageDraw
 from hebmctl.errors import HebmctlError
 from hebmctl.io.console import console
 from hebmctl.io.images import save_png
-from hebmctl.schemas import CacheLatentsConfig, PretrainConfig, SampleConfig, StageConfig, TrainPriorConfig
+from hebmctl.io.atomic import write_text
+from hebmctl.schemas import (
+    CacheLatentsConfig,
+    EvalAnomalyConfig,
+    EvalFidConfig,
+    EvalOodConfig,
+    EvalProbeConfig,
+    EvalReconConfig,
+    PretrainConfig,
+    SampleConfig,
+    StageConfig,
+    TrainPriorConfig,
+)
 
 DEMO_CONFIG = "demo.toml"
 """Built-in pipeline config (package data): the digits demo on builtin:mnist-10k."""
 
-KNOWN_TABLES = {"run", "pretrain", "cache_latents", "train_prior", "sample"}
+KNOWN_TABLES = {"run", "pretrain", "cache_latents", "train_prior", "sample", "eval_recon", "eval_probe", "eval_fid", "eval_ood", "eval_anomaly"}
 
 
 @dataclass(frozen=True)
@@ -34,12 +51,13 @@ class PipelinePlan:
     cache_latents: CacheLatentsConfig
     priors: tuple[TrainPriorConfig, ...]
     samples: tuple[SampleConfig, ...]
+    evals: tuple[tuple[str, StageConfig], ...] = ()
 
     def stages(self) -> list[tuple[str, StageConfig]]:
         named: list[tuple[str, StageConfig]] = [("pretrain", self.pretrain), ("cache_latents", self.cache_latents)]
         named += [(f"train_prior:{p.name}", p) for p in self.priors]
         named += [(f"sample:{s.prior}", s) for s in self.samples]
-        return named
+        return named + list(self.evals)
 
 
 def _read_toml(path: Path | None) -> dict[str, Any]:
@@ -71,7 +89,24 @@ def load_plan(path: Path | None, run: Path | None) -> PipelinePlan:
         cache_latents=CacheLatentsConfig.model_validate({"run": run_dir} | data.get("cache_latents", {})),
         priors=priors,
         samples=samples,
+        evals=_eval_configs(data, run_dir, [str(p.out) for p in priors]),
     )
+
+
+def _eval_configs(data: dict[str, Any], run_dir: str, prior_dirs: list[str]) -> tuple[tuple[str, StageConfig], ...]:
+    """(name, config) of every evaluation the optional eval tables ask for, in run order."""
+    base = {"run": run_dir}
+    evals: list[tuple[str, StageConfig]] = []
+    if "eval_recon" in data:
+        evals.append(("eval_recon", EvalReconConfig.model_validate(base | data["eval_recon"])))
+    if "eval_probe" in data:
+        evals.append(("eval_probe", EvalProbeConfig.model_validate(base | data["eval_probe"])))
+    per_prior = {"eval_fid": (EvalFidConfig, ["gaussian", "recon", *prior_dirs]), "eval_ood": (EvalOodConfig, ["gaussian", *prior_dirs]),
+                 "eval_anomaly": (EvalAnomalyConfig, ["gaussian", *prior_dirs])}
+    for table, (model, priors) in per_prior.items():
+        if table in data:
+            evals += [(f"{table}:{Path(p).name}", model.model_validate(base | data[table] | {"prior": p})) for p in priors]
+    return tuple(evals)
 
 
 def run(plan: PipelinePlan, force: bool = False) -> None:
@@ -92,7 +127,35 @@ def run(plan: PipelinePlan, force: bool = False) -> None:
         path = Path(plan.pretrain.run) / "samples" / "comparison.png"
         write_comparison(path, [(Path(c.prior).name, c.out / "grid.png") for c in plan.samples])
         console().print(f"side-by-side grids: {path}")
+    _run_evals(plan, force)
     console().rule(f"[bold green]pipeline complete: {plan.pretrain.run}")
+
+
+def _run_evals(plan: PipelinePlan, force: bool) -> None:
+    from hebmctl.stages import eval_anomaly, eval_fid, eval_ood, eval_probe, eval_recon
+    from hebmctl.stages.eval_common import RunControl
+
+    stages = {"eval_recon": eval_recon, "eval_probe": eval_probe, "eval_fid": eval_fid, "eval_ood": eval_ood, "eval_anomaly": eval_anomaly}
+    fids: dict[str, float] = {}
+    n_fid = None
+    for name, config in plan.evals:
+        console().rule(f"[bold]{name.replace('_', ' ', 1)}")
+        manifest = stages[name.split(":")[0]].run(config, RunControl(force=force))
+        if name.startswith("eval_fid:"):
+            fids[name.split(":", 1)[1]] = manifest.metrics["fid"]
+            n_fid = manifest.metrics["n"]
+    if fids:
+        summary = fid_summary(fids, n_fid)
+        write_text(Path(plan.pretrain.run) / "eval" / "summary.json", json.dumps(summary, indent=2) + "\n")
+        console().print(f"FID summary (N = {n_fid}): " + ", ".join(f"{k} {v:.2f}" for k, v in fids.items()))
+
+
+def fid_summary(fids: dict[str, float], n: int | None) -> dict[str, Any]:
+    """FID per source and, for each EBM prior, the prior-hole closure (FID_gauss - FID_ebm) / (FID_gauss - FID_recon)."""
+    gauss, recon = fids["gaussian"], fids["recon"]
+    priors = [k for k in fids if k not in ("gaussian", "recon")]
+    closure = {k: (gauss - fids[k]) / (gauss - recon) if gauss != recon else None for k in priors}
+    return {"n": n, "fid": fids, "prior_hole_closure": closure, "fid_ratio_to_gaussian": {k: fids[k] / gauss for k in priors}}
 
 
 def write_comparison(path: Path, grids: list[tuple[str, Path]], gap_px: int = 16, label_px: int = 18) -> None:
