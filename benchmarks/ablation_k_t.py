@@ -6,7 +6,11 @@ Needs a run folder with a backbone and a latent cache (e.g. from `hebmctl pipeli
 diffusion prior per T (`RUN/priors/ablation-T<T>`, defaults otherwise), scores every T at the
 training K, and the T = 3 prior at each K (step sizes scaled by sqrt(K_train / K), as `sample`
 does), with `eval fid` at equal N against the backbone's test split. Sampling seconds per 1,000
-images come from the evaluations. Writes benchmarks/results/ablation_k_t.json. Resumable.
+images come from the evaluations. The T = 3 prior is `RUN/priors/diffusion` (the pipeline's default
+diffusion prior: reused when it was trained with the same settings), the others
+`RUN/priors/diffusion-T<T>`; at the training K the evaluation is the default `RUN/eval/fid-<prior>`,
+so results the pipeline already computed are reused. Writes benchmarks/results/ablation_k_t.json.
+Resumable.
 """
 
 from __future__ import annotations
@@ -20,10 +24,18 @@ from hebmctl.schemas import EvalFidConfig, TrainPriorConfig
 from hebmctl.stages import eval_fid, train_prior
 
 
-def fid_row(run: Path, prior: str, n: int, k: int | None) -> dict:
-    out = run / "eval" / f"ablation-{prior}-K{k or 'train'}-n{n}"
-    result = eval_fid.run(EvalFidConfig(run=run, prior=prior, n=n, langevin_steps=k, out=out)).metrics
-    return {"fid": result["fid"], "sample_s_per_1000": round(1000 * result["generate_s"] / result["n"], 2), "n": result["n"]}
+def prior_name(T: int) -> str:
+    return "diffusion" if T == 3 else f"diffusion-T{T}"
+
+
+def fid_row(run: Path, prior: str, n: int, k: int | None, training_k: int) -> dict:
+    """FID and sampling time of `prior` with K = k (None or the training K: the default evaluation folder)."""
+    if k is None or k == training_k:
+        config = EvalFidConfig(run=run, prior=prior, n=n)
+    else:
+        config = EvalFidConfig(run=run, prior=prior, n=n, langevin_steps=k, out=run / "eval" / f"fid-{prior}-K{k}")
+    result = eval_fid.run(config).metrics
+    return {"fid": result["fid"], "K": k or training_k, "sample_s_per_1000": round(1000 * result["generate_s"] / result["n"], 2), "n": result["n"]}
 
 
 def main() -> None:
@@ -35,12 +47,15 @@ def main() -> None:
     parser.add_argument("--prior-steps", type=int, default=4000)
     args = parser.parse_args()
     rows_t, rows_k = {}, {}
+    training_k = {}
     for T in [int(t) for t in args.T.split(",")]:
-        name = f"ablation-T{T}"
-        train_prior.run(TrainPriorConfig(run=args.run, scheme="diffusion", T=T, name=name, steps=args.prior_steps))
-        rows_t[T] = fid_row(args.run, name, args.n, None)
+        manifest = train_prior.run(TrainPriorConfig(run=args.run, scheme="diffusion", T=T, name=prior_name(T), steps=args.prior_steps))
+        training_k[T] = manifest.config.langevin_steps
+        rows_t[T] = fid_row(args.run, prior_name(T), args.n, None, training_k[T])
+    if 3 not in training_k:
+        training_k[3] = train_prior.run(TrainPriorConfig(run=args.run, scheme="diffusion", T=3, name=prior_name(3), steps=args.prior_steps)).config.langevin_steps
     for K in [int(k) for k in args.K.split(",")]:
-        rows_k[K] = fid_row(args.run, "ablation-T3", args.n, K)
+        rows_k[K] = fid_row(args.run, prior_name(3), args.n, K, training_k[3])
     emit("ablation_k_t", {"run": str(args.run), "n": args.n, "prior_steps": args.prior_steps, "by_T_at_training_K": rows_t, "by_K_at_T3": rows_k})
 
 
