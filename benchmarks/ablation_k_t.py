@@ -20,12 +20,23 @@ from pathlib import Path
 
 from _common import emit
 
-from hebmctl.schemas import EvalFidConfig, TrainPriorConfig
+from hebmctl.io.manifest import has_manifest, read_manifest
+from hebmctl.schemas import EvalFidConfig, PriorManifest, TrainPriorConfig
 from hebmctl.stages import eval_fid, train_prior
 
 
 def prior_name(T: int) -> str:
     return "diffusion" if T == 3 else f"diffusion-T{T}"
+
+
+def prior_manifest(run: Path, T: int, steps: int) -> PriorManifest:
+    """The diffusion prior with T levels: an existing complete RUN/priors/diffusion for T = 3, else trained (resumable)."""
+    folder = run / "priors" / prior_name(T)
+    if T == 3 and has_manifest(folder):
+        manifest, _ = read_manifest(folder, PriorManifest)
+        if manifest.config.scheme == "diffusion" and manifest.config.T == 3:
+            return manifest
+    return train_prior.run(TrainPriorConfig(run=run, scheme="diffusion", T=T, name=prior_name(T), steps=steps))
 
 
 def fid_row(run: Path, prior: str, n: int, k: int | None, training_k: int) -> dict:
@@ -48,12 +59,10 @@ def main() -> None:
     args = parser.parse_args()
     rows_t, rows_k = {}, {}
     training_k = {}
-    for T in [int(t) for t in args.T.split(",")]:
-        manifest = train_prior.run(TrainPriorConfig(run=args.run, scheme="diffusion", T=T, name=prior_name(T), steps=args.prior_steps))
-        training_k[T] = manifest.config.langevin_steps
-        rows_t[T] = fid_row(args.run, prior_name(T), args.n, None, training_k[T])
-    if 3 not in training_k:
-        training_k[3] = train_prior.run(TrainPriorConfig(run=args.run, scheme="diffusion", T=3, name=prior_name(3), steps=args.prior_steps)).config.langevin_steps
+    for T in sorted({int(t) for t in args.T.split(",")} | {3}):
+        training_k[T] = prior_manifest(args.run, T, args.prior_steps).config.langevin_steps
+        if str(T) in args.T.split(","):
+            rows_t[T] = fid_row(args.run, prior_name(T), args.n, None, training_k[T])
     for K in [int(k) for k in args.K.split(",")]:
         rows_k[K] = fid_row(args.run, prior_name(3), args.n, K, training_k[3])
     emit("ablation_k_t", {"run": str(args.run), "n": args.n, "prior_steps": args.prior_steps, "by_T_at_training_K": rows_t, "by_K_at_T3": rows_k})
