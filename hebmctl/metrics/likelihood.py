@@ -38,9 +38,19 @@ def log_gaussian_prior(model: HierarchicalVAE, z: Tensor) -> Tensor:
     return total
 
 
-def log_joint(model: HierarchicalVAE, x: Tensor, z: Tensor, neg_energy: NegEnergyOfZ | None) -> Tensor:
-    """log p(x | z) + log p_Gauss(z) + F(z) for images x `[B, C, H, W]` in [-1, 1] and z `[B, D]` -> `[B]` nats."""
-    value = -model.recon_nll(x, model.decode(z)) + log_gaussian_prior(model, z)
+SCORE_TERMS = ("full", "latent")
+"""'full': log p(x | z) + log p_Gauss(z) + F(z) (DESIGN §3); 'latent': log p_Gauss(z) + F(z), the
+prior's judgement alone (drops the pixel likelihood, which favours simple images such as digit 1)."""
+
+
+def log_joint(model: HierarchicalVAE, x: Tensor, z: Tensor, neg_energy: NegEnergyOfZ | None, terms: str = "full") -> Tensor:
+    """log p(x | z) + log p_Gauss(z) + F(z) (or without log p(x | z) for `terms="latent"`) for
+    images x `[B, C, H, W]` in [-1, 1] and z `[B, D]` -> `[B]` nats."""
+    if terms not in SCORE_TERMS:
+        raise ValueError(f"terms must be one of {SCORE_TERMS}, got {terms!r}")
+    value = log_gaussian_prior(model, z)
+    if terms == "full":
+        value = value - model.recon_nll(x, model.decode(z))
     return value if neg_energy is None else value + neg_energy(z)
 
 
@@ -63,6 +73,7 @@ def layer_scores(
     resample: ConditionalResampler,
     generator: torch.Generator,
     draws: int = 1,
+    terms: str = "full",
 ) -> dict[int, Tensor]:
     """L^{>k}(x) for each k in `ks`: x `[B, C, H, W]` -> {k: `[B]`}, the mean over `draws` draws.
 
@@ -79,5 +90,5 @@ def layer_scores(
         for k in ks:
             u = u_q if k == 0 else resample(u_q, layer_mask(model, k, x.device), generator)
             with torch.no_grad():
-                totals[k] += log_joint(model, x, model.u_to_z(u), neg_energy)
+                totals[k] += log_joint(model, x, model.u_to_z(u), neg_energy, terms)
     return {k: total / draws for k, total in totals.items()}

@@ -107,6 +107,7 @@ class ScoreOptions(EvalConfigBase):
     split: Literal["train", "test", "all"] = Field("test", description="Split of the data sets that is scored.")
     limit: int | None = Field(None, ge=1, description="Score the first N images of each set only.")
     draws: int = Field(1, ge=1, description="Posterior (and prior) draws per image; the score is their mean.")
+    terms: Literal["full", "latent"] = Field("full", description="Terms of L: 'full' = log p(x|z) + log p_Gauss(z) + F(z) (DESIGN §3); 'latent' = log p_Gauss(z) + F(z), the prior's judgement without the pixel likelihood.")
     batch_size: int = Field(500, ge=1, description="Images per batch.")
 
     _data = field_validator("data", mode="before")(lambda cls, v: absolute_data_spec(v))

@@ -32,7 +32,7 @@ def run(config: EvalAnomalyConfig, control: RunControl = RunControl()) -> EvalAn
     if existing is not None:
         return existing
     config.out.mkdir(parents=True, exist_ok=True)
-    score = -score_images(scorer, test_set.images, (0,), config.draws, config.batch_size, config.seed, "test split")[0]
+    score = -score_images(scorer, test_set.images, (0,), config.draws, config.batch_size, config.seed, "test split", config.terms)[0]
     positive = test_set.labels == heldout
     if not positive.any() or positive.all():
         raise LineageError(f"The {config.split} split of {spec} has {int(positive.sum())} images of class {heldout} among {len(positive)}; "
@@ -44,7 +44,7 @@ def run(config: EvalAnomalyConfig, control: RunControl = RunControl()) -> EvalAn
     save_histogram_panels(config.out / "histogram.png", {"-L>0": {"normal": score[~positive], f"held-out {heldout}": score[positive]}},
                           "score (nats; higher = more anomalous)")
     result = metrics | {"heldout": heldout, "prior": config.prior, "prior_kind": scorer.prior_kind, "data": spec, "split": config.split,
-                        "n": int(len(score)), "n_positive": int(positive.sum()), "draws": config.draws, "score": "-L>0"}
+                        "n": int(len(score)), "n_positive": int(positive.sum()), "draws": config.draws, "terms": config.terms, "score": "-L>0"}
     manifest = finish(config, EvalAnomalyManifest, fingerprint, inputs, result, ["scores.safetensors", "pr_curve.png", "histogram.png"])
     print_table(f"Anomaly: held-out class {heldout}, {spec} [{config.split}], {scorer.prior_kind} prior", ["quantity", "value"],
                 [("AUPRC", metrics["auprc"]), ("AUROC", metrics["auroc"]), ("positive fraction (random AUPRC)", metrics["positive_fraction"])])

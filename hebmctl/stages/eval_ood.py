@@ -39,8 +39,8 @@ def run(config: EvalOodConfig, control: RunControl = RunControl()) -> EvalOodMan
         return existing
     config.out.mkdir(parents=True, exist_ok=True)
     ks = tuple(sorted(set(config.k) | {0}))
-    L_in = score_images(scorer, in_set.images, ks, config.draws, config.batch_size, config.seed, "in-distribution")
-    L_out = score_images(scorer, out_set.images, ks, config.draws, config.batch_size, config.seed + 1, "out-of-distribution")
+    L_in = score_images(scorer, in_set.images, ks, config.draws, config.batch_size, config.seed, "in-distribution", config.terms)
+    L_out = score_images(scorer, out_set.images, ks, config.draws, config.batch_size, config.seed + 1, "out-of-distribution", config.terms)
     detection = _detection_scores(L_in, L_out, config.k)
     scores = {name: detection_metrics(s_in, s_out) | {"mean_in": float(s_in.mean()), "mean_out": float(s_out.mean())}
               for name, (s_in, s_out) in detection.items()}
@@ -48,7 +48,7 @@ def run(config: EvalOodConfig, control: RunControl = RunControl()) -> EvalOodMan
     best = max(scores, key=lambda name: scores[name]["auroc"])
     result = {"scores": scores, "best_by_auroc": best, "k": list(config.k), "prior": config.prior, "prior_kind": scorer.prior_kind,
               "sampler": scorer.describe(), "data": in_spec, "ood": config.ood, "split": config.split,
-              "n_in": int(len(in_set)), "n_out": int(len(out_set)), "draws": config.draws}
+              "n_in": int(len(in_set)), "n_out": int(len(out_set)), "draws": config.draws, "terms": config.terms}
     manifest = finish(config, EvalOodManifest, fingerprint, inputs, result, ["scores.safetensors", "histograms.png", "roc.png"])
     print_table(f"OOD: {in_spec} (in, {len(in_set)}) vs {config.ood} (out, {len(out_set)}), {scorer.prior_kind} prior",
                 ["score (higher = OOD)", "AUROC", "AUPRC", "FPR@80%TPR"],

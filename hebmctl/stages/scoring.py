@@ -71,7 +71,8 @@ def check_shape(scorer: Scorer, images: np.ndarray, spec: str) -> None:
                         "Score a data set with the backbone's image size and channels.")
 
 
-def score_images(scorer: Scorer, images: np.ndarray, ks: tuple[int, ...], draws: int, batch_size: int, seed: int, label: str) -> dict[int, np.ndarray]:
+def score_images(scorer: Scorer, images: np.ndarray, ks: tuple[int, ...], draws: int, batch_size: int, seed: int, label: str,
+                 terms: str = "full") -> dict[int, np.ndarray]:
     """L^{>k} `[N]` (nats) of uint8 images `[N, H, W, C]` for each k; batch b draws from a generator seeded by (seed, b)."""
     model, device = scorer.backbone.model, scorer.sampler.device
     parts: dict[int, list[np.ndarray]] = {k: [] for k in ks}
@@ -81,7 +82,7 @@ def score_images(scorer: Scorer, images: np.ndarray, ks: tuple[int, ...], draws:
         for start in range(0, len(images), batch_size):
             x = to_unit_range(images[start : start + batch_size]).to(device)
             generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + start)
-            for k, values in layer_scores(model, x, ks, scorer.neg_energy, resample, generator, draws).items():
+            for k, values in layer_scores(model, x, ks, scorer.neg_energy, resample, generator, draws, terms).items():
                 parts[k].append(values.cpu().double().numpy())
             bar.update(task, advance=x.shape[0])
     return {k: np.concatenate(v) for k, v in parts.items()}

@@ -64,3 +64,13 @@ def test_scores_are_deterministic_and_average_draws():
     a = layer_scores(model, x, (0, 1), None, redraw, torch.Generator().manual_seed(5), draws=3)
     b = layer_scores(model, x, (0, 1), None, redraw, torch.Generator().manual_seed(5), draws=3)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_latent_terms_drop_only_the_pixel_likelihood():
+    model = _model()
+    x = torch.rand(3, 1, 28, 28) * 2 - 1
+    z = model.u_to_z(torch.randn(3, model.latent_dim, generator=torch.Generator().manual_seed(2)))
+    energy = lambda z: z[:, 0]  # noqa: E731
+    full, latent = log_joint(model, x, z, energy, "full"), log_joint(model, x, z, energy, "latent")
+    torch.testing.assert_close(full - latent, -model.recon_nll(x, model.decode(z)))
+    torch.testing.assert_close(latent, log_gaussian_prior(model, z) + z[:, 0])
