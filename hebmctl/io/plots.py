@@ -65,3 +65,13 @@ def save_curves(path: Path, curves: dict[str, tuple[Sequence[float], Sequence[fl
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def save_bar_chart(path: Path, values: dict[str, float], title: str, ylabel: str) -> None:
+    """One labelled bar per entry (name -> value), the value printed above each bar."""
+    fig, ax = plt.subplots(figsize=(1.2 * len(values) + 2, 3.4), dpi=120)
+    bars = ax.bar(list(values), list(values.values()), color="tab:blue")
+    ax.bar_label(bars, fmt="%.3f", fontsize=8)
+    ax.set(title=title, ylabel=ylabel, ylim=(0, 1.08 * max(values.values())))
+    ax.grid(alpha=0.3, axis="y")
+    _save(fig, path)

@@ -15,7 +15,7 @@ from torch import Tensor
 from hebmctl.data import to_unit_range
 from hebmctl.errors import DataError
 from hebmctl.io.console import console
-from hebmctl.io.plots import save_line_plot
+from hebmctl.io.plots import save_bar_chart
 from hebmctl.metrics.probe import train_probe
 from hebmctl.runtime import resolve_device
 from hebmctl.schemas.common import InputRef
@@ -48,8 +48,7 @@ def run(config: EvalProbeConfig, control: RunControl = RunControl()) -> EvalProb
         accuracy[name], train_accuracy[name] = probe.test_accuracy, probe.train_accuracy
         console().print(f"eval probe: {name} test accuracy {probe.test_accuracy:.4f}")
     majority = float(np.bincount(test_set.labels).max() / len(test_set))
-    save_line_plot(config.out / "probe.png", {"test accuracy": [accuracy[n] for n in names[:-1]]}, "Probe accuracy per latent layer (bottom to top)",
-                   "layer (1 = bottom)", "test accuracy", x=list(range(1, len(names))))
+    save_bar_chart(config.out / "probe.png", accuracy, "Probe test accuracy per latent layer (z1 = bottom)", "test accuracy")
     result = {"test_accuracy": accuracy, "train_accuracy": train_accuracy, "majority_class_accuracy": majority,
               "top_layer_is_best": max(accuracy[n] for n in names[:-1]) == accuracy[names[-2]], "group_dims": list(backbone.model.group_dims),
               "data": spec, "n_train": int(len(train_set)), "n_test": int(len(test_set)), "codes": "posterior mean z_i"}
