@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import json
 import sys
@@ -140,44 +141,29 @@ AS_JSON = inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, annotatio
                             default=typer.Option(False, "--json", help="Print the result as one JSON object on stdout (tables and progress go to stderr)."))
 
 
-def _print_result(manifest: Any, as_json: bool) -> None:
-    if as_json:
-        typer.echo(json.dumps(manifest.metrics))
+EVALUATIONS = [
+    ("fid", EvalFidConfig, "FID (clean-fid, offline Inception) of a prior's samples, reconstructions or given images vs a data split."),
+    ("recon", EvalReconConfig, "Reconstruction MSE (and ELBO, KL per layer, active units) of the backbone on a split."),
+    ("ood", EvalOodConfig, "OOD detection with L^{>k} and LLR^{>k}: AUROC, AUPRC, FPR@80%TPR, histograms, ROC curves."),
+    ("anomaly", EvalAnomalyConfig, "Held-out-class anomaly detection (score -L^{>0}): AUPRC and PR curve."),
+    ("probe", EvalProbeConfig, "Per-layer latent probes: test accuracy of a 2-layer MLP on posterior-mean codes."),
+]
+"""`hebmctl eval NAME`: config model and help; the stage is the module hebmctl.stages.eval_NAME."""
 
 
-@stage_command("fid", EvalFidConfig, "eval_fid", "FID (clean-fid, offline Inception) of a prior's samples, reconstructions or given images vs a data split.", [AS_JSON], eval_app)
-def _eval_fid(config: EvalFidConfig, force: bool, as_json: bool) -> None:
-    from hebmctl.stages import eval_common, eval_fid
+def _register_evaluation(name: str, model: type[BaseModel], help_text: str) -> None:
+    @stage_command(name, model, f"eval_{name}", help_text, [AS_JSON], eval_app)
+    def _evaluate(config: BaseModel, force: bool, as_json: bool) -> None:
+        from hebmctl.stages import eval_common
 
-    _print_result(eval_fid.run(config, eval_common.RunControl(force=force)), as_json)
-
-
-@stage_command("recon", EvalReconConfig, "eval_recon", "Reconstruction MSE (and ELBO, KL per layer, active units) of the backbone on a split.", [AS_JSON], eval_app)
-def _eval_recon(config: EvalReconConfig, force: bool, as_json: bool) -> None:
-    from hebmctl.stages import eval_common, eval_recon
-
-    _print_result(eval_recon.run(config, eval_common.RunControl(force=force)), as_json)
+        stage = importlib.import_module(f"hebmctl.stages.eval_{name}")
+        manifest = stage.run(config, eval_common.RunControl(force=force))
+        if as_json:
+            typer.echo(json.dumps(manifest.metrics))
 
 
-@stage_command("ood", EvalOodConfig, "eval_ood", "OOD detection with L^{>k} and LLR^{>k}: AUROC, AUPRC, FPR@80%TPR, histograms, ROC curves.", [AS_JSON], eval_app)
-def _eval_ood(config: EvalOodConfig, force: bool, as_json: bool) -> None:
-    from hebmctl.stages import eval_common, eval_ood
-
-    _print_result(eval_ood.run(config, eval_common.RunControl(force=force)), as_json)
-
-
-@stage_command("anomaly", EvalAnomalyConfig, "eval_anomaly", "Held-out-class anomaly detection (score -L^{>0}): AUPRC and PR curve.", [AS_JSON], eval_app)
-def _eval_anomaly(config: EvalAnomalyConfig, force: bool, as_json: bool) -> None:
-    from hebmctl.stages import eval_anomaly, eval_common
-
-    _print_result(eval_anomaly.run(config, eval_common.RunControl(force=force)), as_json)
-
-
-@stage_command("probe", EvalProbeConfig, "eval_probe", "Per-layer latent probes: test accuracy of a 2-layer MLP on posterior-mean codes.", [AS_JSON], eval_app)
-def _eval_probe(config: EvalProbeConfig, force: bool, as_json: bool) -> None:
-    from hebmctl.stages import eval_common, eval_probe
-
-    _print_result(eval_probe.run(config, eval_common.RunControl(force=force)), as_json)
+for _name, _model, _help in EVALUATIONS:
+    _register_evaluation(_name, _model, _help)
 
 
 @app.command("pipeline")

@@ -36,6 +36,15 @@ def absolute_data_spec(spec: Any) -> Any:
     return f"{kind}:{Path(path).expanduser().absolute()}" if path else spec
 
 
+def prior_folder(prior: str, run: Path, named_sources: tuple[str, ...] = ("gaussian",)) -> Path | None:
+    """The folder a `--prior` value names, or None for a named source ('gaussian', ...): a path with a
+    folder part (or absolute) is used as given, a bare name means RUN/priors/NAME."""
+    if prior in named_sources:
+        return None
+    path = Path(prior)
+    return path if (path.is_absolute() or len(path.parts) > 1) else run / "priors" / prior
+
+
 class StageConfig(StrictModel):
     """Base of every stage config.
 

@@ -13,18 +13,10 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from hebmctl.schemas.common import ManifestBase, StageConfig, absolute_data_spec, split_csv
+from hebmctl.schemas.common import ManifestBase, StageConfig, absolute_data_spec, prior_folder, split_csv
 
 DEVICE_HELP = "Torch device: 'auto' (CUDA when present, else CPU), 'cpu', 'cuda', ..."
 PRIOR_HELP = "'gaussian' (the backbone alone), a prior folder, or a prior name under RUN/priors/."
-
-
-def prior_folder(prior: str, run: Path) -> Path | None:
-    """The folder of a prior option, or None for 'gaussian' (and 'recon'): a bare name means RUN/priors/NAME."""
-    if prior in ("gaussian", "recon"):
-        return None
-    path = Path(prior)
-    return path if (path.is_absolute() or len(path.parts) > 1) else run / "priors" / prior
 
 
 def prior_label(prior: str) -> str:
@@ -53,7 +45,8 @@ class EvalConfigBase(StageConfig):
 class EvalFidConfig(EvalConfigBase):
     """FID of generated (or given) images against cached reference statistics of a data split."""
 
-    unhashed: ClassVar[frozenset[str]] = EvalConfigBase.unhashed | {"images", "stats_dir", "inception_weights", "fid_batch_size"}
+    run_defaults: ClassVar[dict[str, str]] = EvalConfigBase.run_defaults | {"stats_dir": "fid-stats"}
+    unhashed: ClassVar[frozenset[str]] = EvalConfigBase.unhashed | {"images", "inception_weights", "fid_batch_size"}
 
     prior: str = Field("gaussian", description=f"Images to score: {PRIOR_HELP} 'recon' scores the backbone's reconstructions of the first N reference images.")
     images: Path | None = Field(None, description="Score these images instead of sampling: a folder of PNGs or an .npz with key 'images' (uint8 [N, H, W] or [N, H, W, C]).")
@@ -75,13 +68,11 @@ class EvalFidConfig(EvalConfigBase):
     @classmethod
     def _derived_defaults(cls, data: dict[str, Any]) -> dict[str, Any]:
         data["prior"] = str(data.get("prior") or "gaussian")
-        if data.get("stats_dir") is None:
-            data["stats_dir"] = Path(data.get("run") or "runs/default") / "fid-stats"
         label = f"images-{Path(data['images']).stem}" if data.get("images") else prior_label(data["prior"])
         return _default_out(data, f"fid-{label}")
 
     def prior_dir(self) -> Path | None:
-        return None if self.images is not None else prior_folder(self.prior, self.run)
+        return None if self.images is not None else prior_folder(self.prior, self.run, ("gaussian", "recon"))
 
 
 class EvalReconConfig(EvalConfigBase):

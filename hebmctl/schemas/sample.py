@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from hebmctl.schemas.common import ManifestBase, StageConfig
+from hebmctl.schemas.common import ManifestBase, StageConfig, prior_folder
 
 
 class SampleConfig(StageConfig):
@@ -39,10 +39,7 @@ class SampleConfig(StageConfig):
 
     def prior_dir(self) -> Path | None:
         """The prior folder, or None for the Gaussian prior. A bare name means RUN/priors/NAME."""
-        if self.prior == "gaussian":
-            return None
-        path = Path(self.prior)
-        return path if (path.is_absolute() or len(path.parts) > 1) else self.run / "priors" / self.prior
+        return prior_folder(self.prior, self.run)
 
 
 class SamplesManifest(ManifestBase):

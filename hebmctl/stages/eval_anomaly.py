@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import torch
 
-from hebmctl.errors import LineageError
+from hebmctl.errors import DataError, LineageError
 from hebmctl.io.plots import save_curves, save_histogram_panels
 from hebmctl.io.state import save_tensors
 from hebmctl.metrics.detection import detection_metrics, pr_points
 from hebmctl.runtime import resolve_device
 from hebmctl.schemas.eval import EvalAnomalyConfig, EvalAnomalyManifest
-from hebmctl.stages.eval_common import RunControl, data_spec_or_backbones, finish, load_data, print_table, up_to_date
+from hebmctl.stages.eval_common import RunControl, finish, load_data, print_table, up_to_date
 from hebmctl.stages.scoring import check_shape, make_scorer, score_images
 
 
@@ -24,7 +24,7 @@ def run(config: EvalAnomalyConfig, control: RunControl = RunControl()) -> EvalAn
     device = resolve_device(config.device)
     scorer, inputs = make_scorer(config, device)
     heldout = _heldout_class(config, tuple(scorer.backbone.manifest.config.exclude_classes))
-    spec = data_spec_or_backbones(config.data, config.backbone)
+    spec = config.data or scorer.backbone.manifest.config.data
     test_set, test_ref = load_data(f"data:{config.split}", spec, config.split, config.limit)
     check_shape(scorer, test_set.images, spec)
     inputs.append(test_ref)
@@ -35,7 +35,7 @@ def run(config: EvalAnomalyConfig, control: RunControl = RunControl()) -> EvalAn
     score = -score_images(scorer, test_set.images, (0,), config.draws, config.batch_size, config.seed, "test split", config.terms)[0]
     positive = test_set.labels == heldout
     if not positive.any() or positive.all():
-        raise LineageError(f"The {config.split} split of {spec} has {int(positive.sum())} images of class {heldout} among {len(positive)}; "
+        raise DataError(f"The {config.split} split of {spec} has {int(positive.sum())} images of class {heldout} among {len(positive)}; "
                            "the protocol needs both the held-out class and the others.")
     metrics = detection_metrics(score[~positive], score[positive])
     save_tensors(config.out / "scores.safetensors", {"neg_L>0": torch.from_numpy(score), "labels": torch.from_numpy(test_set.labels)})

@@ -35,11 +35,6 @@ def backbone_manifest(folder: Path) -> BackboneManifest:
     return read_manifest(folder, BackboneManifest)[0]
 
 
-def data_spec_or_backbones(spec: str | None, backbone_dir: Path) -> str:
-    """`spec`, or the data spec the backbone was trained on when `spec` is None."""
-    return spec if spec is not None else backbone_manifest(backbone_dir).config.data
-
-
 def load_data(role: str, spec: str, split: str, limit: int | None = None) -> tuple[ImageSet, InputRef]:
     """One split of a data set and its lineage entry (content fingerprint)."""
     images = load_split(spec, split, limit=limit)

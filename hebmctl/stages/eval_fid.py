@@ -34,7 +34,7 @@ from hebmctl.schemas.eval import EvalFidConfig, EvalFidManifest, FidStatsManifes
 from hebmctl.schemas.sample import SampleConfig
 from hebmctl.stages import sample as sample_stage
 from hebmctl.stages.artifacts import LoadedBackbone, load_backbone, load_prior
-from hebmctl.stages.eval_common import RunControl, data_spec_or_backbones, finish, load_data, print_table, up_to_date
+from hebmctl.stages.eval_common import RunControl, backbone_manifest, finish, load_data, print_table, up_to_date
 
 STATS_NAME = "stats.safetensors"
 GRID_IMAGES = 64
@@ -44,7 +44,7 @@ def run(config: EvalFidConfig, control: RunControl = RunControl()) -> EvalFidMan
     device = resolve_device(config.device)
     weights = resolve_inception_weights(config.inception_weights)
     weights_ref = InputRef(role="inception", path=str(weights), kind="weights", sha256=sha256_file(weights))
-    ref_spec = data_spec_or_backbones(config.ref, config.backbone)
+    ref_spec = config.ref or backbone_manifest(config.backbone).config.data
     ref_images, ref_data = load_data(f"reference:{config.split}", ref_spec, config.split, config.ref_limit)
     source = _Source(config, ref_images, device)
     inputs = [ref_data, weights_ref, *source.inputs]

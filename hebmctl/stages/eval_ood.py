@@ -19,7 +19,7 @@ from hebmctl.io.state import save_tensors
 from hebmctl.metrics.detection import detection_metrics, roc_points
 from hebmctl.runtime import resolve_device
 from hebmctl.schemas.eval import EvalOodConfig, EvalOodManifest
-from hebmctl.stages.eval_common import RunControl, data_spec_or_backbones, finish, load_data, print_table, up_to_date
+from hebmctl.stages.eval_common import RunControl, finish, load_data, print_table, up_to_date
 from hebmctl.stages.scoring import check_shape, make_scorer, score_images
 
 
@@ -29,10 +29,11 @@ def run(config: EvalOodConfig, control: RunControl = RunControl()) -> EvalOodMan
     n_layers = scorer.backbone.model.num_layers
     if not config.k or any(k < 0 or k >= n_layers for k in config.k):
         raise DataError(f"--k must list values in 0..{n_layers - 1} for this {n_layers}-layer backbone, got {','.join(map(str, config.k))}.")
-    in_spec = data_spec_or_backbones(config.data, config.backbone)
+    in_spec = config.data or scorer.backbone.manifest.config.data
     in_set, in_ref = load_data(f"in:{config.split}", in_spec, config.split, config.limit)
     out_set, out_ref = load_data(f"ood:{config.split}", config.ood, config.split, config.limit)
-    check_shape(scorer, in_set.images, in_spec), check_shape(scorer, out_set.images, config.ood)
+    check_shape(scorer, in_set.images, in_spec)
+    check_shape(scorer, out_set.images, config.ood)
     inputs += [in_ref, out_ref]
     fingerprint, existing = up_to_date(config, inputs, EvalOodManifest, control.force, "ood")
     if existing is not None:
@@ -47,7 +48,7 @@ def run(config: EvalOodConfig, control: RunControl = RunControl()) -> EvalOodMan
     _save_outputs(config, L_in, L_out, detection)
     best = max(scores, key=lambda name: scores[name]["auroc"])
     result = {"scores": scores, "best_by_auroc": best, "k": list(config.k), "prior": config.prior, "prior_kind": scorer.prior_kind,
-              "sampler": scorer.describe(), "data": in_spec, "ood": config.ood, "split": config.split,
+              "sampler": scorer.describe(config.seed), "data": in_spec, "ood": config.ood, "split": config.split,
               "n_in": int(len(in_set)), "n_out": int(len(out_set)), "draws": config.draws, "terms": config.terms}
     manifest = finish(config, EvalOodManifest, fingerprint, inputs, result, ["scores.safetensors", "histograms.png", "roc.png"])
     print_table(f"OOD: {in_spec} (in, {len(in_set)}) vs {config.ood} (out, {len(out_set)}), {scorer.prior_kind} prior",

@@ -21,13 +21,13 @@ from hebmctl.runtime import resolve_device
 from hebmctl.schemas.common import InputRef
 from hebmctl.schemas.eval import EvalProbeConfig, EvalProbeManifest
 from hebmctl.stages.artifacts import LoadedBackbone, load_backbone
-from hebmctl.stages.eval_common import RunControl, data_spec_or_backbones, finish, load_data, print_table, up_to_date
+from hebmctl.stages.eval_common import RunControl, finish, load_data, print_table, up_to_date
 
 
 def run(config: EvalProbeConfig, control: RunControl = RunControl()) -> EvalProbeManifest:
     device = resolve_device(config.device)
     backbone = load_backbone(config.backbone, device)
-    spec = data_spec_or_backbones(config.data, config.backbone)
+    spec = config.data or backbone.manifest.config.data
     train_set, train_ref = load_data("data:train", spec, "train", config.limit)
     test_set, test_ref = load_data("data:test", spec, "test")
     if (train_set.labels < 0).any() or (test_set.labels < 0).any() or len(np.unique(train_set.labels)) < 2:

@@ -17,7 +17,7 @@ from hebmctl.runtime import resolve_device
 from hebmctl.schemas.common import InputRef
 from hebmctl.schemas.eval import EvalReconConfig, EvalReconManifest
 from hebmctl.stages.artifacts import load_backbone
-from hebmctl.stages.eval_common import RunControl, data_spec_or_backbones, finish, load_data, print_table, up_to_date
+from hebmctl.stages.eval_common import RunControl, finish, load_data, print_table, up_to_date
 
 GRID_COLUMNS = 8
 
@@ -25,7 +25,7 @@ GRID_COLUMNS = 8
 def run(config: EvalReconConfig, control: RunControl = RunControl()) -> EvalReconManifest:
     device = resolve_device(config.device)
     backbone = load_backbone(config.backbone, device)
-    spec = data_spec_or_backbones(config.data, config.backbone)
+    spec = config.data or backbone.manifest.config.data
     images, data_ref = load_data(f"data:{config.split}", spec, config.split, config.limit)
     inputs = [InputRef(role="backbone", path=str(config.backbone), kind="backbone", sha256=backbone.manifest_sha256), data_ref]
     fingerprint, existing = up_to_date(config, inputs, EvalReconManifest, control.force, "recon")

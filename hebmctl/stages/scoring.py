@@ -34,8 +34,9 @@ class Scorer:
     def prior_kind(self) -> str:
         return self.sampler.kind
 
-    def describe(self) -> dict:
-        return self.sampler.describe(temperature=1.0, seed=0) | {"energy_in_score": self._energy_text()}
+    def describe(self, seed: int) -> dict:
+        """Every number of the conditional sampler (no temperature: scores use u as drawn) and the energy term."""
+        return self.sampler.describe(temperature=1.0, seed=seed) | {"energy_in_score": self._energy_text()}
 
     def _energy_text(self) -> str:
         return {"gaussian": "none", "joint": "F(z)", "diffusion": "G(z, 0) / s_0^2"}[self.prior_kind]
