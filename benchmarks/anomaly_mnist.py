@@ -2,12 +2,17 @@
 
     python benchmarks/anomaly_mnist.py --data mnist:../shared/data/mnist --root runs/anomaly \
         [--digits 1,4,5,7,9] [--seeds 0,1,2] [--schemes diffusion] [--pretrain-steps 6000] [--prior-steps 4000]
+        [--name anomaly_mnist] [--collect]
 
 For every (digit, seed): a backbone trained without the digit (`--exclude-classes`), its latent cache,
 one EBM prior per scheme, then `eval anomaly` (score -L^{>0}, the digit positive) for the Gaussian
 prior and each EBM prior. Every stage is resumable and skipped when complete, so re-running the
-command continues. Writes benchmarks/results/anomaly_mnist.json with the per-run AUPRCs, mean and
+command continues. Writes benchmarks/results/<name>.json with the per-run AUPRCs, mean and
 std per digit and prior, and the paper anchors.
+
+--collect runs nothing: it reads the `eval anomaly` manifests already under --root (e.g. runs made
+by several processes at once, one per digit and seed, then copied here) and summarises those; a
+(digit, seed) whose evaluations are missing is listed under "missing" and left out of the means.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from pathlib import Path
 import numpy as np
 from _common import emit
 
-from hebmctl.schemas import CacheLatentsConfig, EvalAnomalyConfig, PretrainConfig, TrainPriorConfig
+from hebmctl.io.manifest import has_manifest, read_manifest
+from hebmctl.schemas import CacheLatentsConfig, EvalAnomalyConfig, EvalAnomalyManifest, PretrainConfig, TrainPriorConfig
 from hebmctl.stages import cache_latents, eval_anomaly, pretrain, train_prior
 
 ANCHORS = {  # AUPRC for held-out 1, 4, 5, 7, 9 (DESIGN §6)
@@ -38,6 +44,21 @@ def one_run(args, digit: int, seed: int) -> dict[str, float]:
     return {prior: eval_anomaly.run(EvalAnomalyConfig(run=run, prior=prior, seed=seed)).metrics["auprc"] for prior in ["gaussian", *args.schemes]}
 
 
+def collect_run(args, digit: int, seed: int) -> dict[str, float] | None:
+    """AUPRC per prior read from the run's existing `eval anomaly` manifests; None if any is missing."""
+    run = args.root / f"heldout{digit}-seed{seed}"
+    auprc = {}
+    for prior in ["gaussian", *args.schemes]:
+        folder = run / "eval" / f"anomaly-{prior}"
+        if not has_manifest(folder):
+            return None
+        manifest, _ = read_manifest(folder, EvalAnomalyManifest)
+        if manifest.config.heldout not in (None, digit):
+            raise SystemExit(f"{folder} evaluated held-out digit {manifest.config.heldout}, expected {digit}.")
+        auprc[prior] = float(manifest.metrics["auprc"])
+    return auprc
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="MNIST data spec, e.g. mnist:../shared/data/mnist")
@@ -47,17 +68,21 @@ def main() -> None:
     parser.add_argument("--schemes", default="diffusion", help="EBM schemes to train per run, comma-separated (or empty).")
     parser.add_argument("--pretrain-steps", type=int, default=6000)
     parser.add_argument("--prior-steps", type=int, default=4000)
+    parser.add_argument("--name", default="anomaly_mnist", help="Result file: benchmarks/results/<name>.json.")
+    parser.add_argument("--collect", action="store_true", help="Run no stage; summarise the evaluations already under --root.")
     args = parser.parse_args()
     args.schemes = [s for s in args.schemes.split(",") if s]
     digits, seeds = [int(d) for d in args.digits.split(",")], [int(s) for s in args.seeds.split(",")]
-    runs = {f"{d}/{s}": one_run(args, d, s) for d in digits for s in seeds}
+    step = collect_run if args.collect else one_run
+    all_runs = {f"{d}/{s}": step(args, d, s) for d in digits for s in seeds}
+    runs = {key: value for key, value in all_runs.items() if value is not None}
     summary = {}
     for prior in ["gaussian", *args.schemes]:
-        values = {d: [runs[f"{d}/{s}"][prior] for s in seeds] for d in digits}
-        summary[prior] = {d: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n_seeds": len(v)} for d, v in values.items()}
-    emit("anomaly_mnist", {"settings": {"data": args.data, "pretrain_steps": args.pretrain_steps, "prior_steps": args.prior_steps,
+        values = {d: [runs[f"{d}/{s}"][prior] for s in seeds if f"{d}/{s}" in runs] for d in digits}
+        summary[prior] = {d: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n_seeds": len(v)} for d, v in values.items() if v}
+    emit(args.name, {"settings": {"data": args.data, "pretrain_steps": args.pretrain_steps, "prior_steps": args.prior_steps,
                                         "digits": digits, "seeds": seeds, "schemes": args.schemes},
-                           "auprc": summary, "runs": runs, "anchors": ANCHORS})
+                           "auprc": summary, "runs": runs, "missing": sorted(set(all_runs) - set(runs)), "anchors": ANCHORS})
 
 
 if __name__ == "__main__":
