@@ -6,7 +6,8 @@
 
 For every (digit, seed): a backbone trained without the digit (`--exclude-classes`), its latent cache,
 one EBM prior per scheme, then `eval anomaly` (score -L^{>0}, the digit positive) for the Gaussian
-prior and each EBM prior. Every stage is resumable and skipped when complete, so re-running the
+prior and each EBM prior, with both score terms ('full' -L^{>0} and 'latent', its prior terms only;
+results keyed 'prior/terms'). Every stage is resumable and skipped when complete, so re-running the
 command continues. Writes benchmarks/results/<name>.json with the per-run AUPRCs, mean and
 std per digit and prior, and the paper anchors.
 
@@ -18,15 +19,18 @@ by several processes at once, one per digit and seed, then copied here) and summ
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
 from _common import emit
 
 from hebmctl.io.manifest import has_manifest, read_manifest
+from hebmctl.schemas.eval import prior_label
 from hebmctl.schemas import CacheLatentsConfig, EvalAnomalyConfig, EvalAnomalyManifest, PretrainConfig, TrainPriorConfig
 from hebmctl.stages import cache_latents, eval_anomaly, pretrain, train_prior
 
+TERMS = ("full", "latent")  # both anomaly scores: -L^{>0} and its prior terms only (see eval anomaly --terms)
 ANCHORS = {  # AUPRC for held-out 1, 4, 5, 7, 9 (DESIGN §6)
     "Hier-EBM": {1: 0.722, 4: 0.949, 5: 0.980, 7: 0.941, 9: 0.935},
     "Joint-EBM": {1: 0.470, 4: 0.941, 5: 0.964, 7: 0.815, 9: 0.796},
@@ -41,22 +45,29 @@ def one_run(args, digit: int, seed: int) -> dict[str, float]:
     cache_latents.run(CacheLatentsConfig(run=run, seed=seed))
     for scheme in args.schemes:
         train_prior.run(TrainPriorConfig(run=run, scheme=scheme, seed=seed, steps=args.prior_steps))
-    return {prior: eval_anomaly.run(EvalAnomalyConfig(run=run, prior=prior, seed=seed)).metrics["auprc"] for prior in ["gaussian", *args.schemes]}
+    return {f"{prior}/{terms}": eval_anomaly.run(EvalAnomalyConfig(run=run, prior=prior, seed=seed, terms=terms)).metrics["auprc"]
+            for prior in ["gaussian", *args.schemes] for terms in TERMS}
 
 
 def collect_run(args, digit: int, seed: int) -> dict[str, float] | None:
-    """AUPRC per prior read from the run's existing `eval anomaly` manifests; None if any is missing."""
+    """AUPRC per 'prior/terms' read from the run's existing `eval anomaly` manifests (found by
+    content, whatever their folder names); None if any wanted one is missing."""
     run = args.root / f"heldout{digit}-seed{seed}"
-    auprc = {}
-    for prior in ["gaussian", *args.schemes]:
-        folder = run / "eval" / f"anomaly-{prior}"
+    found = {}
+    for folder in sorted((run / "eval").glob("anomaly-*")):
         if not has_manifest(folder):
-            return None
+            continue
         manifest, _ = read_manifest(folder, EvalAnomalyManifest)
         if manifest.config.heldout not in (None, digit):
             raise SystemExit(f"{folder} evaluated held-out digit {manifest.config.heldout}, expected {digit}.")
-        auprc[prior] = float(manifest.metrics["auprc"])
-    return auprc
+        found[f"{prior_label(manifest.config.prior)}/{manifest.config.terms}"] = float(manifest.metrics["auprc"])
+    wanted = [f"{prior}/{terms}" for prior in ["gaussian", *args.schemes] for terms in TERMS]
+    return {key: found[key] for key in wanted} if all(key in found for key in wanted) else None
+
+
+def _backbone_device(run: Path) -> str:
+    """Where the run's backbone was trained ('cuda' / 'cpu'), from its manifest (runs may come from another machine)."""
+    return str(json.loads((run / "backbone" / "manifest.json").read_text())["metrics"].get("device"))
 
 
 def main() -> None:
@@ -77,10 +88,11 @@ def main() -> None:
     all_runs = {f"{d}/{s}": step(args, d, s) for d in digits for s in seeds}
     runs = {key: value for key, value in all_runs.items() if value is not None}
     summary = {}
-    for prior in ["gaussian", *args.schemes]:
+    for prior in [f"{p}/{t}" for p in ["gaussian", *args.schemes] for t in TERMS]:
         values = {d: [runs[f"{d}/{s}"][prior] for s in seeds if f"{d}/{s}" in runs] for d in digits}
         summary[prior] = {d: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n_seeds": len(v)} for d, v in values.items() if v}
-    emit(args.name, {"settings": {"data": args.data, "pretrain_steps": args.pretrain_steps, "prior_steps": args.prior_steps,
+    devices = sorted({_backbone_device(args.root / f"heldout{key.replace('/', '-seed')}") for key in runs})
+    emit(args.name, {"backbone_devices": devices, "settings": {"data": args.data, "pretrain_steps": args.pretrain_steps, "prior_steps": args.prior_steps,
                                         "digits": digits, "seeds": seeds, "schemes": args.schemes},
                            "auprc": summary, "runs": runs, "missing": sorted(set(all_runs) - set(runs)), "anchors": ANCHORS})
 
