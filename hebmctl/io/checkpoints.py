@@ -99,6 +99,13 @@ def load_checkpoint(folder: Path, state: TrainingState) -> tuple[int, dict[str, 
         optimizer_from_tensors(optimizer, tensors, meta["optimizer"])
     rng, _ = load_tensors(folder / "rng.safetensors")
     for name, gen in state.generators.items():
+        if rng[name].numel() != gen.get_state().numel():
+            # A CPU generator's state (Mersenne twister) and a CUDA one's (Philox) differ in size.
+            raise ArtifactError(
+                f"{folder} was written on another kind of device: its random-generator state '{name}' does not fit "
+                f"this run's {gen.device.type} generator, and checkpoints resume bitwise only on the device type "
+                "that wrote them. Re-run with that --device (cpu or cuda) to resume, or pass --force to start over."
+            )
         set_generator_state(gen, rng[name])
     torch.set_rng_state(rng["torch_cpu_default"])
     info = json.loads((folder / STATE_NAME).read_text())

@@ -72,6 +72,20 @@ def test_checkpoints_keep_last_n_and_restore_rng(tmp_path):
     assert torch.equal(torch.randn(4, generator=gen), expected)
 
 
+def test_checkpoint_from_another_device_type_is_refused_clearly(tmp_path):
+    """A CUDA generator's state (Philox: 16 bytes) cannot seed a CPU generator: say so, do not crash."""
+    from safetensors.torch import load_file, save_file
+
+    model, opt = _model_and_optimizer(0)
+    state = TrainingState({"model": model}, {"adamw": opt}, {"noise": torch.Generator().manual_seed(7)})
+    folder = save_checkpoint(tmp_path, 1, "fp", state, {}, keep=2)
+    rng = load_file(folder / "rng.safetensors")
+    rng["noise"] = torch.zeros(16, dtype=torch.uint8)  # the size of a CUDA generator's state
+    save_file(rng, folder / "rng.safetensors")
+    with pytest.raises(ArtifactError, match="another kind of device.*--device"):
+        load_checkpoint(folder, state)
+
+
 def test_checkpoint_without_state_json_is_ignored_and_other_runs_refused(tmp_path):
     model, opt = _model_and_optimizer(0)
     state = TrainingState({"model": model}, {"adamw": opt}, {})
