@@ -2,7 +2,7 @@
 
     python benchmarks/anomaly_mnist.py --data mnist:../shared/data/mnist --root runs/anomaly \
         [--digits 1,4,5,7,9] [--seeds 0,1,2] [--schemes diffusion] [--pretrain-steps 6000] [--prior-steps 4000]
-        [--name anomaly_mnist] [--collect]
+        [--prior-device auto|cpu|cuda] [--name anomaly_mnist] [--collect]
 
 For every (digit, seed): a backbone trained without the digit (`--exclude-classes`), its latent cache,
 one EBM prior per scheme, then `eval anomaly` (score -L^{>0}, the digit positive) for the Gaussian
@@ -44,7 +44,7 @@ def one_run(args, digit: int, seed: int) -> dict[str, float]:
     pretrain.run(PretrainConfig(run=run, data=args.data, exclude_classes=(digit,), seed=seed, steps=args.pretrain_steps))
     cache_latents.run(CacheLatentsConfig(run=run, seed=seed))
     for scheme in args.schemes:
-        train_prior.run(TrainPriorConfig(run=run, scheme=scheme, seed=seed, steps=args.prior_steps))
+        train_prior.run(TrainPriorConfig(run=run, scheme=scheme, seed=seed, steps=args.prior_steps, device=args.prior_device))
     return {f"{prior}/{terms}": eval_anomaly.run(EvalAnomalyConfig(run=run, prior=prior, seed=seed, terms=terms)).metrics["auprc"]
             for prior in ["gaussian", *args.schemes] for terms in TERMS}
 
@@ -79,6 +79,8 @@ def main() -> None:
     parser.add_argument("--schemes", default="diffusion", help="EBM schemes to train per run, comma-separated (or empty).")
     parser.add_argument("--pretrain-steps", type=int, default=6000)
     parser.add_argument("--prior-steps", type=int, default=4000)
+    parser.add_argument("--prior-device", default="auto", help="Device of prior training. The Langevin loop is launch-bound, so "
+                        "with many runs in parallel one CPU thread each can beat sharing one GPU.")
     parser.add_argument("--name", default="anomaly_mnist", help="Result file: benchmarks/results/<name>.json.")
     parser.add_argument("--collect", action="store_true", help="Run no stage; summarise the evaluations already under --root.")
     args = parser.parse_args()
@@ -93,6 +95,7 @@ def main() -> None:
         summary[prior] = {d: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n_seeds": len(v)} for d, v in values.items() if v}
     devices = sorted({_backbone_device(args.root / f"heldout{key.replace('/', '-seed')}") for key in runs})
     emit(args.name, {"backbone_devices": devices, "settings": {"data": args.data, "pretrain_steps": args.pretrain_steps, "prior_steps": args.prior_steps,
+                                        "prior_device": args.prior_device,
                                         "digits": digits, "seeds": seeds, "schemes": args.schemes},
                            "auprc": summary, "runs": runs, "missing": sorted(set(all_runs) - set(runs)), "anchors": ANCHORS})
 
