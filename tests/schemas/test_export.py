@@ -39,11 +39,13 @@ def test_relative_data_paths_are_made_absolute(tmp_path, monkeypatch):
     assert PretrainConfig(data="builtin:mnist-10k").data == "builtin:mnist-10k"
 
 
-def test_anomaly_scores_prior_terms_by_default_and_names_the_full_score_apart():
+def test_ood_and_anomaly_score_prior_terms_by_default_and_name_the_full_score_apart():
     from hebmctl.schemas import EvalAnomalyConfig, EvalOodConfig
 
     default = EvalAnomalyConfig(run="r")
     assert default.terms == "latent" and default.out == Path("r/eval/anomaly-gaussian")
     full = EvalAnomalyConfig(run="r", terms="full", prior="diffusion")
     assert full.out == Path("r/eval/anomaly-diffusion-full")
-    assert EvalOodConfig(run="r", ood="builtin:mnist-10k").terms == "full"  # OOD keeps DESIGN's full L
+    ood = EvalOodConfig(run="r", ood="builtin:mnist-10k")  # the better OOD score too (docs/results.md)
+    assert ood.terms == "latent" and ood.out == Path("r/eval/ood-gaussian")
+    assert EvalOodConfig(run="r", ood="builtin:mnist-10k", terms="full").out == Path("r/eval/ood-gaussian-full")
