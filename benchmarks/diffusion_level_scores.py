@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from _common import emit
-from sklearn.metrics import roc_auc_score
 
 from hebmctl.data import load_split, to_unit_range
+from hebmctl.metrics.detection import detection_metrics
 from hebmctl.stages.artifacts import load_backbone, load_prior
 
 
@@ -55,9 +55,8 @@ def level_log_density(model, energy, u: torch.Tensor, level: int, alpha_cum: flo
 
 
 def auroc(score_in: np.ndarray, score_out: np.ndarray) -> float:
-    """AUROC of an outlier score (higher = more out), out-of-distribution positive."""
-    labels = np.r_[np.zeros(len(score_in)), np.ones(len(score_out))]
-    return round(float(roc_auc_score(labels, np.r_[score_in, score_out])), 4)
+    """AUROC of an outlier score (higher = more out), out-of-distribution positive (as `eval ood`)."""
+    return round(detection_metrics(score_in, score_out)["auroc"], 4)
 
 
 def main() -> None:
