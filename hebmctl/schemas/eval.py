@@ -103,6 +103,14 @@ class ScoreOptions(EvalConfigBase):
 
     _data = field_validator("data", mode="before")(lambda cls, v: absolute_data_spec(v))
 
+    folder_prefix: ClassVar[str]  # default out folder: RUN/eval/<prefix>-<prior>[-full]
+
+    @classmethod
+    def _derived_defaults(cls, data: dict[str, Any]) -> dict[str, Any]:
+        data["prior"] = str(data.get("prior") or "gaussian")
+        suffix = "-full" if data.get("terms") == "full" else ""  # the default (latent) terms get the plain name
+        return _default_out(data, f"{cls.folder_prefix}-{prior_label(data['prior'])}{suffix}")
+
     def prior_dir(self) -> Path | None:
         return prior_folder(self.prior, self.run)
 
@@ -125,11 +133,7 @@ class EvalOodConfig(ScoreOptions):
     _ood = field_validator("ood", mode="before")(lambda cls, v: absolute_data_spec(v))
     _k = field_validator("k", mode="before")(lambda cls, v: split_csv(v))
 
-    @classmethod
-    def _derived_defaults(cls, data: dict[str, Any]) -> dict[str, Any]:
-        data["prior"] = str(data.get("prior") or "gaussian")
-        suffix = "-full" if data.get("terms") == "full" else ""
-        return _default_out(data, f"ood-{prior_label(data['prior'])}{suffix}")
+    folder_prefix: ClassVar[str] = "ood"
 
 
 class EvalAnomalyConfig(ScoreOptions):
@@ -144,11 +148,7 @@ class EvalAnomalyConfig(ScoreOptions):
 
     heldout: int | None = Field(None, ge=0, description="The held-out class (default: the one class the backbone was trained without).")
 
-    @classmethod
-    def _derived_defaults(cls, data: dict[str, Any]) -> dict[str, Any]:
-        data["prior"] = str(data.get("prior") or "gaussian")
-        suffix = "-full" if data.get("terms") == "full" else ""
-        return _default_out(data, f"anomaly-{prior_label(data['prior'])}{suffix}")
+    folder_prefix: ClassVar[str] = "anomaly"
 
 
 class EvalProbeConfig(EvalConfigBase):
