@@ -9,6 +9,8 @@ incomplete, `rows_written` says how far it got, so an interrupted run continues 
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -32,6 +34,7 @@ class LatentLayout:
     compression: Literal["none", "gzip", "lzf"] = "none"
     rows_per_chunk: int = 1024
     store_z: bool = False
+    group_shapes: tuple[tuple[int, ...], ...] | None = None  # [d] or [c, h, w] per group; None = vectors
 
     @property
     def latent_dim(self) -> int:
@@ -81,6 +84,8 @@ class LatentWriter:
         attrs = self.file.attrs
         attrs["group_dims"] = np.asarray(lay.group_dims, dtype=np.int64)
         attrs["group_names"] = np.asarray(lay.group_names, dtype=h5py.string_dtype())
+        shapes = lay.group_shapes or tuple((d,) for d in lay.group_dims)
+        attrs["group_shapes"] = json.dumps([list(s) for s in shapes])  # JSON: groups may differ in rank
         attrs["backbone_sha256"] = backbone_sha256
         attrs["fingerprint"] = fingerprint
         attrs["rows_written"] = 0

@@ -6,14 +6,14 @@ import numpy as np
 import torch
 
 from hebmctl.data import to_unit_range
-from hebmctl.models.hvae import HierarchicalVAE
+from hebmctl.models.backbone import Backbone
 
 ACTIVE_UNIT_THRESHOLD = 0.01
 """A latent unit is active when Cov_x(E_q[u | x]) exceeds this (Burda et al., 2016)."""
 
 
 @torch.no_grad()
-def evaluate_backbone(model: HierarchicalVAE, images: np.ndarray, device: torch.device, batch_size: int = 500, seed: int = 0) -> dict:
+def evaluate_backbone(model: Backbone, images: np.ndarray, device: torch.device, batch_size: int = 500, seed: int = 0) -> dict:
     """Test-split metrics of a backbone on uint8 images `[N, H, W, C]`.
 
     - `recon_mse`: per-pixel MSE on the [-1, 1] scale of the decoder mean at the posterior means.

@@ -13,13 +13,12 @@ resampling of u_1 .. u_k (see `hebmctl.samplers.conditional`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-from hebmctl.models.hvae import HierarchicalVAE
+from hebmctl.models.backbone import Backbone
 
 NegEnergyOfZ = Callable[[Tensor], Tensor]
 """z `[B, D]` -> F(z) `[B]`."""
@@ -27,15 +26,9 @@ ConditionalResampler = Callable[[Tensor, Tensor, torch.Generator], Tensor]
 """(u_fixed `[B, D]`, mask `[D]` with 1 = resample, generator) -> u `[B, D]` with the masked part redrawn."""
 
 
-def log_gaussian_prior(model: HierarchicalVAE, z: Tensor) -> Tensor:
-    """log p_Gauss(z) = sum_i log N(z_i; mu_i(z_{i+1}), sigma_i(z_{i+1})^2), top layer N(0, I): `[B, D]` -> `[B]`."""
-    groups = model.split_groups(z)
-    total = torch.zeros(z.shape[0], device=z.device, dtype=z.dtype)
-    for i, z_i in enumerate(groups):
-        above = groups[i + 1] if i < model.num_layers - 1 else z
-        mu, sigma = model.prior_params(i, above)
-        total = total + (-0.5 * ((z_i - mu) / sigma) ** 2 - torch.log(sigma) - 0.5 * math.log(2 * math.pi)).sum(-1)
-    return total
+def log_gaussian_prior(model: Backbone, z: Tensor) -> Tensor:
+    """log p_Gauss(z) = sum_i log N(z_i; mu_i(z_{>i}), sigma_i(z_{>i})^2), top layer N(0, I): `[B, D]` -> `[B]`."""
+    return model.log_prior_gauss(z)
 
 
 SCORE_TERMS = ("full", "latent")
@@ -43,7 +36,7 @@ SCORE_TERMS = ("full", "latent")
 prior's judgement alone (drops the pixel likelihood, which favours simple images such as digit 1)."""
 
 
-def log_joint(model: HierarchicalVAE, x: Tensor, z: Tensor, neg_energy: NegEnergyOfZ | None, terms: str = "full") -> Tensor:
+def log_joint(model: Backbone, x: Tensor, z: Tensor, neg_energy: NegEnergyOfZ | None, terms: str = "full") -> Tensor:
     """log p(x | z) + log p_Gauss(z) + F(z) (or without log p(x | z) for `terms="latent"`) for
     images x `[B, C, H, W]` in [-1, 1] and z `[B, D]` -> `[B]` nats."""
     if terms not in SCORE_TERMS:
@@ -54,19 +47,19 @@ def log_joint(model: HierarchicalVAE, x: Tensor, z: Tensor, neg_energy: NegEnerg
     return value if neg_energy is None else value + neg_energy(z)
 
 
-def layer_mask(model: HierarchicalVAE, k: int, device: torch.device) -> Tensor:
+def layer_mask(model: Backbone, k: int, device: torch.device) -> Tensor:
     """`[D]` mask with 1 on the coordinates of layers z_1 .. z_k (the ones drawn from the prior)."""
-    return torch.cat([torch.full((d,), float(i < k), device=device) for i, d in enumerate(model.group_dims)])
+    return model.layer_mask(range(k), device)
 
 
 @torch.no_grad()
-def _posterior_u(model: HierarchicalVAE, features: Tensor, generator: torch.Generator) -> Tensor:
+def _posterior_u(model: Backbone, features, generator: torch.Generator) -> Tensor:
     z, _ = model.posterior_from_features(features, generator, sample=True)
     return model.z_to_u(z)
 
 
 def layer_scores(
-    model: HierarchicalVAE,
+    model: Backbone,
     x: Tensor,
     ks: tuple[int, ...],
     neg_energy: NegEnergyOfZ | None,
@@ -83,7 +76,7 @@ def layer_scores(
     if any(k < 0 or k > model.num_layers for k in ks):
         raise ValueError(f"k must be in 0..{model.num_layers}, got {ks}")
     with torch.no_grad():
-        features = model.encoder(x)
+        features = model.encode(x)
     totals = {k: torch.zeros(x.shape[0], device=x.device) for k in ks}
     for _ in range(draws):
         u_q = _posterior_u(model, features, generator)

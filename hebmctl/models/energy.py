@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
-__all__ = ["GroupEnergy", "JointEnergy", "sinusoidal_embedding", "make_activation"]
+__all__ = ["ConvGroupEnergy", "GroupEnergy", "JointEnergy", "sinusoidal_embedding", "make_activation"]
 
 _ACTIVATIONS = ("silu", "leaky_relu")
 
@@ -145,6 +145,68 @@ class GroupEnergy(nn.Module):
         return out.squeeze(1) if self.n_outputs == 1 else out
 
 
+class ConvGroupEnergy(nn.Module):
+    """``f_i(z_i, t)`` for a spatial group ``[c, h, w]``: a small conv net with global average pooling.
+
+    ``depth`` 3x3 convolutions of ``channels`` channels (activation after each; with ``n_levels > 0``
+    a per-layer linear projection of the level embedding is added to each pre-activation as a
+    per-channel bias), global average pooling, then a linear output. The input arrives flattened.
+
+    Shapes: ``forward(z [B, c*h*w], t LongTensor [B] | None) -> [B]`` or ``[B, n_outputs]``.
+    """
+
+    def __init__(
+        self,
+        shape: Sequence[int],
+        channels: int = 64,
+        depth: int = 2,
+        activation: str = "silu",
+        spectral_norm: bool = False,
+        n_levels: int = 0,
+        time_embed_dim: int = 64,
+        n_outputs: int = 1,
+    ) -> None:
+        super().__init__()
+        if len(shape) != 3 or min(shape) < 1 or channels < 1 or depth < 1 or n_outputs < 1:
+            raise ValueError(f"need a [c, h, w] shape and channels, depth, n_outputs >= 1; got {tuple(shape)}, {channels}, {depth}, {n_outputs}")
+        self.shape = tuple(int(s) for s in shape)
+        self.dim = math.prod(self.shape)
+        self.n_levels, self.n_outputs, self.time_embed_dim = n_levels, n_outputs, time_embed_dim
+
+        def wrap(layer: nn.Module) -> nn.Module:
+            return _spectral_norm(layer) if spectral_norm else layer
+
+        self.convs = nn.ModuleList(wrap(nn.Conv2d(self.shape[0] if i == 0 else channels, channels, 3, padding=1)) for i in range(depth))
+        self.acts = nn.ModuleList(make_activation(activation) for _ in range(depth))
+        self.out = wrap(nn.Linear(channels, n_outputs))
+        self.time_mlp: nn.Module | None = None
+        self.time_proj: nn.ModuleList | None = None
+        if n_levels > 0:
+            self.time_mlp = nn.Sequential(nn.Linear(time_embed_dim, time_embed_dim), make_activation(activation),
+                                          nn.Linear(time_embed_dim, time_embed_dim), make_activation(activation))
+            self.time_proj = nn.ModuleList(nn.Linear(time_embed_dim, channels) for _ in range(depth))
+
+    def forward(self, z: Tensor, t: Tensor | None = None) -> Tensor:
+        """z ``[B, c*h*w]`` (flattened group), t ``[B]`` iff ``n_levels > 0`` -> ``[B]`` / ``[B, n_outputs]``."""
+        if z.dim() != 2 or z.shape[1] != self.dim:
+            raise ValueError(f"expected z of shape [B, {self.dim}] (a flattened {self.shape} group), got {tuple(z.shape)}")
+        temb = None
+        if self.time_mlp is not None:
+            if t is None or t.shape != (z.shape[0],):
+                raise ValueError("this energy is time-conditioned (n_levels > 0): pass t of shape [B]")
+            temb = self.time_mlp(sinusoidal_embedding(t, self.time_embed_dim).to(z.dtype))
+        elif t is not None:
+            raise ValueError("this energy is not time-conditioned (n_levels = 0) but t was given")
+        h = z.view(z.shape[0], *self.shape)
+        for i, (conv, act) in enumerate(zip(self.convs, self.acts)):
+            pre = conv(h)
+            if temb is not None:
+                pre = pre + self.time_proj[i](temb)[:, :, None, None]  # level as a per-channel bias
+            h = act(pre)
+        out = self.out(h.mean(dim=(2, 3)))
+        return out.squeeze(1) if self.n_outputs == 1 else out
+
+
 class JointEnergy(nn.Module):
     """``F(z, t) = sum_i f_i(z_i, t)``: the joint negative energy over all latent groups.
 
@@ -158,6 +220,7 @@ class JointEnergy(nn.Module):
 
     Args:
         group_dims: latent size of each group, bottom (z_1) to top (z_L); z is their concatenation.
+            Each entry may also be a shape: ``d`` or ``(d,)`` (vector) or ``(c, h, w)`` (spatial).
         width, depth, activation, spectral_norm, n_levels, time_embed_dim: as :class:`GroupEnergy`.
         n_classes: 0 = unlabelled.
         label_groups: indices of the groups coupled to the label (default: all groups).
@@ -167,7 +230,7 @@ class JointEnergy(nn.Module):
 
     def __init__(
         self,
-        group_dims: Sequence[int],
+        group_dims: Sequence[int | Sequence[int]] | None = None,
         width: int = 200,
         depth: int = 2,
         activation: str = "silu",
@@ -176,9 +239,14 @@ class JointEnergy(nn.Module):
         time_embed_dim: int = 64,
         n_classes: int = 0,
         label_groups: Sequence[int] | None = None,
+        group_shapes: Sequence[Sequence[int]] | None = None,
+        conv_channels: int = 64,
+        conv_depth: int = 2,
     ) -> None:
         super().__init__()
-        dims = [int(d) for d in group_dims]
+        entries = group_shapes if group_shapes is not None else (group_dims or [])
+        shapes = [tuple(int(s) for s in e) if isinstance(e, Sequence) else (int(e),) for e in entries]
+        dims = [math.prod(shape) for shape in shapes]
         if not dims or any(d < 1 for d in dims):
             raise ValueError(f"group_dims must be a non-empty list of positive sizes, got {dims}")
         if n_classes < 0 or n_classes == 1:
@@ -199,20 +267,17 @@ class JointEnergy(nn.Module):
         self.n_levels = n_levels
         self.n_classes = n_classes
         self.label_groups: tuple[int, ...] = tuple(sorted(groups))
+        self.group_shapes: tuple[tuple[int, ...], ...] = tuple(shapes)
+        common = dict(activation=activation, spectral_norm=spectral_norm, n_levels=n_levels, time_embed_dim=time_embed_dim)
+        group_net = {
+            1: lambda shape, n_out: GroupEnergy(shape[0], width=width, depth=depth, n_outputs=n_out, **common),
+            3: lambda shape, n_out: ConvGroupEnergy(shape, channels=conv_channels, depth=conv_depth, n_outputs=n_out, **common),
+        }
+        for shape in shapes:
+            if len(shape) not in group_net:
+                raise ValueError(f"a latent group is a vector [d] or a map [c, h, w], got shape {shape}")
         self.groups = nn.ModuleList(
-            [
-                GroupEnergy(
-                    d,
-                    width=width,
-                    depth=depth,
-                    activation=activation,
-                    spectral_norm=spectral_norm,
-                    n_levels=n_levels,
-                    time_embed_dim=time_embed_dim,
-                    n_outputs=n_classes if i in self.label_groups else 1,
-                )
-                for i, d in enumerate(dims)
-            ]
+            group_net[len(shape)](shape, n_classes if i in self.label_groups else 1) for i, shape in enumerate(shapes)
         )
 
     @property

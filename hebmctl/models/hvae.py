@@ -1,34 +1,32 @@
-"""Hierarchical VAE backbone with a conditional Gaussian hierarchy (DESIGN §3, Joint-EBM).
+"""Hierarchical VAE backbone with a conditional Gaussian hierarchy and vector groups (`hvae`; DESIGN §3, Joint-EBM).
 
 Latent groups are vectors z_1 (bottom) ... z_L (top), stored concatenated as one tensor
 `[B, D]` with D = sum(group_dims), bottom group first. The generative model is
 
     p(z_L) = N(0, I),  p(z_i | z_{i+1}) = N(mu_i(z_{i+1}), sigma_i(z_{i+1})^2),  p(x | z_1) = N(dec(z_1), s_x^2 I)
 
-with a shared scalar decoder std s_x, calibrated in closed form: for a Gaussian decoder with one
-shared variance the maximum-likelihood s_x^2 is the per-pixel MSE (Rybkin et al. 2021, sigma-VAE).
-Training uses the batch's value; the stored value (`log_std_x`, a buffer) is set from the
-training set when the backbone is finalised. The u-space map T (top-down) is
-`z_L = u_L, z_i = mu_i(z_{i+1}) + sigma_i(z_{i+1}) * u_i`; under the Gaussian prior u ~ N(0, I).
+The decoder reads z_1 only. The u-space map T (top-down) is `z_L = u_L, z_i = mu_i(z_{i+1}) + sigma_i(z_{i+1}) * u_i`;
+the shared decoder std and the rest of the interface are in `hebmctl.models.backbone`.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 
-MIN_STD = 1e-2
-"""Floor of every latent standard deviation. T^{-1} divides by sigma, so float32 rounding of z
-(about 6e-8 * |z|) comes back as an error of about 6e-8 * |z| / sigma in u: the floor keeps the
-round trip within 1e-5 for the latent scales a trained backbone has."""
-
-LOG_STD_X_RANGE = (math.log(0.01), math.log(1.0))
-"""Allowed range of the decoder's log std on the [-1, 1] pixel scale."""
+from hebmctl.models.backbone import (  # noqa: F401  (re-exported for older imports)
+    LOG_STD_X_RANGE,
+    MIN_STD,
+    Backbone,
+    BackboneMisfit,
+    ElboTerms,
+    draw_gaussian,
+    gaussian_kl,
+    gaussian_log_prob,
+)
 
 
 def _mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
@@ -83,33 +81,15 @@ class ConvDecoder(nn.Module):
         return self.net(self.fc(z1).view(-1, *self.base_shape))
 
 
-@dataclass(frozen=True)
-class ElboTerms:
-    """Per-example terms of the negative ELBO: recon_nll `[B]` (nats), kl `[B, L]` (nats per layer)."""
-
-    recon_nll: Tensor
-    kl: Tensor
-    x_mean: Tensor
-
-
-def gaussian_log_prob(x: Tensor, mu: Tensor, std: Tensor) -> Tensor:
-    """log N(x; mu, std^2) summed over the last axis: `[B, d]` -> `[B]`."""
-    return (-0.5 * ((x - mu) / std) ** 2 - torch.log(std) - 0.5 * math.log(2 * math.pi)).sum(-1)
-
-
-def gaussian_kl(mu_q: Tensor, std_q: Tensor, mu_p: Tensor, std_p: Tensor) -> Tensor:
-    """KL(N(mu_q, std_q^2) || N(mu_p, std_p^2)) summed over the last axis: `[B, d]` -> `[B]`."""
-    var_ratio = (std_q / std_p) ** 2
-    return 0.5 * (var_ratio + ((mu_q - mu_p) / std_p) ** 2 - 1 - torch.log(var_ratio)).sum(-1)
-
-
-class HierarchicalVAE(nn.Module):
+class HierarchicalVAE(Backbone):
     """Conditional-hierarchy VAE with vector latent groups; see the module docstring.
 
     `inference="top-down"`: q(z_L | x) prod_i q(z_i | z_{i+1}, x), KL per layer in closed form.
     `inference="bottom-up"`: q(z_1 | x) prod_i q(z_{i+1} | z_i) (Joint-EBM eq. 4), KL per layer as
     the one-sample estimate log q(z_i | .) - log p(z_i | z_{i+1}).
     """
+
+    family = "hvae"
 
     def __init__(
         self,
@@ -121,16 +101,14 @@ class HierarchicalVAE(nn.Module):
     ) -> None:
         super().__init__()
         height, width, n_channels = image_shape
-        if height % 4 or width % 4:
-            raise ValueError(f"image height and width must be divisible by 4, got {height}x{width}")
+        self.check_fits(image_shape)
         self.image_shape = tuple(image_shape)
-        self.group_dims = tuple(latent_dims)
+        self.group_shapes = tuple((int(d),) for d in latent_dims)
         self.inference = inference
         dims, n_layers = self.group_dims, len(self.group_dims)
         # Generative model: p(z_i | z_{i+1}) for i = 0 .. L-2 (0-based), p(x | z_1).
         self.prior_heads = nn.ModuleList(GaussianHead(dims[i + 1], mlp_hidden, dims[i]) for i in range(n_layers - 1))
         self.decoder = ConvDecoder(dims[0], channels, n_channels, height, width)
-        self.register_buffer("log_std_x", torch.zeros(()))
         # Inference model.
         self.encoder = ConvEncoder(n_channels, channels, height, width, mlp_hidden)
         if inference == "top-down":
@@ -144,21 +122,12 @@ class HierarchicalVAE(nn.Module):
         else:
             raise ValueError(f"unknown inference {inference!r}")
 
-    # ---- latent bookkeeping -------------------------------------------------------------
-    @property
-    def latent_dim(self) -> int:
-        return sum(self.group_dims)
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.group_dims)
-
-    def split_groups(self, v: Tensor) -> list[Tensor]:
-        """`[..., D]` -> list of `[..., d_i]`, bottom group first."""
-        return list(torch.split(v, list(self.group_dims), dim=-1))
-
-    def join_groups(self, groups: list[Tensor]) -> Tensor:
-        return torch.cat(groups, dim=-1)
+    @staticmethod
+    def check_fits(image_shape: tuple[int, int, int]) -> None:
+        """Two stride-2 convolutions: height and width must be divisible by 4."""
+        height, width, _ = image_shape
+        if height < 4 or width < 4 or height % 4 or width % 4:
+            raise BackboneMisfit(f"the hvae backbone needs image height and width divisible by 4 (two stride-2 convolutions), got {height}x{width}")
 
     def prior_params(self, i: int, z_above: Tensor | None) -> tuple[Tensor, Tensor]:
         """(mu_i, sigma_i) of p(z_i | z_{i+1}) for 0-based layer i; the top layer is N(0, I)."""
@@ -187,41 +156,31 @@ class HierarchicalVAE(nn.Module):
             u_groups[i] = (z_groups[i] - mu) / sigma
         return self.join_groups(u_groups)
 
+    def log_prior_gauss(self, z: Tensor) -> Tensor:
+        """log p_Gauss(z) = sum_i log N(z_i; mu_i(z_{i+1}), sigma_i(z_{i+1})^2), top layer N(0, I): `[B, D]` -> `[B]`."""
+        groups = self.split_groups(z)
+        total = torch.zeros(z.shape[0], device=z.device, dtype=z.dtype)
+        for i, z_i in enumerate(groups):
+            above = groups[i + 1] if i < self.num_layers - 1 else z
+            mu, sigma = self.prior_params(i, above)
+            total = total + gaussian_log_prob(z_i, mu, sigma)
+        return total
+
     # ---- generative and inference passes -----------------------------------------------------
     def decode(self, z: Tensor) -> Tensor:
         """z `[B, D]` -> pixel means `[B, C, H, W]` (only z_1 is read: p(x | z_1))."""
         return self.decoder(self.split_groups(z)[0])
 
-    @staticmethod
-    def calibrated_log_std(x: Tensor, x_mean: Tensor) -> Tensor:
-        """Closed-form ML decoder log std: 0.5 * log(per-pixel MSE), clamped to LOG_STD_X_RANGE, no gradient."""
-        mse = ((x - x_mean.detach()) ** 2).mean()
-        return (0.5 * torch.log(mse.clamp_min(1e-12))).clamp(*LOG_STD_X_RANGE)
-
-    def recon_nll(self, x: Tensor, x_mean: Tensor, log_std: Tensor | None = None) -> Tensor:
-        """-log p(x | z) in nats, `[B]`: Gaussian with scalar std exp(log_std) (default: the stored one)."""
-        log_std = self.log_std_x.clamp(*LOG_STD_X_RANGE) if log_std is None else log_std
-        per_pixel = 0.5 * ((x - x_mean) / log_std.exp()) ** 2 + log_std + 0.5 * math.log(2 * math.pi)
-        return per_pixel.flatten(1).sum(-1)
-
-    def posterior(self, x: Tensor, generator: torch.Generator | None, sample: bool = True) -> tuple[Tensor, Tensor]:
-        """Draw z ~ q(z | x) (or follow the means when `sample` is False).
-
-        Returns (z `[B, D]`, kl `[B, L]`): the latents and the per-layer KL terms against the
-        conditional prior (closed form for top-down, one-sample estimate for bottom-up).
-        """
-        return self.posterior_from_features(self.encoder(x), generator, sample)
+    def encode(self, x: Tensor) -> Tensor:
+        """x `[B, C, H, W]` -> encoder features `[B, mlp_hidden]`."""
+        return self.encoder(x)
 
     def posterior_from_features(self, h: Tensor, generator: torch.Generator | None, sample: bool = True) -> tuple[Tensor, Tensor]:
-        """`posterior` given encoder features h `[B, mlp_hidden]` (repeat h to draw several samples per image)."""
+        """`posterior` given encoder features h `[B, mlp_hidden]`: (z `[B, D]`, kl `[B, L]`)
+        (closed-form KL for top-down inference, one-sample estimate for bottom-up)."""
         if self.inference == "top-down":
             return self._posterior_top_down(h, generator, sample)
         return self._posterior_bottom_up(h, generator, sample)
-
-    def _draw(self, mu: Tensor, std: Tensor, generator: torch.Generator | None, sample: bool) -> Tensor:
-        if not sample:
-            return mu
-        return mu + std * torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
 
     def _posterior_top_down(self, h: Tensor, generator: torch.Generator | None, sample: bool) -> tuple[Tensor, Tensor]:
         n_layers = self.num_layers
@@ -232,7 +191,7 @@ class HierarchicalVAE(nn.Module):
             cond = h if above is None else torch.cat([h, above], dim=-1)
             mu_q, std_q = self.q_heads[i](cond)
             mu_p, std_p = self.prior_params(i, above if above is not None else h)
-            z_groups[i] = self._draw(mu_q, std_q, generator, sample)
+            z_groups[i] = draw_gaussian(mu_q, std_q, generator, sample)
             kls[i] = gaussian_kl(mu_q, std_q, mu_p, std_p)
         return self.join_groups(z_groups), torch.stack(kls, dim=-1)
 
@@ -243,7 +202,7 @@ class HierarchicalVAE(nn.Module):
         cond = h
         for i in range(n_layers):
             mu_q, std_q = self.q_heads[i](cond)
-            z_i = self._draw(mu_q, std_q, generator, sample)
+            z_i = draw_gaussian(mu_q, std_q, generator, sample)
             z_groups.append(z_i)
             log_q.append(gaussian_log_prob(z_i, mu_q, std_q))
             cond = z_i
@@ -253,19 +212,3 @@ class HierarchicalVAE(nn.Module):
             mu_p, std_p = self.prior_params(i, above)
             kls.append(log_q[i] - gaussian_log_prob(z_groups[i], mu_p, std_p))
         return self.join_groups(z_groups), torch.stack(kls, dim=-1)
-
-    def elbo_terms(self, x: Tensor, generator: torch.Generator | None, calibrate: bool = False) -> ElboTerms:
-        """One-sample negative-ELBO terms for x `[B, C, H, W]` in [-1, 1].
-
-        With `calibrate`, the decoder std is the batch's closed-form optimum (training) instead of
-        the stored one (evaluation).
-        """
-        z, kl = self.posterior(x, generator, sample=True)
-        x_mean = self.decode(z)
-        log_std = self.calibrated_log_std(x, x_mean) if calibrate else None
-        return ElboTerms(recon_nll=self.recon_nll(x, x_mean, log_std), kl=kl, x_mean=x_mean)
-
-    def sample_prior(self, n: int, generator: torch.Generator | None, temperature: float = 1.0) -> Tensor:
-        """z = T(temperature * u), u ~ N(0, I): `[n, D]`."""
-        u = torch.randn((n, self.latent_dim), generator=generator, device=self.log_std_x.device)
-        return self.u_to_z(temperature * u)

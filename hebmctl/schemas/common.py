@@ -56,6 +56,9 @@ class StageConfig(StrictModel):
 
     run_defaults: ClassVar[dict[str, str]] = {}
     unhashed: ClassVar[frozenset[str]] = frozenset({"run", "device"})
+    hashed_when_set: ClassVar[frozenset[str]] = frozenset()
+    """Optional fields added after artifacts were written: hashed only when not None, so that the
+    fingerprints of earlier artifacts (which lack them) stay valid."""
 
     run: Path = Field(Path("runs/default"), description="Run folder that holds the default locations of all artifacts.")
 
@@ -82,7 +85,8 @@ class StageConfig(StrictModel):
     def hashed_fields(self) -> dict[str, Any]:
         """The config values that determine the stage's result, as JSON-able data."""
         skip = set(self.unhashed) | set(self.run_defaults)
-        return self.model_dump(mode="json", exclude=skip)
+        fields = self.model_dump(mode="json", exclude=skip)
+        return {k: v for k, v in fields.items() if not (k in self.hashed_when_set and v is None)}
 
 
 class InputRef(StrictModel):

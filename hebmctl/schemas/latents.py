@@ -41,3 +41,4 @@ class LatentsManifest(ManifestBase):
     config: CacheLatentsConfig = Field(description="The resolved stage config.")
     group_dims: tuple[int, ...] = Field(description="Latent group sizes, bottom to top; u0's last axis is their concatenation.")
     group_names: tuple[str, ...] = Field(description="Names of the latent groups, bottom to top.")
+    group_shapes: tuple[tuple[int, ...], ...] | None = Field(None, description="Latent group shapes, bottom to top ([d] or [c, h, w]); absent in caches written before spatial groups (vector groups).")

@@ -10,6 +10,12 @@ from pydantic import Field, field_validator
 from hebmctl.schemas.common import ManifestBase, StageConfig, absolute_data_spec, split_csv
 
 
+FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "nvae": {"groups_per_scale": (2, 2), "group_channels": 4, "cells_per_group": 1},
+}
+"""Defaults of the options only one family reads, filled in when that family is chosen."""
+
+
 class PretrainConfig(StageConfig):
     """Train a hierarchical VAE backbone on a data set."""
 
@@ -19,10 +25,19 @@ class PretrainConfig(StageConfig):
     data: str = Field("builtin:mnist-10k", description="Data spec: builtin:mnist-10k, mnist:DIR, fashion-mnist:DIR, cifar10:PATH, folder:PATH, npz:PATH.")
     exclude_classes: tuple[int, ...] = Field((), description="Class ids left out of the training split, comma-separated (anomaly protocol).")
     limit: int | None = Field(None, ge=1, description="Use only the first N training images (after exclusion).")
-    backbone: Literal["hvae"] = Field("hvae", description="Backbone family: 'hvae' (conditional hierarchy, Joint-EBM).")
-    latent_dims: tuple[int, ...] = Field((64, 32, 16), description="Latent group sizes, bottom (z_1) to top (z_L), comma-separated.")
-    channels: int = Field(32, ge=4, description="Width of the first conv layer; doubled at each of the two down-samplings.")
-    mlp_hidden: int = Field(256, ge=8, description="Hidden width of the MLPs between latent groups.")
+    backbone: Literal["hvae", "nvae", "vlae"] = Field(
+        "hvae",
+        description="Backbone family: 'hvae' (vector groups, conditional hierarchy, decoder reads z_1), 'nvae' (spatial groups on a "
+        "top-down path, every group reaches the pixels), 'vlae' (independent vector groups injected at different generator depths).",
+    )
+    latent_dims: tuple[int, ...] = Field((64, 32, 16), description="hvae, vlae: latent group sizes, bottom (z_1) to top (z_L), comma-separated.")
+    channels: int = Field(32, ge=4, description="Width of the first conv layer (hvae, vlae: doubled at each of the two down-samplings; nvae: every layer).")
+    mlp_hidden: int = Field(256, ge=8, description="hvae, vlae: hidden width of the MLPs between latent groups.")
+    groups_per_scale: tuple[int, ...] | None = Field(
+        None, description="nvae: latent groups per scale, top (lowest resolution) first, comma-separated; S entries put the latents at H/2^S .. H/2 (default 2,2)."
+    )
+    group_channels: int | None = Field(None, ge=1, description="nvae: channels of each spatial latent group (default 4).")
+    cells_per_group: int | None = Field(None, ge=0, description="nvae: residual cells after each merged group (default 1).")
     inference: Literal["top-down", "bottom-up"] = Field("top-down", description="q(z|x) factorisation: 'top-down' q(z_L|x) prod q(z_i|z_{i+1},x), or 'bottom-up' q(z_1|x) prod q(z_{i+1}|z_i) (Joint-EBM eq. 4).")
     steps: int = Field(6000, ge=1, description="Optimizer steps.")
     batch_size: int = Field(128, ge=1, description="Images per step.")
@@ -40,9 +55,20 @@ class PretrainConfig(StageConfig):
     device: str = Field("auto", description="Torch device: 'auto' (CUDA when present, else CPU), 'cpu', 'cuda', ...")
 
     unhashed: ClassVar[frozenset[str]] = frozenset({"run", "device", "log_every", "checkpoint_every", "keep_checkpoints"})
+    hashed_when_set: ClassVar[frozenset[str]] = frozenset({"groups_per_scale", "group_channels", "cells_per_group"})
+    """Fields added with the nvae family: hashed only when set, so the fingerprints of earlier hvae backbones stay valid."""
 
     _data = field_validator("data", mode="before")(lambda cls, v: absolute_data_spec(v))
-    _csv = field_validator("exclude_classes", "latent_dims", mode="before")(lambda cls, v: split_csv(v))
+    _csv = field_validator("exclude_classes", "latent_dims", "groups_per_scale", mode="before")(lambda cls, v: split_csv(v))
+
+    @classmethod
+    def _derived_defaults(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """The chosen family's own defaults for its options (FAMILY_DEFAULTS) where they are not given."""
+        family = data.get("backbone") or cls.model_fields["backbone"].default
+        for key, value in FAMILY_DEFAULTS.get(family, {}).items():
+            if data.get(key) is None:
+                data[key] = value
+        return data
 
     @field_validator("latent_dims")
     @classmethod
@@ -56,4 +82,8 @@ class BackboneManifest(ManifestBase):
     kind: Literal["backbone"] = Field("backbone", description="Artifact kind.")
     config: PretrainConfig = Field(description="The resolved stage config.")
     image_shape: tuple[int, int, int] = Field(description="(H, W, C) of the images the backbone was trained on.")
-    group_dims: tuple[int, ...] = Field(description="Latent group sizes, bottom to top.")
+    group_dims: tuple[int, ...] = Field(description="Flattened latent group sizes, bottom to top.")
+    group_shapes: tuple[tuple[int, ...], ...] | None = Field(None, description="Latent group shapes, bottom to top: [d] (vector) or [c, h, w] (spatial); absent in backbones written before the nvae family (vector groups).")
+
+    def resolved_group_shapes(self) -> tuple[tuple[int, ...], ...]:
+        return self.group_shapes if self.group_shapes is not None else tuple((d,) for d in self.group_dims)

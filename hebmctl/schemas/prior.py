@@ -15,6 +15,7 @@ DEFAULT_STEP_SIZE = {"joint": 0.1}
 1,300) while s = 0.1 with energy L2 0.1 trained stably with a flat 2,500-step profile
 (docs/fashion-mnist.md)."""
 DEFAULT_ENERGY_L2 = {"joint": 0.1, "diffusion": 0.0}
+DEFAULT_CONV_CHANNELS, DEFAULT_CONV_DEPTH = 64, 2
 
 
 class TrainPriorConfig(StageConfig):
@@ -22,6 +23,8 @@ class TrainPriorConfig(StageConfig):
 
     run_defaults: ClassVar[dict[str, str]] = {"backbone": "backbone", "latents": "latents", "out": "priors/{name}"}
     unhashed: ClassVar[frozenset[str]] = frozenset({"run", "device", "name", "out", "log_every", "checkpoint_every", "keep_checkpoints"})
+    hashed_when_set: ClassVar[frozenset[str]] = frozenset({"conv_channels", "conv_depth"})
+    """Unset = DEFAULT_CONV_CHANNELS / DEFAULT_CONV_DEPTH, left unset so that priors written before spatial groups keep their fingerprints."""
 
     backbone: Path = Field(None, description="Backbone folder (default: RUN/backbone).")
     latents: Path = Field(None, description="Latent cache folder (default: RUN/latents).")
@@ -36,6 +39,8 @@ class TrainPriorConfig(StageConfig):
     width: int = Field(200, ge=1, description="Hidden width of each group's energy MLP.")
     depth: int = Field(2, ge=1, description="Hidden layers of each group's energy MLP.")
     activation: Literal["silu", "leaky_relu"] = Field("silu", description="Activation of the energy MLPs (leaky_relu has slope 0.2).")
+    conv_channels: int | None = Field(None, ge=1, description="Channels of the conv energy net of each spatial latent group (nvae backbones; default 64).")
+    conv_depth: int | None = Field(None, ge=1, description="Conv layers of each spatial group's energy net (default 2).")
     spectral_norm: bool = Field(False, description="Spectral normalisation on the energy MLPs' linear layers.")
     time_embed_dim: int = Field(64, ge=2, description="Size of the sinusoidal level embedding (diffusion scheme).")
     steps: int = Field(4000, ge=1, description="EBM parameter updates.")
@@ -70,6 +75,10 @@ class TrainPriorConfig(StageConfig):
 class PriorManifest(ManifestBase):
     kind: Literal["prior"] = Field("prior", description="Artifact kind.")
     config: TrainPriorConfig = Field(description="The resolved stage config.")
-    group_dims: tuple[int, ...] = Field(description="Latent group sizes, bottom to top.")
+    group_dims: tuple[int, ...] = Field(description="Flattened latent group sizes, bottom to top.")
+    group_shapes: tuple[tuple[int, ...], ...] | None = Field(None, description="Latent group shapes, bottom to top ([d] or [c, h, w]); absent in priors written before spatial groups (vector groups).")
+
+    def resolved_group_shapes(self) -> tuple[tuple[int, ...], ...]:
+        return self.group_shapes if self.group_shapes is not None else tuple((d,) for d in self.group_dims)
     schedule: dict[str, Any] | None = Field(description="Diffusion schedule (alpha, sigma, alpha_cum, sigma_cum per level) for the diffusion scheme; None for joint.")
     step_sizes: list[float] = Field(description="Langevin step size per level s_t (diffusion, t = 0..T-1) or [s] (joint).")

@@ -2,35 +2,48 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from hebmctl.errors import DataError
 from hebmctl.io.manifest import check_lineage, read_manifest, require_intact
 from hebmctl.io.state import load_module_state
+from hebmctl.models.backbone import Backbone, BackboneMisfit
 from hebmctl.models.energy import JointEnergy
 from hebmctl.models.hvae import HierarchicalVAE
+from hebmctl.models.nvae import NVAE
+from hebmctl.models.vlae import VLAE
 from hebmctl.schemas.pretrain import BackboneManifest, PretrainConfig
-from hebmctl.schemas.prior import PriorManifest, TrainPriorConfig
+from hebmctl.schemas.prior import DEFAULT_CONV_CHANNELS, DEFAULT_CONV_DEPTH, PriorManifest, TrainPriorConfig
 
 WEIGHTS_NAME = "weights.safetensors"
 
 
-def build_backbone(config: PretrainConfig, image_shape: tuple[int, int, int]) -> HierarchicalVAE:
-    """A freshly initialised backbone with the architecture a pretrain config describes."""
-    return HierarchicalVAE(
-        image_shape=image_shape,
-        latent_dims=config.latent_dims,
-        channels=config.channels,
-        mlp_hidden=config.mlp_hidden,
-        inference=config.inference,
-    )
+BACKBONE_BUILDERS: dict[str, Callable[[PretrainConfig, tuple[int, int, int]], Backbone]] = {
+    "hvae": lambda c, shape: HierarchicalVAE(shape, c.latent_dims, channels=c.channels, mlp_hidden=c.mlp_hidden, inference=c.inference),
+    "nvae": lambda c, shape: NVAE(shape, c.groups_per_scale, group_channels=c.group_channels, channels=c.channels, cells_per_group=c.cells_per_group),
+    "vlae": lambda c, shape: VLAE(shape, c.latent_dims, channels=c.channels, mlp_hidden=c.mlp_hidden),
+}
+"""Family name -> a function from (config, image shape (H, W, C)) to a fresh model: the one place that maps a family to a class."""
+
+
+def build_backbone(config: PretrainConfig, image_shape: tuple[int, int, int]) -> Backbone:
+    """A freshly initialised backbone with the architecture a pretrain config describes.
+
+    Raises DataError when the configuration cannot fit the image size (checked before any compute).
+    """
+    try:
+        return BACKBONE_BUILDERS[config.backbone](config, tuple(image_shape))
+    except BackboneMisfit as exc:
+        raise DataError(f"The {config.backbone} backbone cannot be built for {tuple(image_shape)} (H, W, C) images: {exc}.") from None
 
 
 @dataclass(frozen=True)
 class LoadedBackbone:
-    model: HierarchicalVAE
+    model: Backbone
     manifest: BackboneManifest
     manifest_sha256: str
     folder: Path
@@ -49,16 +62,19 @@ def load_backbone(folder: Path, device: torch.device) -> LoadedBackbone:
 ENERGY_NAME = "energy.safetensors"
 
 
-def build_energy(config: TrainPriorConfig, group_dims: tuple[int, ...]) -> JointEnergy:
-    """A freshly initialised energy network with the architecture a train-prior config describes."""
+def build_energy(config: TrainPriorConfig, group_shapes: tuple[tuple[int, ...], ...]) -> JointEnergy:
+    """A freshly initialised energy network with the architecture a train-prior config describes
+    (an MLP per vector group, a small conv net per spatial group)."""
     return JointEnergy(
-        group_dims=group_dims,
+        group_shapes=group_shapes,
         width=config.width,
         depth=config.depth,
         activation=config.activation,
         spectral_norm=config.spectral_norm,
         n_levels=config.T if config.scheme == "diffusion" else 0,
         time_embed_dim=config.time_embed_dim,
+        conv_channels=config.conv_channels or DEFAULT_CONV_CHANNELS,
+        conv_depth=config.conv_depth or DEFAULT_CONV_DEPTH,
     )
 
 
@@ -75,7 +91,7 @@ def load_prior(folder: Path, backbone: LoadedBackbone, device: torch.device) -> 
     manifest, sha = read_manifest(folder, PriorManifest)
     check_lineage(f"The prior {folder}", manifest.input("backbone").sha256, backbone.folder, backbone.manifest_sha256)
     require_intact(folder, manifest)
-    energy = build_energy(manifest.config, manifest.group_dims).to(device)
+    energy = build_energy(manifest.config, manifest.resolved_group_shapes()).to(device)
     load_module_state(energy, Path(folder) / ENERGY_NAME)
     energy.eval().requires_grad_(False)
     return LoadedPrior(energy=energy, manifest=manifest, manifest_sha256=sha, folder=Path(folder))

@@ -18,7 +18,7 @@ from hebmctl.data import ImageSet, load_split, to_unit_range
 from hebmctl.io.console import console, progress_bar
 from hebmctl.io.latent_store import LatentLayout, LatentWriter
 from hebmctl.io.manifest import common_fields, describe_file, prepare_output, stage_fingerprint, write_manifest
-from hebmctl.models.hvae import HierarchicalVAE
+from hebmctl.models.backbone import Backbone
 from hebmctl.runtime import peak_cuda_mb, peak_rss_mb, resolve_device
 from hebmctl.schemas.common import InputRef
 from hebmctl.schemas.latents import CacheLatentsConfig, LatentsManifest
@@ -62,6 +62,7 @@ def run(config: CacheLatentsConfig, control: RunControl = RunControl()) -> Laten
         outputs=[describe_file(config.out, f"{name}.h5") for name in splits],
         metrics=metrics,
         group_dims=model.group_dims,
+        group_shapes=model.group_shapes,
         group_names=group_names(model.num_layers),
     )
     write_manifest(config.out, manifest)
@@ -70,10 +71,10 @@ def run(config: CacheLatentsConfig, control: RunControl = RunControl()) -> Laten
 
 
 @torch.no_grad()
-def infer_u0(model: HierarchicalVAE, x: torch.Tensor, n_samples: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def infer_u0(model: Backbone, x: torch.Tensor, n_samples: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """x `[B, C, H, W]` -> (u0, z), each `[B, S, D]`: S posterior samples per image, u0 = T^{-1}(z)."""
-    h = model.encoder(x).repeat_interleave(n_samples, dim=0)
-    z, _ = model.posterior_from_features(h, generator, sample=True)
+    features = model.repeat_features(model.encode(x), n_samples)
+    z, _ = model.posterior_from_features(features, generator, sample=True)
     u0 = model.z_to_u(z)
     return u0.view(x.shape[0], n_samples, -1), z.view(x.shape[0], n_samples, -1)
 
@@ -84,7 +85,7 @@ def _cache_split(config: CacheLatentsConfig, backbone: LoadedBackbone, split: st
     layout = LatentLayout(
         n_rows=len(image_set), samples_per_image=config.samples_per_image, group_dims=model.group_dims,
         group_names=group_names(model.num_layers), storage_dtype=config.storage_dtype, compression=config.compression,
-        rows_per_chunk=config.rows_per_chunk, store_z=config.store_z,
+        rows_per_chunk=config.rows_per_chunk, store_z=config.store_z, group_shapes=model.group_shapes,
     )
     u_sum = torch.zeros(model.latent_dim, dtype=torch.float64)
     u_sq_sum = torch.zeros(model.latent_dim, dtype=torch.float64)

@@ -27,7 +27,7 @@ from hebmctl.io.manifest import common_fields, describe_file, prepare_output, st
 from hebmctl.io.state import save_tensors
 from hebmctl.metrics.backbone import evaluate_backbone
 from hebmctl.models.ema import ema_update
-from hebmctl.models.hvae import LOG_STD_X_RANGE, ElboTerms, HierarchicalVAE
+from hebmctl.models.backbone import LOG_STD_X_RANGE, Backbone, ElboTerms
 from hebmctl.runtime import peak_cuda_mb, peak_rss_mb, resolve_device
 from hebmctl.schemas.common import InputRef
 from hebmctl.schemas.pretrain import BackboneManifest, PretrainConfig
@@ -55,10 +55,10 @@ def run(config: PretrainConfig, control: RunControl = RunControl()) -> BackboneM
     if existing is not None:
         console().print(f"[green]pretrain: {config.out} is up to date[/green] (fingerprint {fingerprint[:12]})")
         return existing
-    config.out.mkdir(parents=True, exist_ok=True)
     with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
         torch.manual_seed(config.seed)
-        model = build_backbone(config, train_set.image_shape).to(device)
+        model = build_backbone(config, train_set.image_shape).to(device)  # a misfit is a DataError before any file is written
+    config.out.mkdir(parents=True, exist_ok=True)
     trainer = _Trainer(config, model, train_set, device, fingerprint)
     finished = trainer.train(control.stop_after)
     if not finished:
@@ -79,14 +79,14 @@ def kl_weight_at(step: int, warmup_steps: int) -> float:
 class _Trainer:
     """The training loop's state: model, EMA, optimizer, RNG, step. Data order is a function of (seed, epoch)."""
 
-    def __init__(self, config: PretrainConfig, model: HierarchicalVAE, train_set: ImageSet, device: torch.device, fingerprint: str) -> None:
+    def __init__(self, config: PretrainConfig, model: Backbone, train_set: ImageSet, device: torch.device, fingerprint: str) -> None:
         self.config, self.model, self.device, self.fingerprint = config, model, device, fingerprint
         self.ema = copy.deepcopy(model).requires_grad_(False)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
         self.images = torch.from_numpy(train_set.images).to(device)
         self.batches_per_epoch = max(1, len(train_set) // config.batch_size)
-        self.free_nats = torch.tensor([config.free_bits * d for d in config.latent_dims], device=device)
+        self.free_nats = torch.tensor([config.free_bits * d for d in model.group_dims], device=device)
         self.step = 0
         self.wall_s = 0.0
         self._epoch_order: tuple[int, torch.Tensor] | None = None
@@ -201,18 +201,19 @@ def _finalize(config: PretrainConfig, trainer: _Trainer, train_set: ImageSet, in
         outputs=[describe_file(out, n) for n in names],
         metrics=metrics,
         image_shape=train_set.image_shape,
-        group_dims=config.latent_dims,
+        group_dims=ema.group_dims,
+        group_shapes=ema.group_shapes,
     )
     write_manifest(out, manifest)
     console().print(
         f"[green]pretrain: done[/green] test recon MSE {test_metrics['recon_mse']:.4f}, ELBO {test_metrics['elbo_nats']:.1f} nats, "
-        f"active units {test_metrics['active_units']} of {list(config.latent_dims)}"
+        f"active units {test_metrics['active_units']} of {list(ema.group_dims)}"
     )
     return manifest
 
 
 @torch.no_grad()
-def calibrate_decoder_std(model: HierarchicalVAE, images: np.ndarray, device: torch.device, seed: int, batch_size: int = 500) -> torch.Tensor:
+def calibrate_decoder_std(model: Backbone, images: np.ndarray, device: torch.device, seed: int, batch_size: int = 500) -> torch.Tensor:
     """Closed-form decoder log std of the final (EMA) model: 0.5 log(per-pixel MSE) of posterior-sample reconstructions."""
     generator = torch.Generator(device=device).manual_seed(seed)
     sq_err, count = 0.0, 0
@@ -225,7 +226,7 @@ def calibrate_decoder_std(model: HierarchicalVAE, images: np.ndarray, device: to
 
 
 @torch.no_grad()
-def _write_grids(out: Path, model: HierarchicalVAE, images: np.ndarray, device: torch.device, seed: int) -> None:
+def _write_grids(out: Path, model: Backbone, images: np.ndarray, device: torch.device, seed: int) -> None:
     """recon_grid.png: rows alternate originals / reconstructions; prior_samples.png: 64 Gaussian-prior samples."""
     x = to_unit_range(images).to(device)
     z_mean, _ = model.posterior(x, None, sample=False)

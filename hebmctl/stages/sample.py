@@ -188,7 +188,7 @@ def _write_hierarchical(out: Path, config: SampleConfig, sampler: Sampler, base_
     n_base = base_u.shape[0]
     u_fixed = base_u.repeat_interleave(GRID_COLUMNS, dim=0)  # [n_base * 8, D]
     for layer in range(model.num_layers):
-        mask = torch.cat([torch.full((d,), float(i == layer), device=sampler.device) for i, d in enumerate(model.group_dims)])
+        mask = model.layer_mask({layer}, sampler.device)
         generator = torch.Generator(device=sampler.device).manual_seed(config.seed * 7919 + layer)
         u_new = resample_masked(sampler, u_fixed, mask, generator)
         images = _decode(sampler, u_new, config.temperature)

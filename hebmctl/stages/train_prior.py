@@ -107,7 +107,7 @@ class _PriorTrainer:
         self.config, self.backbone, self.data, self.device, self.fingerprint = config, backbone, data, device, fingerprint
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            self.energy = build_energy(config, backbone.model.group_dims).to(device)
+            self.energy = build_energy(config, backbone.model.group_shapes).to(device)
         self.ema = copy.deepcopy(self.energy).requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.energy.parameters(), lr=config.lr, betas=(config.beta1, 0.999))
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
@@ -240,6 +240,7 @@ def _finalize(config: TrainPriorConfig, trainer: _PriorTrainer, backbone: Loaded
         outputs=[describe_file(out, n) for n in (ENERGY_NAME, "metrics.jsonl")],
         metrics=metrics,
         group_dims=backbone.model.group_dims,
+        group_shapes=backbone.model.group_shapes,
         schedule=geometry.schedule.to_dict() if geometry.schedule is not None else None,
         step_sizes=geometry.step_sizes,
     )

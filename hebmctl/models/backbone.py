@@ -1,0 +1,201 @@
+"""The one backbone interface (DESIGN §3 "One backbone interface").
+
+Every family (`hvae`, `nvae`, `vlae`) is a `Backbone`: stages, priors, samplers and evaluations
+use only the methods below and never ask which family they hold.
+
+Latents. Groups z_1 (bottom) ... z_L (top); a group is a vector `[d]` or a spatial map `[c, h, w]`
+(`group_shapes`). Outside the backbone every latent is flattened and concatenated bottom to top:
+`[B, D]`, `D = sum(group_dims)`, `group_dims[i] = prod(group_shapes[i])`.
+
+Generative model. `p_Gauss(z) = p(z_L) prod_{i<L} p(z_i | z_{>i})` with Gaussian conditionals
+(an architectural hierarchy has `mu = 0, sigma = 1`), and `p(x | z)` a Gaussian on the [-1, 1]
+pixel scale with one shared std `s_x` calibrated in closed form (the maximum-likelihood scale of a
+Gaussian with one shared variance is the per-pixel MSE; Rybkin et al. 2021, sigma-VAE). Training
+uses the batch's value; the stored value (`log_std_x`, a buffer) is set from the training set when
+the backbone is finalised.
+
+u-space. `T: u -> z` is top-down, `z_i = mu_i(z_{>i}) + sigma_i(z_{>i}) * u_i`, and `T^{-1}` its exact
+inverse; under the Gaussian prior `u ~ N(0, I)`, so
+`log p_Gauss(z) = log N(T^{-1}(z); 0, I) - log|det dT/du|` with `log|det dT/du| = sum_i sum log sigma_i`.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+MIN_STD = 1e-2
+"""Floor of every prior standard deviation. T^{-1} divides by sigma, so float32 rounding of z
+(about 6e-8 * |z|) comes back as an error of about 6e-8 * |z| / sigma in u: the floor keeps the
+round trip within 1e-5 for the latent scales a trained backbone has."""
+
+LOG_STD_X_RANGE = (math.log(0.01), math.log(1.0))
+"""Allowed range of the decoder's log std on the [-1, 1] pixel scale."""
+
+Features = Any
+"""What `encode` returns and `posterior_from_features` reads: a tensor, or a list of tensors whose
+first axis is the batch (the family decides)."""
+
+
+class BackboneMisfit(ValueError):
+    """A backbone configuration that cannot be built for the given image shape."""
+
+
+@dataclass(frozen=True)
+class ElboTerms:
+    """Per-example terms of the negative ELBO: recon_nll `[B]` (nats), kl `[B, L]` (nats per layer), x_mean `[B, C, H, W]`."""
+
+    recon_nll: Tensor
+    kl: Tensor
+    x_mean: Tensor
+
+
+def gaussian_log_prob(x: Tensor, mu: Tensor, std: Tensor) -> Tensor:
+    """log N(x; mu, std^2) summed over every axis but the first: `[B, ...]` -> `[B]`."""
+    return (-0.5 * ((x - mu) / std) ** 2 - torch.log(std) - 0.5 * math.log(2 * math.pi)).flatten(1).sum(-1)
+
+
+def gaussian_kl(mu_q: Tensor, std_q: Tensor, mu_p: Tensor, std_p: Tensor) -> Tensor:
+    """KL(N(mu_q, std_q^2) || N(mu_p, std_p^2)) summed over every axis but the first: `[B, ...]` -> `[B]`."""
+    var_ratio = (std_q / std_p) ** 2
+    return (0.5 * (var_ratio + ((mu_q - mu_p) / std_p) ** 2 - 1 - torch.log(var_ratio))).flatten(1).sum(-1)
+
+
+def draw_gaussian(mu: Tensor, std: Tensor, generator: torch.Generator | None, sample: bool) -> Tensor:
+    """mu + std * eps with eps from `generator` (or mu itself when `sample` is False)."""
+    if not sample:
+        return mu
+    return mu + std * torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+
+
+class Backbone(nn.Module, ABC):
+    """A hierarchical VAE with the interface every stage uses; see the module docstring.
+
+    Subclasses set `image_shape` (H, W, C) and `group_shapes` and implement `encode`,
+    `posterior_from_features`, `decode`, `u_to_z`, `z_to_u` and `log_prior_gauss`.
+    """
+
+    family: str = ""
+    image_shape: tuple[int, int, int]
+    group_shapes: tuple[tuple[int, ...], ...]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("log_std_x", torch.zeros(()))
+
+    # ---- latent bookkeeping -------------------------------------------------------------
+    @property
+    def group_dims(self) -> tuple[int, ...]:
+        """Flattened size of each group, bottom to top."""
+        return tuple(math.prod(shape) for shape in self.group_shapes)
+
+    @property
+    def latent_dim(self) -> int:
+        return sum(self.group_dims)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.group_shapes)
+
+    def split_groups(self, v: Tensor) -> list[Tensor]:
+        """`[..., D]` -> list of flat `[..., d_i]`, bottom group first."""
+        return list(torch.split(v, list(self.group_dims), dim=-1))
+
+    def join_groups(self, groups: list[Tensor]) -> Tensor:
+        """List of flat `[B, d_i]` (bottom first) -> `[B, D]`."""
+        return torch.cat(groups, dim=-1)
+
+    def group_maps(self, v: Tensor) -> list[Tensor]:
+        """`[B, D]` -> list of `[B, *group_shapes[i]]`, bottom group first."""
+        return [g.reshape(g.shape[0], *shape) for g, shape in zip(self.split_groups(v), self.group_shapes)]
+
+    def flatten_groups(self, maps: list[Tensor]) -> Tensor:
+        """Inverse of `group_maps`: list of `[B, *shape_i]` -> `[B, D]`."""
+        return torch.cat([m.flatten(1) for m in maps], dim=-1)
+
+    def layer_mask(self, layers: set[int] | range, device: torch.device) -> Tensor:
+        """`[D]` 0/1 mask with 1 on the coordinates of the given 0-based layers."""
+        return torch.cat([torch.full((d,), float(i in layers), device=device) for i, d in enumerate(self.group_dims)])
+
+    # ---- inference ----------------------------------------------------------------------
+    @abstractmethod
+    def encode(self, x: Tensor) -> Features:
+        """Deterministic encoder features of x `[B, C, H, W]` in [-1, 1]."""
+
+    @abstractmethod
+    def posterior_from_features(self, features: Features, generator: torch.Generator | None, sample: bool = True) -> tuple[Tensor, Tensor]:
+        """z ~ q(z | x) (or the means with `sample=False`) given `encode(x)`: (z `[B, D]`, kl `[B, L]` nats per layer)."""
+
+    def posterior(self, x: Tensor, generator: torch.Generator | None, sample: bool = True) -> tuple[Tensor, Tensor]:
+        """Draw z ~ q(z | x): (z `[B, D]`, per-layer KL against the Gaussian prior `[B, L]`)."""
+        return self.posterior_from_features(self.encode(x), generator, sample)
+
+    @staticmethod
+    def repeat_features(features: Features, n: int) -> Features:
+        """Features of each image repeated n times along the batch axis (S posterior draws per image)."""
+        if isinstance(features, Tensor):
+            return features.repeat_interleave(n, dim=0)
+        return [f.repeat_interleave(n, dim=0) for f in features]
+
+    def posterior_u(self, x: Tensor, generator: torch.Generator | None, sample: bool = True) -> tuple[Tensor, Tensor]:
+        """(z, u) `[B, D]` each: a posterior draw and its u = T^{-1}(z)."""
+        z, _ = self.posterior(x, generator, sample)
+        return z, self.z_to_u(z)
+
+    # ---- generative model ---------------------------------------------------------------
+    @abstractmethod
+    def decode(self, z: Tensor) -> Tensor:
+        """z `[B, D]` -> pixel means `[B, C, H, W]` on the [-1, 1] scale."""
+
+    @abstractmethod
+    def u_to_z(self, u: Tensor) -> Tensor:
+        """T: u `[B, D]` -> z `[B, D]`."""
+
+    @abstractmethod
+    def z_to_u(self, z: Tensor) -> Tensor:
+        """T^{-1}: z `[B, D]` -> u `[B, D]`."""
+
+    @abstractmethod
+    def log_prior_gauss(self, z: Tensor) -> Tensor:
+        """log p_Gauss(z) `[B]`, which includes -log|det dT/du| (see the module docstring)."""
+
+    def regularizer(self) -> Tensor:
+        """An extra training loss term (e.g. spectral regularisation); zero by default."""
+        return self.log_std_x.new_zeros(())
+
+    @staticmethod
+    def calibrated_log_std(x: Tensor, x_mean: Tensor) -> Tensor:
+        """Closed-form ML decoder log std: 0.5 * log(per-pixel MSE), clamped to LOG_STD_X_RANGE, no gradient."""
+        mse = ((x - x_mean.detach()) ** 2).mean()
+        return (0.5 * torch.log(mse.clamp_min(1e-12))).clamp(*LOG_STD_X_RANGE)
+
+    def recon_nll(self, x: Tensor, x_mean: Tensor, log_std: Tensor | None = None) -> Tensor:
+        """-log p(x | z) in nats, `[B]`: Gaussian with scalar std exp(log_std) (default: the stored one)."""
+        log_std = self.log_std_x.clamp(*LOG_STD_X_RANGE) if log_std is None else log_std
+        per_pixel = 0.5 * ((x - x_mean) / log_std.exp()) ** 2 + log_std + 0.5 * math.log(2 * math.pi)
+        return per_pixel.flatten(1).sum(-1)
+
+    def log_px(self, x: Tensor, z: Tensor) -> Tensor:
+        """log p(x | z) `[B]` nats with the stored decoder std."""
+        return -self.recon_nll(x, self.decode(z))
+
+    def elbo_terms(self, x: Tensor, generator: torch.Generator | None, calibrate: bool = False) -> ElboTerms:
+        """One-sample negative-ELBO terms for x `[B, C, H, W]` in [-1, 1].
+
+        With `calibrate`, the decoder std is the batch's closed-form optimum (training) instead of
+        the stored one (evaluation).
+        """
+        z, kl = self.posterior(x, generator, sample=True)
+        x_mean = self.decode(z)
+        log_std = self.calibrated_log_std(x, x_mean) if calibrate else None
+        return ElboTerms(recon_nll=self.recon_nll(x, x_mean, log_std), kl=kl, x_mean=x_mean)
+
+    def sample_prior(self, n: int, generator: torch.Generator | None, temperature: float = 1.0) -> Tensor:
+        """z = T(temperature * u), u ~ N(0, I): `[n, D]`."""
+        u = torch.randn((n, self.latent_dim), generator=generator, device=self.log_std_x.device)
+        return self.u_to_z(temperature * u)
