@@ -11,7 +11,9 @@ from hebmctl.schemas.common import ManifestBase, StageConfig, absolute_data_spec
 
 
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "nvae": {"groups_per_scale": (2, 2), "group_channels": 4, "cells_per_group": 1},
+    "hvae": {"channels": 32, "free_bits": 0.25},
+    "vlae": {"channels": 32, "free_bits": 0.25},
+    "nvae": {"channels": 16, "free_bits": 0.0, "groups_per_scale": (2, 2), "group_channels": 4, "cells_per_group": 1},
 }
 """Defaults of the options only one family reads, filled in when that family is chosen."""
 
@@ -31,7 +33,7 @@ class PretrainConfig(StageConfig):
         "top-down path, every group reaches the pixels), 'vlae' (independent vector groups injected at different generator depths).",
     )
     latent_dims: tuple[int, ...] = Field((64, 32, 16), description="hvae, vlae: latent group sizes, bottom (z_1) to top (z_L), comma-separated.")
-    channels: int = Field(32, ge=4, description="Width of the first conv layer (hvae, vlae: doubled at each of the two down-samplings; nvae: every layer).")
+    channels: int = Field(None, ge=4, description="Width of the first conv layer (hvae, vlae: doubled at each of the two down-samplings; nvae: every layer). Default 32 (hvae, vlae), 16 (nvae).")
     mlp_hidden: int = Field(256, ge=8, description="hvae, vlae: hidden width of the MLPs between latent groups.")
     groups_per_scale: tuple[int, ...] | None = Field(
         None, description="nvae: latent groups per scale, top (lowest resolution) first, comma-separated; S entries put the latents at H/2^S .. H/2 (default 2,2)."
@@ -46,7 +48,7 @@ class PretrainConfig(StageConfig):
     grad_clip: float = Field(100.0, gt=0, description="Gradient-norm clip.")
     ema_decay: float = Field(0.999, ge=0, lt=1, description="Decay of the exponential moving average of the weights; the EMA weights are the backbone's output.")
     kl_warmup_steps: int = Field(1000, ge=0, description="Steps over which the KL weight rises linearly from 0 to 1.")
-    free_bits: float = Field(0.25, ge=0, description="Free bits in nats per latent dimension, applied per layer: the KL of layer i is floored at free_bits * dim_i in the loss.")
+    free_bits: float = Field(None, ge=0, description="Free bits in nats per latent dimension, applied per layer: the KL of layer i is floored at free_bits * dim_i in the loss. Default 0.25 (hvae, vlae), 0 (nvae, whose thousands of spatial dimensions would make the floor hundreds of nats).")
     checkpoint_every: int = Field(500, ge=1, description="Write a resumable checkpoint every N steps.")
     keep_checkpoints: int = Field(2, ge=1, description="Number of most recent checkpoints kept.")
     log_every: int = Field(50, ge=1, description="Append a line to metrics.jsonl every N steps.")
