@@ -18,7 +18,7 @@ from hebmctl import __version__
 from hebmctl.cli_options import build_config, config_parameters, read_config_file
 from hebmctl.errors import HebmctlError
 from hebmctl.io.console import console
-from hebmctl.schemas.eval import EvalAnomalyConfig, EvalFidConfig, EvalOodConfig, EvalProbeConfig, EvalReconConfig
+from hebmctl.schemas.eval import EvalAnomalyConfig, EvalDisentanglementConfig, EvalFidConfig, EvalOodConfig, EvalProbeConfig, EvalReconConfig
 from hebmctl.schemas.latents import CacheLatentsConfig
 from hebmctl.schemas.pretrain import PretrainConfig
 from hebmctl.schemas.prior import TrainPriorConfig
@@ -77,7 +77,7 @@ CONTROL_PARAMS = [
 
 eval_app = typer.Typer(
     name="eval",
-    help="Evaluate backbones and priors: fid, recon, ood, anomaly, probe. Each writes RUN/eval/<name>/ (result.json, plots, manifest).",
+    help="Evaluate backbones and priors: fid, recon, ood, anomaly, probe, disentanglement. Each writes RUN/eval/<name>/ (result.json, plots, manifest).",
     no_args_is_help=True,
 )
 app.add_typer(eval_app, name="eval")
@@ -147,6 +147,7 @@ EVALUATIONS = [
     ("ood", EvalOodConfig, "OOD detection with L^{>k} and LLR^{>k}: AUROC, AUPRC, FPR@80%TPR, histograms, ROC curves."),
     ("anomaly", EvalAnomalyConfig, "Held-out-class anomaly detection (score -L^{>0}): AUPRC and PR curve."),
     ("probe", EvalProbeConfig, "Per-layer latent probes: test accuracy of a 2-layer MLP on posterior-mean codes."),
+    ("disentanglement", EvalDisentanglementConfig, "MIG and MIG-sup per latent layer and overall, and which layer holds which factor (data with known factors, e.g. builtin:shapes)."),
 ]
 """`hebmctl eval NAME`: config model and help; the stage is the module hebmctl.stages.eval_NAME."""
 

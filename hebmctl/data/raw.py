@@ -19,13 +19,18 @@ Decoder = Callable[[np.ndarray], np.ndarray]
 class RawSplit:
     """labels: int64 ``[M]`` (-1 unknown); index: int64 ``[M]`` (position in the unfiltered
     split); decode: rows -> uint8 ``[n, H, W, C]``; class_names: name of each label id;
-    close: releases open files (call it after the last ``decode``)."""
+    close: releases open files (call it after the last ``decode``); factors: int64 ``[M, K]``
+    generative factor values of data sets that know them (None otherwise), named by
+    ``factor_names`` with ``factor_sizes`` values each (see ``ImageSet``)."""
 
     labels: np.ndarray
     index: np.ndarray
     decode: Decoder
     class_names: tuple[str, ...]
     close: Callable[[], None] = lambda: None
+    factors: np.ndarray | None = None
+    factor_names: tuple[str, ...] = ()
+    factor_sizes: tuple[int, ...] = ()
 
 
 def from_arrays(images: np.ndarray, labels: np.ndarray, index: np.ndarray, class_names: tuple[str, ...]) -> RawSplit:

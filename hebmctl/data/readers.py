@@ -13,6 +13,7 @@ from hebmctl.data.imageset import ImageSet
 from hebmctl.data.images import list_tree, tree_split
 from hebmctl.data.npz import npz_split
 from hebmctl.data.raw import RawSplit
+from hebmctl.data.shapes import RESOLUTIONS, shapes_split
 from hebmctl.data.specs import check_split, parse_spec
 from hebmctl.errors import DataError
 
@@ -22,7 +23,7 @@ _READERS: dict[str, Callable[[str, str], RawSplit]] = {
     "cifar10": lambda arg, split: cifar10_split(_path(arg), split),
     "folder": lambda arg, split: tree_split(list_tree(_path(arg)), split),
     "npz": lambda arg, split: npz_split(_path(arg), split),
-    "builtin": lambda arg, split: builtin_split(split),
+    "builtin": lambda arg, split: shapes_split(arg, split) if arg in RESOLUTIONS else builtin_split(split),
 }
 
 
@@ -70,12 +71,15 @@ def load_split(spec: str, split: str, exclude_classes: Sequence[int] = (), limit
 
     Args:
         spec: ``mnist:DIR``, ``fashion-mnist:DIR``, ``cifar10:PATH``, ``folder:PATH``, ``npz:PATH``
-            or ``builtin:mnist-10k`` (see DESIGN.md §5).
+            ``builtin:mnist-10k``, ``builtin:shapes`` or ``builtin:shapes-64`` (see DESIGN.md §5 and
+            ``hebmctl.data.shapes``).
         split: "train", "test" or "all".
             - IDX sets and CIFAR-10 (pickles or ``train/``+``test/`` folders): their own splits;
               "all" = train then test.
             - ``builtin:mnist-10k`` (the MNIST *test* split shipped with hebmctl, 10,000 images):
               "train" = its first 9,000 images, "test" = the last 1,000, "all" = all 10,000.
+            - ``builtin:shapes`` (procedural, 70,000 images with known factors): "train" = the first
+              60,000 drawn, "test" = the last 10,000; only the rows kept are rendered.
             - folders without ``train/``+``test/`` and npz files: every 10th item (positions 9, 19,
               29, ... in sorted order) is "test", the rest "train"; "all" = everything.
         exclude_classes: label ids to drop; each must occur among the split's labels.
@@ -83,7 +87,7 @@ def load_split(spec: str, split: str, exclude_classes: Sequence[int] = (), limit
             decoded).
 
     Returns:
-        ImageSet whose ``index`` holds each row's position in the unfiltered split: in the file for
+        ImageSet (with ``factors`` for ``builtin:shapes``, else None) whose ``index`` holds each row's position in the unfiltered split: in the file for
         IDX train/test and npz, in the builtin file (test = 9000..9999), in the sorted listing for
         folders without splits, in the split folder's sorted listing otherwise, in the train-then-test
         concatenation for "all" of sets that have their own splits.
@@ -107,4 +111,7 @@ def load_split(spec: str, split: str, exclude_classes: Sequence[int] = (), limit
         class_names=raw.class_names,
         spec=spec,
         split=split,
+        factors=None if raw.factors is None else np.ascontiguousarray(raw.factors[rows]),
+        factor_names=raw.factor_names,
+        factor_sizes=raw.factor_sizes,
     )

@@ -11,9 +11,10 @@ SPEC_FORMS: dict[str, str] = {
     "or the python-version folder cifar-10-batches-py)",
     "folder": "folder:PATH (image folder or zip; class = sub-folder name)",
     "npz": "npz:PATH (.npz with key 'images' uint8 [N,H,W] or [N,H,W,C], optional 'labels')",
-    "builtin": "builtin:mnist-10k (the MNIST test split shipped with hebmctl)",
+    "builtin": "builtin:mnist-10k (the MNIST test split shipped with hebmctl), builtin:shapes or "
+    "builtin:shapes-64 (procedural shapes with known factors, 32x32 or 64x64 RGB)",
 }
-BUILTIN_SETS: tuple[str, ...] = ("mnist-10k",)
+BUILTIN_SETS: tuple[str, ...] = ("mnist-10k", "shapes", "shapes-64")
 SPLITS: tuple[str, ...] = ("train", "test", "all")
 
 

@@ -75,3 +75,25 @@ def save_bar_chart(path: Path, values: dict[str, float], title: str, ylabel: str
     ax.set(title=title, ylabel=ylabel, ylim=(0, 1.08 * max(values.values())))
     ax.grid(alpha=0.3, axis="y")
     _save(fig, path)
+
+
+HEATMAP_DPI = 120
+
+
+def heatmap_figsize(rows: int, cols: int) -> tuple[float, float]:
+    """Figure size in inches of `save_heatmap` for a `[rows, cols]` matrix (PNG = this x HEATMAP_DPI)."""
+    return 1.6 + 0.9 * cols, 1.2 + 0.45 * rows
+
+
+def save_heatmap(path: Path, matrix: np.ndarray, row_labels: Sequence[str], col_labels: Sequence[str], title: str, vmin: float = 0.0, vmax: float = 1.0) -> None:
+    """A `[rows, cols]` matrix as coloured cells (viridis, vmin..vmax), each annotated with its value."""
+    matrix = np.asarray(matrix, dtype=float)
+    fig, ax = plt.subplots(figsize=heatmap_figsize(*matrix.shape), dpi=HEATMAP_DPI)
+    image = ax.imshow(matrix, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
+    for (r, c), value in np.ndenumerate(matrix):
+        ax.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=8, color="black" if value > (vmin + vmax) / 2 else "white")
+    ax.set_xticks(range(len(col_labels)), list(col_labels))
+    ax.set_yticks(range(len(row_labels)), list(row_labels))
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.05)
+    _save(fig, path)

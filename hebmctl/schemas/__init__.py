@@ -4,6 +4,8 @@ from hebmctl.schemas.common import SCHEMA_VERSION, InputRef, ManifestBase, Outpu
 from hebmctl.schemas.eval import (
     EvalAnomalyConfig,
     EvalAnomalyManifest,
+    EvalDisentanglementConfig,
+    EvalDisentanglementManifest,
     EvalFidConfig,
     EvalFidManifest,
     EvalOodConfig,
@@ -30,6 +32,7 @@ MANIFEST_TYPES: dict[str, type[ManifestBase]] = {
     "eval-ood": EvalOodManifest,
     "eval-anomaly": EvalAnomalyManifest,
     "eval-probe": EvalProbeManifest,
+    "eval-disentanglement": EvalDisentanglementManifest,
 }
 """Artifact kind -> manifest model (used by `hebmctl inspect` and the JSON Schema export)."""
 
@@ -43,6 +46,7 @@ CONFIG_TYPES: dict[str, type[StageConfig]] = {
     "eval_ood": EvalOodConfig,
     "eval_anomaly": EvalAnomalyConfig,
     "eval_probe": EvalProbeConfig,
+    "eval_disentanglement": EvalDisentanglementConfig,
 }
 """Config table name (pipeline / --config file) -> stage config model."""
 
@@ -58,6 +62,6 @@ __all__ = [
     "SCHEMA_VERSION", "InputRef", "ManifestBase", "OutputFile", "StageConfig", "TensorInfo",
     "CacheLatentsConfig", "LatentsManifest", "BackboneManifest", "PretrainConfig",
     "PriorManifest", "TrainPriorConfig", "SampleConfig", "SamplesManifest",
-    "EvalFidConfig", "EvalReconConfig", "EvalOodConfig", "EvalAnomalyConfig", "EvalProbeConfig", "FidStatsManifest",
-    "EvalFidManifest", "EvalReconManifest", "EvalOodManifest", "EvalAnomalyManifest", "EvalProbeManifest", "MANIFEST_TYPES", "CONFIG_TYPES", "json_schemas",
+    "EvalFidConfig", "EvalReconConfig", "EvalOodConfig", "EvalAnomalyConfig", "EvalProbeConfig", "EvalDisentanglementConfig", "FidStatsManifest",
+    "EvalFidManifest", "EvalReconManifest", "EvalOodManifest", "EvalAnomalyManifest", "EvalProbeManifest", "EvalDisentanglementManifest", "MANIFEST_TYPES", "CONFIG_TYPES", "json_schemas",
 ]

@@ -1,4 +1,4 @@
-"""Configs of `hebmctl eval fid|recon|ood|anomaly|probe` and the manifests of their artifacts.
+"""Configs of `hebmctl eval fid|recon|ood|anomaly|probe|disentanglement` and the manifests of their artifacts.
 
 Every evaluation writes `eval/<name>/` with `result.json`, plots, and a manifest whose `metrics`
 equal the result and whose `inputs` name what was evaluated (backbone, prior, images, data sets,
@@ -168,6 +168,22 @@ class EvalProbeConfig(EvalConfigBase):
         return _default_out(data, "probe")
 
 
+class EvalDisentanglementConfig(EvalConfigBase):
+    """MIG and MIG-sup of the posterior-mean codes, per latent layer and overall, on a data set with known factors."""
+
+    data: str | None = Field(None, description="Data spec with known generative factors, e.g. builtin:shapes (default: the data the backbone was trained on).")
+    limit: int | None = Field(None, ge=2, description="Evaluate the first N images of the test split only (default: the whole split).")
+    bins: int = Field(20, ge=2, description="Equal-width bins per code dimension (between its min and max) for the mutual-information estimate.")
+    active_threshold: float = Field(0.01, ge=0, description="A code dimension is active when the variance of its posterior mean over the evaluated images exceeds this; MIG-sup is reported over the active dimensions (as Li et al.'s code does) and over all.")
+    batch_size: int = Field(500, ge=1, description="Images per encoder batch.")
+
+    _data = field_validator("data", mode="before")(lambda cls, v: absolute_data_spec(v))
+
+    @classmethod
+    def _derived_defaults(cls, data: dict[str, Any]) -> dict[str, Any]:
+        return _default_out(data, "disentanglement")
+
+
 # ---- manifests ------------------------------------------------------------------------------
 
 
@@ -205,3 +221,8 @@ class EvalAnomalyManifest(ManifestBase):
 class EvalProbeManifest(ManifestBase):
     kind: Literal["eval-probe"] = Field("eval-probe", description="Artifact kind.")
     config: EvalProbeConfig = Field(description="The resolved stage config.")
+
+
+class EvalDisentanglementManifest(ManifestBase):
+    kind: Literal["eval-disentanglement"] = Field("eval-disentanglement", description="Artifact kind.")
+    config: EvalDisentanglementConfig = Field(description="The resolved stage config.")

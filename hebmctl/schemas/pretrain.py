@@ -24,7 +24,7 @@ class PretrainConfig(StageConfig):
     run_defaults: ClassVar[dict[str, str]] = {"out": "backbone"}
 
     out: Path = Field(None, description="Backbone folder to write (default: RUN/backbone).")
-    data: str = Field("builtin:mnist-10k", description="Data spec: builtin:mnist-10k, mnist:DIR, fashion-mnist:DIR, cifar10:PATH, folder:PATH, npz:PATH.")
+    data: str = Field("builtin:mnist-10k", description="Data spec: builtin:mnist-10k, builtin:shapes, builtin:shapes-64, mnist:DIR, fashion-mnist:DIR, cifar10:PATH, folder:PATH, npz:PATH.")
     exclude_classes: tuple[int, ...] = Field((), description="Class ids left out of the training split, comma-separated (anomaly protocol).")
     limit: int | None = Field(None, ge=1, description="Use only the first N training images (after exclusion).")
     backbone: Literal["hvae", "nvae", "vlae"] = Field(
