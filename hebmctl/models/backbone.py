@@ -164,10 +164,6 @@ class Backbone(nn.Module, ABC):
     def log_prior_gauss(self, z: Tensor) -> Tensor:
         """log p_Gauss(z) `[B]`, which includes -log|det dT/du| (see the module docstring)."""
 
-    def regularizer(self) -> Tensor:
-        """An extra training loss term (e.g. spectral regularisation); zero by default."""
-        return self.log_std_x.new_zeros(())
-
     @staticmethod
     def calibrated_log_std(x: Tensor, x_mean: Tensor) -> Tensor:
         """Closed-form ML decoder log std: 0.5 * log(per-pixel MSE), clamped to LOG_STD_X_RANGE, no gradient."""

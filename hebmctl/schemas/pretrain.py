@@ -46,6 +46,7 @@ class PretrainConfig(StageConfig):
     lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate (cosine decay to 10% over the run).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     grad_clip: float = Field(100.0, gt=0, description="Gradient-norm clip.")
+    skip_grad_norm: float | None = Field(None, gt=0, description="Skip an update whose gradient norm (before clipping) exceeds this, or is not finite (NVAE / VDVAE); skipped updates are counted, and a run that skips nearly every update stops with a message. Default: off.")
     ema_decay: float = Field(0.999, ge=0, lt=1, description="Decay of the exponential moving average of the weights; the EMA weights are the backbone's output.")
     kl_warmup_steps: int = Field(1000, ge=0, description="Steps over which the KL weight rises linearly from 0 to 1.")
     free_bits: float = Field(None, ge=0, description="Free bits in nats per latent dimension, applied per layer: the KL of layer i is floored at free_bits * dim_i in the loss. Default 0.25 (hvae, vlae), 0 (nvae, whose thousands of spatial dimensions would make the floor hundreds of nats).")
@@ -57,7 +58,7 @@ class PretrainConfig(StageConfig):
     device: str = Field("auto", description="Torch device: 'auto' (CUDA when present, else CPU), 'cpu', 'cuda', ...")
 
     unhashed: ClassVar[frozenset[str]] = frozenset({"run", "device", "log_every", "checkpoint_every", "keep_checkpoints"})
-    hashed_when_set: ClassVar[frozenset[str]] = frozenset({"groups_per_scale", "group_channels", "cells_per_group"})
+    hashed_when_set: ClassVar[frozenset[str]] = frozenset({"groups_per_scale", "group_channels", "cells_per_group", "skip_grad_norm"})
     """Fields added with the nvae family: hashed only when set, so the fingerprints of earlier hvae backbones stay valid."""
 
     _data = field_validator("data", mode="before")(lambda cls, v: absolute_data_spec(v))

@@ -76,6 +76,34 @@ def kl_weight_at(step: int, warmup_steps: int) -> float:
     return 1.0 if warmup_steps == 0 else min(1.0, step / warmup_steps)
 
 
+class UpdateSkipper:
+    """Skips updates whose gradient norm exceeds `threshold` or is not finite (NVAE / VDVAE's guard),
+    counts them, and stops a run that skips at least `stall_fraction` of the last `window` steps
+    (a silent stall: the model no longer learns). `threshold=None` skips only non-finite gradients."""
+
+    def __init__(self, threshold: float | None, window: int = 100, stall_fraction: float = 0.9) -> None:
+        self.threshold, self.window, self.stall_fraction = threshold, window, stall_fraction
+        self.total = 0
+        self.recent: list[bool] = []
+
+    def should_skip(self, grad_norm: float) -> bool:
+        skip = not math.isfinite(grad_norm) or (self.threshold is not None and grad_norm > self.threshold)
+        self.total += int(skip)
+        self.recent = (self.recent + [skip])[-self.window :]
+        if len(self.recent) == self.window and sum(self.recent) >= self.stall_fraction * self.window:
+            raise DivergenceError(
+                f"pretrain skipped {sum(self.recent)} of the last {self.window} updates (gradient norm above --skip-grad-norm "
+                f"{self.threshold} or not finite): training has stalled. Raise --skip-grad-norm, lower --lr, and re-run with --force."
+            )
+        return skip
+
+    def to_dict(self) -> dict:
+        return {"total": self.total, "recent": self.recent}
+
+    def restore(self, state: dict) -> None:
+        self.total, self.recent = int(state.get("total", 0)), [bool(b) for b in state.get("recent", [])]
+
+
 class _Trainer:
     """The training loop's state: model, EMA, optimizer, RNG, step. Data order is a function of (seed, epoch)."""
 
@@ -89,6 +117,7 @@ class _Trainer:
         self.free_nats = torch.tensor([config.free_bits * d for d in model.group_dims], device=device)
         self.step = 0
         self.wall_s = 0.0
+        self.skips = UpdateSkipper(config.skip_grad_norm)
         self._epoch_order: tuple[int, torch.Tensor] | None = None
 
     @property
@@ -115,6 +144,7 @@ class _Trainer:
             return
         self.step, extra = load_checkpoint(found, self.state)
         self.wall_s = float(extra.get("wall_s", 0.0))
+        self.skips.restore(extra.get("skips", {}))
         truncate_jsonl(self.config.out / "metrics.jsonl", self.step)
         console().print(f"pretrain: resuming from {found.name} (step {self.step})")
 
@@ -136,7 +166,9 @@ class _Trainer:
         loss.backward()
         terms = ElboTerms(terms.recon_nll.detach(), terms.kl.detach(), terms.x_mean.detach())
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        self.optimizer.step()
+        skip = self.skips.should_skip(float(grad_norm))
+        if not skip:
+            self.optimizer.step()
         ema_update(self.ema, self.model, cfg.ema_decay, self.step)
         self.step += 1
         return {
@@ -148,6 +180,7 @@ class _Trainer:
             "mse": float(((terms.x_mean - x) ** 2).mean()),
             "kl_weight": kl_beta,
             "grad_norm": float(grad_norm),
+            "skipped_updates": self.skips.total,
             "lr": self.optimizer.param_groups[0]["lr"],
             "decoder_std": float(self.model.calibrated_log_std(x, terms.x_mean).exp()),
         }
@@ -168,7 +201,8 @@ class _Trainer:
                 if self.step % cfg.log_every == 0 or self.step == last:
                     append_jsonl(cfg.out / "metrics.jsonl", record | {"wall_s": round(self.wall_s, 3)})
                 if self.step % cfg.checkpoint_every == 0 or self.step == last:
-                    save_checkpoint(self.checkpoints, self.step, self.fingerprint, self.state, {"wall_s": self.wall_s}, cfg.keep_checkpoints)
+                    save_checkpoint(self.checkpoints, self.step, self.fingerprint, self.state,
+                                    {"wall_s": self.wall_s, "skips": self.skips.to_dict()}, cfg.keep_checkpoints)
         return self.step >= cfg.steps
 
 
@@ -193,6 +227,7 @@ def _finalize(config: PretrainConfig, trainer: _Trainer, train_set: ImageSet, in
         "device": str(device),
         "num_parameters": sum(p.numel() for p in ema.parameters()),
         "decoder_std": round(float(ema.log_std_x.exp()), 5),
+        "skipped_updates": trainer.skips.total,
     }
     manifest = BackboneManifest(
         **common_fields(fingerprint),

@@ -82,3 +82,32 @@ def test_corrupt_weights_are_detected(tmp_path, tiny_backbone):
         handle.write(b"\xff\xff\xff\xff")
     with pytest.raises(ArtifactError, match="damaged"):
         load_backbone(folder, torch.device("cpu"))
+
+
+def test_update_skipper_counts_skips_and_stops_a_stall():
+    from hebmctl.errors import DivergenceError
+    from hebmctl.stages.pretrain import UpdateSkipper
+
+    skipper = UpdateSkipper(threshold=10.0, window=10, stall_fraction=0.9)
+    assert [skipper.should_skip(g) for g in (1.0, 11.0, float("nan"), 9.99)] == [False, True, True, False]
+    assert skipper.total == 2
+    restored = UpdateSkipper(threshold=10.0, window=10, stall_fraction=0.9)
+    restored.restore(skipper.to_dict())
+    assert restored.total == 2 and restored.recent == skipper.recent
+    with pytest.raises(DivergenceError, match="stalled"):
+        for _ in range(10):
+            restored.should_skip(50.0)
+    assert UpdateSkipper(threshold=None).should_skip(1e30) is False  # off: only non-finite norms are skipped
+
+
+def test_skipped_updates_leave_the_weights_and_are_counted(tmp_path, single_thread):
+    from safetensors.torch import load_file
+
+    from hebmctl.stages import pretrain as stage
+
+    manifest = stage.run(tiny_pretrain_config(tmp_path / "skip", steps=4, skip_grad_norm=1e-9, ema_decay=0.0))
+    assert manifest.metrics["skipped_updates"] == 4
+    torch.manual_seed(0)  # the stage seeds its initialisation with the config's seed (0)
+    init = stage.build_backbone(tiny_pretrain_config(tmp_path / "x"), (28, 28, 1))
+    weights = load_file(str(tmp_path / "skip" / "weights.safetensors"))
+    assert torch.equal(weights["decoder.fc.0.weight"], init.state_dict()["decoder.fc.0.weight"])  # every update was skipped
