@@ -11,13 +11,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from hebmctl.data import ImageSet, load_split, to_unit_range
 from hebmctl.io.console import console, progress_bar
 from hebmctl.io.latent_store import LatentLayout, LatentWriter
 from hebmctl.io.manifest import common_fields, describe_file, prepare_output, stage_fingerprint, write_manifest
+from hebmctl.io.output import writes_artifact
 from hebmctl.models.hvae import HierarchicalVAE
 from hebmctl.runtime import peak_cuda_mb, peak_rss_mb, resolve_device
 from hebmctl.schemas.common import InputRef
@@ -37,6 +37,7 @@ def group_names(n_layers: int) -> tuple[str, ...]:
     return tuple(f"z{i + 1}" for i in range(n_layers))
 
 
+@writes_artifact
 def run(config: CacheLatentsConfig, control: RunControl = RunControl()) -> LatentsManifest:
     device = resolve_device(config.device)
     backbone = load_backbone(config.backbone, device)

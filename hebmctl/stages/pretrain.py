@@ -24,6 +24,7 @@ from hebmctl.io.checkpoints import TrainingState, latest_checkpoint, load_checkp
 from hebmctl.io.console import append_jsonl, console, progress_bar, truncate_jsonl
 from hebmctl.io.images import save_grid
 from hebmctl.io.manifest import common_fields, describe_file, prepare_output, stage_fingerprint, write_manifest
+from hebmctl.io.output import writes_artifact
 from hebmctl.io.state import save_tensors
 from hebmctl.metrics.backbone import evaluate_backbone
 from hebmctl.models.ema import ema_update
@@ -45,6 +46,7 @@ class RunControl:
     stop_after: int | None = None  # stop after this many steps in total, checkpointed, as if paused
 
 
+@writes_artifact
 def run(config: PretrainConfig, control: RunControl = RunControl()) -> BackboneManifest | None:
     """Train (or resume, or skip when up to date); None when stopped early by `control.stop_after`."""
     device = resolve_device(config.device)

@@ -25,6 +25,7 @@ from hebmctl.io.atomic import write_text, write_with
 from hebmctl.io.console import console, progress_bar
 from hebmctl.io.images import save_grid, save_png
 from hebmctl.io.manifest import common_fields, describe_file, prepare_output, stage_fingerprint, write_manifest
+from hebmctl.io.output import writes_artifact
 from hebmctl.io.plots import save_line_plot
 from hebmctl.io.state import save_tensors
 from hebmctl.runtime import peak_rss_mb, resolve_device
@@ -101,6 +102,7 @@ def make_sampler(config: SampleConfig, backbone: LoadedBackbone, prior: LoadedPr
     return Sampler(backbone, prior, k, scale, device, geometry)
 
 
+@writes_artifact
 def run(config: SampleConfig, control: RunControl = RunControl()) -> SamplesManifest:
     device = resolve_device(config.device)
     backbone = load_backbone(config.backbone, device)
