@@ -66,6 +66,9 @@ class StageConfig(StrictModel):
         entries may name other fields as `{field}` (string fields as paths: `{prior.name}`)."""
         if not isinstance(data, dict):
             return data
+    hashed_as_default: ClassVar[frozenset[str]] = frozenset()
+    """Fields that do not change the result but were once hashed: they enter the fingerprint at their
+    default value, so that changing them neither re-runs the stage nor invalidates existing artifacts."""
         data = cls._derived_defaults(dict(data))
         run = Path(data.get("run") or cls.model_fields["run"].default)
         context = {k: Path(v) if isinstance(v, str) else v for k, v in data.items()}
@@ -82,7 +85,10 @@ class StageConfig(StrictModel):
     def hashed_fields(self) -> dict[str, Any]:
         """The config values that determine the stage's result, as JSON-able data."""
         skip = set(self.unhashed) | set(self.run_defaults)
-        return self.model_dump(mode="json", exclude=skip)
+        values = self.model_dump(mode="json", exclude=skip)
+        for name in self.hashed_as_default:
+            values[name] = type(self).model_fields[name].default
+        return values
 
 
 class InputRef(StrictModel):

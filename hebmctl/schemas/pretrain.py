@@ -46,6 +46,7 @@ class PretrainConfig(StageConfig):
 
     @field_validator("latent_dims")
     @classmethod
+    hashed_as_default: ClassVar[frozenset[str]] = frozenset({"eval_limit"})  # an evaluation setting: changing it does not retrain
     def _positive_dims(cls, dims: tuple[int, ...]) -> tuple[int, ...]:
         if len(dims) < 1 or any(d < 1 for d in dims):
             raise ValueError("latent_dims needs at least one positive group size")
