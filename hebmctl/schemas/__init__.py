@@ -59,5 +59,6 @@ __all__ = [
     "CacheLatentsConfig", "LatentsManifest", "BackboneManifest", "PretrainConfig",
     "PriorManifest", "TrainPriorConfig", "SampleConfig", "SamplesManifest",
     "EvalFidConfig", "EvalReconConfig", "EvalOodConfig", "EvalAnomalyConfig", "EvalProbeConfig", "FidStatsManifest",
-    "EvalFidManifest", "EvalReconManifest", "EvalOodManifest", "EvalAnomalyManifest", "EvalProbeManifest", "MANIFEST_TYPES", "CONFIG_TYPES", "json_schemas",
+    "EvalFidManifest", "EvalReconManifest", "EvalOodManifest", "EvalAnomalyManifest", "EvalProbeManifest",
+    "MANIFEST_TYPES", "CONFIG_TYPES", "json_schemas",
 ]

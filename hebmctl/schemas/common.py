@@ -20,10 +20,17 @@ class StrictModel(BaseModel):
 
 
 def split_csv(value: Any) -> Any:
-    """Accept "64,32,16" (the CLI's form) as well as a list for tuple-valued fields."""
+    """Accept "64,32,16" (the CLI's form) as well as a list for tuple-valued fields; "" is the empty tuple.
+
+    An empty item ("8,,4", "8,4,") is an error, not silently dropped: it is usually a typo.
+    """
     if isinstance(value, str):
+        if not value.strip():
+            return ()
         parts = [p.strip() for p in value.split(",")]
-        return tuple(p for p in parts if p)
+        if not all(parts):
+            raise ValueError(f"has an empty item in {value!r}; write comma-separated values such as 64,32,16")
+        return tuple(parts)
     return value
 
 
@@ -51,11 +58,17 @@ class StageConfig(StrictModel):
     `run_defaults` maps a path field to its location inside the run folder (`--run RUN`): a path
     left unset is filled from it when the config is built, so a resolved config always holds
     concrete paths. `unhashed` lists fields that do not change the result (paths, device) and are
-    left out of the fingerprint that decides whether a stage is up to date.
+    left out of the fingerprint that decides whether a stage is up to date. Non-finite numbers
+    (nan, inf) are refused in every config.
     """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # nan/inf settings are errors
 
     run_defaults: ClassVar[dict[str, str]] = {}
     unhashed: ClassVar[frozenset[str]] = frozenset({"run", "device"})
+    hashed_as_default: ClassVar[frozenset[str]] = frozenset()
+    """Fields that do not change the result but were once hashed: they enter the fingerprint at their
+    default value, so that changing them neither re-runs the stage nor invalidates existing artifacts."""
 
     run: Path = Field(Path("runs/default"), description="Run folder that holds the default locations of all artifacts.")
 
@@ -66,9 +79,6 @@ class StageConfig(StrictModel):
         entries may name other fields as `{field}` (string fields as paths: `{prior.name}`)."""
         if not isinstance(data, dict):
             return data
-    hashed_as_default: ClassVar[frozenset[str]] = frozenset()
-    """Fields that do not change the result but were once hashed: they enter the fingerprint at their
-    default value, so that changing them neither re-runs the stage nor invalidates existing artifacts."""
         data = cls._derived_defaults(dict(data))
         run = Path(data.get("run") or cls.model_fields["run"].default)
         context = {k: Path(v) if isinstance(v, str) else v for k, v in data.items()}
@@ -121,7 +131,8 @@ class ManifestBase(StrictModel):
     schema_version: int = Field(description="hebmctl schema version that wrote this manifest.")
     hebmctl_version: str = Field(description="hebmctl package version that wrote this manifest.")
     created_at: str = Field(description="UTC time the manifest was written, ISO 8601.")
-    fingerprint: str = Field(description="sha256 of (hashed config values, input hashes, schema version): equal fingerprints mean an up-to-date artifact.")
+    fingerprint: str = Field(description="sha256 of (hashed config values, input hashes, schema version): equal fingerprints mean an "
+                                         "up-to-date artifact.")
     inputs: list[InputRef] = Field(description="Parent artifacts and data sets, with their hashes (lineage).")
     outputs: list[OutputFile] = Field(description="Files of this artifact, with sizes and hashes.")
     metrics: dict[str, Any] = Field(default_factory=dict, description="Measurements made by the stage.")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
@@ -16,22 +16,28 @@ class PretrainConfig(StageConfig):
     run_defaults: ClassVar[dict[str, str]] = {"out": "backbone"}
 
     out: Path = Field(None, description="Backbone folder to write (default: RUN/backbone).")
-    data: str = Field("builtin:mnist-10k", description="Data spec: builtin:mnist-10k, mnist:DIR, fashion-mnist:DIR, cifar10:PATH, folder:PATH, npz:PATH.")
-    exclude_classes: tuple[int, ...] = Field((), description="Class ids left out of the training split, comma-separated (anomaly protocol).")
+    data: str = Field("builtin:mnist-10k", description="Data spec: builtin:mnist-10k, mnist:DIR, fashion-mnist:DIR, cifar10:PATH, "
+                                                       "folder:PATH, npz:PATH.")
+    exclude_classes: tuple[int, ...] = Field((), description="Class ids left out of the training split, comma-separated "
+                                                           "(anomaly protocol).")
     limit: int | None = Field(None, ge=1, description="Use only the first N training images (after exclusion).")
     backbone: Literal["hvae"] = Field("hvae", description="Backbone family: 'hvae' (conditional hierarchy, Joint-EBM).")
     latent_dims: tuple[int, ...] = Field((64, 32, 16), description="Latent group sizes, bottom (z_1) to top (z_L), comma-separated.")
     channels: int = Field(32, ge=4, description="Width of the first conv layer; doubled at each of the two down-samplings.")
     mlp_hidden: int = Field(256, ge=8, description="Hidden width of the MLPs between latent groups.")
-    inference: Literal["top-down", "bottom-up"] = Field("top-down", description="q(z|x) factorisation: 'top-down' q(z_L|x) prod q(z_i|z_{i+1},x), or 'bottom-up' q(z_1|x) prod q(z_{i+1}|z_i) (Joint-EBM eq. 4).")
+    inference: Literal["top-down", "bottom-up"] = Field("top-down", description="q(z|x) factorisation: 'top-down' q(z_L|x) prod "
+                                                                                "q(z_i|z_{i+1},x), or 'bottom-up' q(z_1|x) prod "
+                                                                                "q(z_{i+1}|z_i) (Joint-EBM eq. 4).")
     steps: int = Field(6000, ge=1, description="Optimizer steps.")
     batch_size: int = Field(128, ge=1, description="Images per step.")
     lr: float = Field(1e-3, gt=0, description="Peak AdamW learning rate (cosine decay to 10% over the run).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     grad_clip: float = Field(100.0, gt=0, description="Gradient-norm clip.")
-    ema_decay: float = Field(0.999, ge=0, lt=1, description="Decay of the exponential moving average of the weights; the EMA weights are the backbone's output.")
+    ema_decay: float = Field(0.999, ge=0, lt=1, description="Decay of the exponential moving average of the weights; the EMA weights are "
+                                                            "the backbone's output.")
     kl_warmup_steps: int = Field(1000, ge=0, description="Steps over which the KL weight rises linearly from 0 to 1.")
-    free_bits: float = Field(0.25, ge=0, description="Free bits in nats per latent dimension, applied per layer: the KL of layer i is floored at free_bits * dim_i in the loss.")
+    free_bits: float = Field(0.25, ge=0, description="Free bits in nats per latent dimension, applied per layer: the KL of layer i is "
+                                                     "floored at free_bits * dim_i in the loss.")
     checkpoint_every: int = Field(500, ge=1, description="Write a resumable checkpoint every N steps.")
     keep_checkpoints: int = Field(2, ge=1, description="Number of most recent checkpoints kept.")
     log_every: int = Field(50, ge=1, description="Append a line to metrics.jsonl every N steps.")
@@ -40,16 +46,16 @@ class PretrainConfig(StageConfig):
     device: str = Field("auto", description="Torch device: 'auto' (CUDA when present, else CPU), 'cpu', 'cuda', ...")
 
     unhashed: ClassVar[frozenset[str]] = frozenset({"run", "device", "log_every", "checkpoint_every", "keep_checkpoints"})
+    hashed_as_default: ClassVar[frozenset[str]] = frozenset({"eval_limit"})  # an evaluation setting: changing it does not retrain
 
     _data = field_validator("data", mode="before")(lambda cls, v: absolute_data_spec(v))
     _csv = field_validator("exclude_classes", "latent_dims", mode="before")(lambda cls, v: split_csv(v))
 
     @field_validator("latent_dims")
     @classmethod
-    hashed_as_default: ClassVar[frozenset[str]] = frozenset({"eval_limit"})  # an evaluation setting: changing it does not retrain
     def _positive_dims(cls, dims: tuple[int, ...]) -> tuple[int, ...]:
         if len(dims) < 1 or any(d < 1 for d in dims):
-            raise ValueError("latent_dims needs at least one positive group size")
+            raise ValueError("needs at least one group size, each a positive integer, e.g. 64,32,16")
         return dims
 
 
