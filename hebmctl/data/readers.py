@@ -9,8 +9,8 @@ import numpy as np
 
 from hebmctl.data.cifar import cifar10_split
 from hebmctl.data.idx import FASHION_MNIST_CLASSES, MNIST_CLASSES, builtin_split, idx_split
-from hebmctl.data.imageset import ImageSet
 from hebmctl.data.images import list_tree, tree_split
+from hebmctl.data.imageset import ImageSet
 from hebmctl.data.npz import npz_split
 from hebmctl.data.raw import RawSplit
 from hebmctl.data.specs import check_split, parse_spec

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from torch import Tensor, nn
 import torch.nn.functional as F
+from torch import Tensor, nn
 
 MIN_STD = 1e-2
 """Floor of every latent standard deviation. T^{-1} divides by sigma, so float32 rounding of z

@@ -1,4 +1,3 @@
-import shutil
 
 import h5py
 import numpy as np
@@ -8,8 +7,7 @@ import torch
 from hebmctl.data import load_split
 from hebmctl.errors import ArtifactError, LineageError
 from hebmctl.io.latent_store import LatentLayout, LatentWriter, read_latents
-from hebmctl.io.manifest import read_manifest
-from hebmctl.schemas import CacheLatentsConfig, LatentsManifest
+from hebmctl.schemas import CacheLatentsConfig
 from hebmctl.stages import cache_latents, pretrain
 from hebmctl.stages.artifacts import load_backbone
 
@@ -86,7 +84,8 @@ def test_partial_cache_from_another_backbone_is_refused(cached, tiny_backbone, t
 
 
 def test_float16_gzip_storage(tiny_backbone, tmp_path):
-    manifest = cache_latents.run(_config(tiny_backbone, tmp_path / "lat", storage_dtype="float16", compression="gzip", splits=("test",), store_z=True))
+    manifest = cache_latents.run(_config(tiny_backbone, tmp_path / "lat", storage_dtype="float16", compression="gzip", splits=("test",),
+                                         store_z=True))
     with h5py.File(tmp_path / "lat" / "test.h5", "r") as f:
         assert f["u0"].dtype == np.float16 and f["u0"].compression == "gzip" and f["z"].shape == f["u0"].shape
     assert [o.name for o in manifest.outputs] == ["test.h5"]
