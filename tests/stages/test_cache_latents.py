@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from hebmctl.data import load_split
-from hebmctl.errors import ArtifactError, LineageError
+from hebmctl.errors import ArtifactError, DataError, LineageError
 from hebmctl.io.latent_store import LatentLayout, LatentWriter, read_latents
 from hebmctl.schemas import CacheLatentsConfig
 from hebmctl.stages import cache_latents, pretrain
@@ -98,4 +98,11 @@ def test_missing_or_incomplete_backbone_is_a_clear_error(tiny_backbone, tmp_path
     pretrain.run(tiny_pretrain_config(partial), pretrain.RunControl(stop_after=4))
     with pytest.raises(ArtifactError, match="never finished"):
         cache_latents.run(_config(partial, tmp_path / "lat"))
+    assert not (tmp_path / "lat").exists()
+
+
+def test_images_of_another_size_are_refused_before_anything_is_written(tiny_backbone, tmp_path):
+    np.savez(tmp_path / "rgb.npz", images=np.zeros((20, 28, 28, 3), np.uint8))
+    with pytest.raises(DataError, match=r"shape \(28, 28, 3\).*trained on \(28, 28, 1\)"):
+        cache_latents.run(_config(tiny_backbone, tmp_path / "lat", data=f"npz:{tmp_path / 'rgb.npz'}"))
     assert not (tmp_path / "lat").exists()
