@@ -46,7 +46,8 @@ def fid_row(run: Path, prior: str, n: int, k: int | None, training_k: int) -> di
     else:
         config = EvalFidConfig(run=run, prior=prior, n=n, langevin_steps=k, out=run / "eval" / f"fid-{prior}-K{k}")
     result = eval_fid.run(config).metrics
-    return {"fid": result["fid"], "K": k or training_k, "sample_s_per_1000": round(1000 * result["generate_s"] / result["n"], 2), "n": result["n"]}
+    return {"fid": result["fid"], "K": k or training_k, "sample_s_per_1000": round(1000 * result["generate_s"] / result["n"], 2),
+            "n": result["n"]}
 
 
 def main() -> None:
@@ -65,7 +66,8 @@ def main() -> None:
             rows_t[T] = fid_row(args.run, prior_name(T), args.n, None, training_k[T])
     for K in [int(k) for k in args.K.split(",")]:
         rows_k[K] = fid_row(args.run, prior_name(3), args.n, K, training_k[3])
-    emit("ablation_k_t", {"run": str(args.run), "n": args.n, "prior_steps": args.prior_steps, "by_T_at_training_K": rows_t, "by_K_at_T3": rows_k})
+    emit("ablation_k_t", {"run": str(args.run), "n": args.n, "prior_steps": args.prior_steps, "by_T_at_training_K": rows_t,
+                          "by_K_at_T3": rows_k})
 
 
 if __name__ == "__main__":

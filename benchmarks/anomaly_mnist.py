@@ -26,8 +26,8 @@ import numpy as np
 from _common import emit
 
 from hebmctl.io.manifest import has_manifest, read_manifest
-from hebmctl.schemas.eval import prior_label
 from hebmctl.schemas import CacheLatentsConfig, EvalAnomalyConfig, EvalAnomalyManifest, PretrainConfig, TrainPriorConfig
+from hebmctl.schemas.eval import prior_label
 from hebmctl.stages import cache_latents, eval_anomaly, pretrain, train_prior
 
 TERMS = ("full", "latent")  # both anomaly scores: -L^{>0} and its prior terms only (see eval anomaly --terms)
@@ -94,7 +94,8 @@ def main() -> None:
         values = {d: [runs[f"{d}/{s}"][prior] for s in seeds if f"{d}/{s}" in runs] for d in digits}
         summary[prior] = {d: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n_seeds": len(v)} for d, v in values.items() if v}
     devices = sorted({_backbone_device(args.root / f"heldout{key.replace('/', '-seed')}") for key in runs})
-    emit(args.name, {"backbone_devices": devices, "settings": {"data": args.data, "pretrain_steps": args.pretrain_steps, "prior_steps": args.prior_steps,
+    emit(args.name, {"backbone_devices": devices, "settings": {"data": args.data, "pretrain_steps": args.pretrain_steps,
+                                                               "prior_steps": args.prior_steps,
                                         "prior_device": args.prior_device,
                                         "digits": digits, "seeds": seeds, "schemes": args.schemes},
                            "auprc": summary, "runs": runs, "missing": sorted(set(all_runs) - set(runs)), "anchors": ANCHORS})

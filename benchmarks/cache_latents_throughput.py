@@ -68,7 +68,8 @@ def main() -> None:
         stage = stage_run(backbone, args.work / f"latents-{name}", args.batch_size, args.samples, extra)
         results[name] = {"bare_images_per_s": round(bare, 1), "stage": stage, "ratio": round(stage["images_per_s"] / bare, 3)}
     emit("cache_latents_throughput", {"data": "fashion-mnist train (60,000)", "batch_size": args.batch_size,
-                                      "samples_per_image": args.samples, "backbone": str(backbone), "target_ratio": 0.8, "results": results})
+                                      "samples_per_image": args.samples, "backbone": str(backbone), "target_ratio": 0.8,
+                                      "results": results})
 
 
 if __name__ == "__main__":

@@ -71,14 +71,16 @@ def measure(device: torch.device, args: argparse.Namespace) -> dict:
     step_s = timed(lambda: langevin(log_p, u, steps, float(s_sq[0].sqrt()), g), 10, device) / steps
 
     def sample_images() -> None:
-        u0, _ = reverse_diffusion_sample(G, torch.randn(args.sample_batch, model.latent_dim, generator=g, device=device), schedule, s_sq, 30, g)
+        u_top = torch.randn(args.sample_batch, model.latent_dim, generator=g, device=device)
+        u0, _ = reverse_diffusion_sample(G, u_top, schedule, s_sq, 30, g)
         with torch.no_grad():
             model.decode(model.u_to_z(u0))
 
     sample_s = timed(sample_images, 3, device)
     return {"batch_size": batch, "bare_forward_backward_ms": round(bare_s * 1e3, 3), "langevin_step_ms": round(step_s * 1e3, 3),
             "overhead_ratio": round(step_s / bare_s, 3), "target_ratio": 1.3,
-            "sampling_T3_K30": {"batch_size": args.sample_batch, "seconds": round(sample_s, 3), "images_per_s": round(args.sample_batch / sample_s, 1)}}
+            "sampling_T3_K30": {"batch_size": args.sample_batch, "seconds": round(sample_s, 3),
+                                "images_per_s": round(args.sample_batch / sample_s, 1)}}
 
 
 def main() -> None:
@@ -89,7 +91,8 @@ def main() -> None:
     parser.add_argument("--sample-batch", type=int, default=500)
     args = parser.parse_args()
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    emit("langevin_overhead", {"backbone": str(args.backbone), "prior": str(args.prior), "results": {d.type: measure(d, args) for d in devices}})
+    results = {d.type: measure(d, args) for d in devices}
+    emit("langevin_overhead", {"backbone": str(args.backbone), "prior": str(args.prior), "results": results})
 
 
 if __name__ == "__main__":

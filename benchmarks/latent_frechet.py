@@ -52,7 +52,8 @@ def distances(reference: np.ndarray, codes: np.ndarray, group_dims: list[int]) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True)
-    parser.add_argument("--priors", default="gaussian,diffusion,joint", help="Comma-separated: 'gaussian' and prior names under RUN/priors/.")
+    parser.add_argument("--priors", default="gaussian,diffusion,joint", help="Comma-separated: 'gaussian' and prior names under "
+                                                                             "RUN/priors/.")
     parser.add_argument("--n", type=int, default=5000)
     parser.add_argument("--name", default=None)
     args = parser.parse_args()
@@ -61,7 +62,8 @@ def main() -> None:
     rows = {"posterior (other half)": distances(reference, held_out, group_dims)}
     for prior in [p for p in args.priors.split(",") if p]:
         rows[prior] = distances(reference, prior_codes(args.run, prior, args.n), group_dims)
-    emit(args.name or f"latent_frechet_{args.run.name}", {"run": str(args.run), "n": args.n, "group_dims": group_dims, "frechet_distance": rows})
+    emit(args.name or f"latent_frechet_{args.run.name}", {"run": str(args.run), "n": args.n, "group_dims": group_dims,
+                                                          "frechet_distance": rows})
 
 
 if __name__ == "__main__":

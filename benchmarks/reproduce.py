@@ -33,7 +33,8 @@ def collect(run: Path) -> dict:
     out: dict = {"run": str(run)}
     backbone = _manifest(run / "backbone")
     if backbone:
-        out["backbone"] = {"config": {k: backbone["config"][k] for k in ("data", "latent_dims", "steps", "batch_size", "inference", "exclude_classes")},
+        out["backbone"] = {"config": {k: backbone["config"][k] for k in ("data", "latent_dims", "steps", "batch_size", "inference",
+                                                                         "exclude_classes")},
                            "metrics": backbone["metrics"]}
     out["priors"] = {}
     for folder in sorted((run / "priors").glob("*")):

@@ -47,7 +47,8 @@ def main() -> None:
         table[prior], grids = {}, []
         for tau in taus:
             tag = f"{prior}-tau{tau:g}"
-            manifest = eval_fid.run(EvalFidConfig(run=args.run, prior=prior, n=args.n, temperature=tau, out=args.run / "eval" / f"fid-{tag}"))
+            config = EvalFidConfig(run=args.run, prior=prior, n=args.n, temperature=tau, out=args.run / "eval" / f"fid-{tag}")
+            manifest = eval_fid.run(config)
             table[prior][f"{tau:g}"] = round(float(manifest.metrics["fid"]), 3)
             samples = args.run / "samples" / f"temperature-{tag}"
             sample.run(SampleConfig(run=args.run, prior=prior, n=64, temperature=tau, out=samples))

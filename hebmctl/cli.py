@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import importlib
 import inspect
@@ -13,12 +14,21 @@ from typing import Any
 
 import typer
 from pydantic import BaseModel, ValidationError
+from rich.markup import escape
 
 from hebmctl import __version__
-from hebmctl.cli_options import build_config, config_parameters, read_config_file
+from hebmctl.cli_options import build_config, config_parameters, describe_validation_error, read_config_file
 from hebmctl.errors import HebmctlError
 from hebmctl.io.console import console
-from hebmctl.schemas.eval import EvalAnomalyConfig, EvalDisentanglementConfig, EvalFidConfig, EvalOodConfig, EvalProbeConfig, EvalReconConfig
+from hebmctl.schemas import CONFIG_TYPES
+from hebmctl.schemas.eval import (
+    EvalAnomalyConfig,
+    EvalDisentanglementConfig,
+    EvalFidConfig,
+    EvalOodConfig,
+    EvalProbeConfig,
+    EvalReconConfig,
+)
 from hebmctl.schemas.latents import CacheLatentsConfig
 from hebmctl.schemas.pretrain import PretrainConfig
 from hebmctl.schemas.prior import TrainPriorConfig
@@ -45,12 +55,18 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
 
 
 def fail(message: str) -> None:
-    console().print(f"[bold red]error:[/bold red] {message}", highlight=False)
+    console().print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False)
     raise typer.Exit(code=2)
 
 
-def guarded(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn user errors (bad input, bad config) into a one-paragraph message and exit code 2."""
+RESUMABLE = {"pretrain", "cache-latents", "train-prior", "pipeline"}
+"""Commands that continue where they stopped when re-run (the others start their output again)."""
+TABLE_OF_MODEL = {model.__name__: table for table, model in CONFIG_TYPES.items()}
+
+
+def guarded(func: Callable[..., Any], model: type[BaseModel] | None = None, name: str | None = None) -> Callable[..., Any]:
+    """Turn user errors (bad input, bad config, an unwritable folder) into a one-paragraph message and exit
+    code 2; Ctrl-C into exit code 130 with what to do next."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -59,32 +75,55 @@ def guarded(func: Callable[..., Any]) -> Callable[..., Any]:
         except HebmctlError as exc:
             fail(str(exc))
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())
-            fail(f"Invalid settings: {problems}. See --help for the allowed values.")
+            from_file = model is None  # the pipeline: settings come from its TOML tables
+            table = TABLE_OF_MODEL.get(exc.title) if from_file else None
+            fail(describe_validation_error(exc, model or CONFIG_TYPES.get(table or ""), table))
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR):
+                raise
+            fail(f"Cannot write {exc.filename or 'a file'}: {exc.strerror}. Make the folder writable (or free space), or write "
+                 "somewhere else with --run / --out, then re-run the same command.")
+        except KeyboardInterrupt:
+            command = name or func.__name__
+            hint = ("Everything up to the last checkpoint is kept: re-run the same command to resume."
+                    if command in RESUMABLE else "Nothing was committed: re-run the same command to run it again.")
+            console().print(f"[yellow]interrupted:[/yellow] {hint}", highlight=False)
+            raise typer.Exit(code=130) from None
 
     return wrapper
 
 
 CONTROL_PARAMS = [
     inspect.Parameter("config_file", inspect.Parameter.KEYWORD_ONLY, annotation=Path | None,
-                      default=typer.Option(None, "--config", help="TOML file with settings (a [stage] table or a flat table); options given here override it.")),
+                      default=typer.Option(None, "--config", help=escape("TOML file with settings: a [stage] table (e.g. [pretrain], "
+                                                                         "[eval_ood]) or top-level keys; options given here override "
+                                                                         "it."))),
     inspect.Parameter("force", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
-                      default=typer.Option(False, "--force", help="Discard an existing artifact or partial run in the output folder and start over.")),
+                      default=typer.Option(False, "--force", metavar="", help="Replace an existing artifact: the new run starts over (a "
+                                                                              "partial run with the same settings is resumed) and the old "
+                                                                              "artifact stays in place until the new one is complete.")),
     inspect.Parameter("dry_run", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
-                      default=typer.Option(False, "--dry-run", help="Print the resolved config as JSON and exit.")),
+                      default=typer.Option(False, "--dry-run", metavar="", help="Check the settings and the data's sizes, print the "
+                                                                                "resolved config as JSON and exit.")),
 ]
 
 
 eval_app = typer.Typer(
     name="eval",
-    help="Evaluate backbones and priors: fid, recon, ood, anomaly, probe, disentanglement. Each writes RUN/eval/<name>/ (result.json, plots, manifest).",
+    help="Evaluate backbones and priors: fid, recon, ood, anomaly, probe, disentanglement. Each writes RUN/eval/<name>/ (result.json, "
+        "plots, manifest).",
     no_args_is_help=True,
 )
 app.add_typer(eval_app, name="eval")
 
 
-def stage_command(name: str, model: type[BaseModel], section: str, help_text: str, extra: list[inspect.Parameter] = (), target: typer.Typer = app) -> Callable:
-    """Register a command on `target` whose options are `model`'s fields plus --config/--force/--dry-run (+ extra)."""
+def stage_command(name: str, model: type[BaseModel], section: str, help_text: str, extra: list[inspect.Parameter] = (),
+                  target: typer.Typer = app,
+                  preflight: Callable[[BaseModel], Any] | None = None) -> Callable:
+    """Register a command on `target` whose options are `model`'s fields plus --config/--force/--dry-run (+ extra).
+
+    `preflight(config)` (optional) checks the inputs without computing; --dry-run runs it too.
+    """
 
     def decorator(runner: Callable[..., None]) -> Callable:
         field_names = set(model.model_fields)
@@ -93,37 +132,49 @@ def stage_command(name: str, model: type[BaseModel], section: str, help_text: st
             control = {k: kwargs.pop(k) for k in list(kwargs) if k not in field_names}
             config = build_config(model, read_config_file(control.pop("config_file"), section), kwargs)
             if control.pop("dry_run"):
+                if preflight is not None:
+                    preflight(config)
                 typer.echo(config.model_dump_json(indent=2))
                 return
             runner(config, **control)
 
         command.__signature__ = inspect.Signature(config_parameters(model) + CONTROL_PARAMS + list(extra))
         command.__doc__ = help_text
-        target.command(name, help=help_text)(guarded(command))
+        target.command(name, help=help_text)(guarded(command, model, name))
         return runner
 
     return decorator
 
 
 STOP_AFTER = inspect.Parameter("stop_after", inspect.Parameter.KEYWORD_ONLY, annotation=int | None,
-                               default=typer.Option(None, "--stop-after", help="Stop (checkpointed) once this many steps are done in total; re-run without it to continue."))
+                               default=typer.Option(None, "--stop-after", min=1, help="Stop (checkpointed) once this many steps are done "
+                                                                                      "in total; re-run without it to continue."))
 
 
-@stage_command("pretrain", PretrainConfig, "pretrain", "Train the hierarchical VAE backbone (resumes when re-run).", [STOP_AFTER])
+def _check_pretrain_inputs(config: PretrainConfig) -> None:
+    from hebmctl.stages import pretrain
+
+    pretrain.check_inputs(config)
+
+
+@stage_command("pretrain", PretrainConfig, "pretrain", "Train the hierarchical VAE backbone (resumes when re-run).", [STOP_AFTER],
+               preflight=_check_pretrain_inputs)
 def _pretrain(config: PretrainConfig, force: bool, stop_after: int | None) -> None:
     from hebmctl.stages import pretrain
 
     pretrain.run(config, pretrain.RunControl(force=force, stop_after=stop_after))
 
 
-@stage_command("cache-latents", CacheLatentsConfig, "cache_latents", "Infer posterior latents u0 for each split into HDF5 (resumes when re-run).")
+@stage_command("cache-latents", CacheLatentsConfig, "cache_latents", "Infer posterior latents u0 for each split into HDF5 (resumes when "
+                                                                     "re-run).")
 def _cache_latents(config: CacheLatentsConfig, force: bool) -> None:
     from hebmctl.stages import cache_latents
 
     cache_latents.run(config, cache_latents.RunControl(force=force))
 
 
-@stage_command("train-prior", TrainPriorConfig, "train_prior", "Learn an EBM prior in u-space on the cached latents: --scheme joint|diffusion (resumes when re-run).", [STOP_AFTER])
+@stage_command("train-prior", TrainPriorConfig, "train_prior", "Learn an EBM prior in u-space on the cached latents: --scheme "
+                                                               "joint|diffusion (resumes when re-run).", [STOP_AFTER])
 def _train_prior(config: TrainPriorConfig, force: bool, stop_after: int | None) -> None:
     from hebmctl.stages import train_prior
 
@@ -138,7 +189,8 @@ def _sample(config: SampleConfig, force: bool) -> None:
 
 
 AS_JSON = inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
-                            default=typer.Option(False, "--json", help="Print the result as one JSON object on stdout (tables and progress go to stderr)."))
+                            default=typer.Option(False, "--json", metavar="", help="Print the result as one JSON object on stdout (tables "
+                                                                                   "and progress go to stderr)."))
 
 
 EVALUATIONS = [
@@ -147,7 +199,8 @@ EVALUATIONS = [
     ("ood", EvalOodConfig, "OOD detection with L^{>k} and LLR^{>k}: AUROC, AUPRC, FPR@80%TPR, histograms, ROC curves."),
     ("anomaly", EvalAnomalyConfig, "Held-out-class anomaly detection (score -L^{>0}): AUPRC and PR curve."),
     ("probe", EvalProbeConfig, "Per-layer latent probes: test accuracy of a 2-layer MLP on posterior-mean codes."),
-    ("disentanglement", EvalDisentanglementConfig, "MIG and MIG-sup per latent layer and overall, and which layer holds which factor (data with known factors, e.g. builtin:shapes)."),
+    ("disentanglement", EvalDisentanglementConfig, "MIG and MIG-sup per latent layer and overall, and which layer holds which factor "
+        "(data with known factors, e.g. builtin:shapes)."),
 ]
 """`hebmctl eval NAME`: config model and help; the stage is the module hebmctl.stages.eval_NAME."""
 
@@ -168,29 +221,34 @@ for _name, _model, _help in EVALUATIONS:
 
 
 @app.command("pipeline")
-@guarded
+@functools.partial(guarded, name="pipeline")
 def pipeline(
-    config_file: Path | None = typer.Option(None, "--config", help="Pipeline TOML: top-level `run = DIR` and one table per stage. Default: the built-in digits demo."),
+    config_file: Path | None = typer.Option(None, "--config", help="Pipeline TOML: top-level `run = DIR` and one table per stage. Default: "
+                                                                   "the built-in digits demo."),
     run: Path | None = typer.Option(None, "--run", help="Run folder (overrides the file's `run`)."),
-    force: bool = typer.Option(False, "--force", help="Re-run every stage, even those already complete."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved stage configs as JSON and exit."),
+    force: bool = typer.Option(False, "--force", metavar="", help="Re-run every stage, even those already complete (each old artifact "
+                                                                  "stays until its replacement is complete)."),
+    dry_run: bool = typer.Option(False, "--dry-run", metavar="", help="Check the settings and the data's sizes, print the resolved stage "
+                                                                      "configs as JSON and exit."),
 ) -> None:
     """Run every stage in order, skipping those already complete and up to date."""
     from hebmctl.stages import pipeline as pipeline_stage
+    from hebmctl.stages import pretrain
 
     plan = pipeline_stage.load_plan(config_file, run)
     if dry_run:
+        pretrain.check_inputs(plan.pretrain)
         typer.echo(json.dumps({name: json.loads(cfg.model_dump_json()) for name, cfg in plan.stages()}, indent=2))
         return
     pipeline_stage.run(plan, force=force)
 
 
 @app.command("inspect")
-@guarded
+@functools.partial(guarded, name="inspect")
 def inspect_artifact(
     path: Path = typer.Argument(..., help="An artifact folder (or its manifest.json)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON on stdout instead of a table."),
-    no_hashes: bool = typer.Option(False, "--no-hashes", help="Check file sizes only, not sha256 (faster on big caches)."),
+    as_json: bool = typer.Option(False, "--json", metavar="", help="Print the manifest as JSON on stdout instead of a table."),
+    no_hashes: bool = typer.Option(False, "--no-hashes", metavar="", help="Check file sizes only, not sha256 (faster on big caches)."),
 ) -> None:
     """Validate an artifact folder (manifest schema, files, hashes) and print its manifest."""
     from hebmctl.stages import inspect as inspect_stage

@@ -24,3 +24,7 @@ class LineageError(HebmctlError):
 
 class DivergenceError(HebmctlError):
     """Training produced a non-finite loss or energy and could not recover."""
+
+
+class ConfigError(HebmctlError):
+    """A setting is valid on its own but impossible with these inputs (e.g. a temperature that overflows)."""

@@ -2,11 +2,15 @@
 
 import json
 import shutil
+import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from hebmctl import __version__
 from hebmctl.cli import app
+
+from tests.conftest import REPO
 
 runner = CliRunner()
 
@@ -81,3 +85,132 @@ def test_pipeline_dry_run_uses_the_builtin_demo(tmp_path):
     assert plan["cache_latents"]["backbone"] == str(tmp_path / "demo" / "backbone")
     assert plan["train_prior:diffusion"]["scheme"] == "diffusion"
     assert {"sample:gaussian", f"sample:{tmp_path / 'demo' / 'priors' / 'diffusion'}"} <= set(plan)
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.replace("│", " ").split())  # undo rich's boxes and wrapping
+
+
+def test_errors_name_the_flag_and_the_allowed_range(tmp_path):
+    cases = [
+        (("sample", "--run", tmp_path, "--temperature", "nan"), "--temperature must be a finite number > 0, got nan"),
+        (("sample", "--run", tmp_path, "--temperature", "inf"), "--temperature must be a finite number > 0, got inf"),
+        (("train-prior", "--run", tmp_path, "--langevin-steps", "0"), "--langevin-steps must be an integer >= 1, got 0"),
+        (("pretrain", "--run", tmp_path, "--ema-decay", "1"), "--ema-decay must be a finite number >= 0 and < 1, got 1.0"),
+        (("pretrain", "--run", tmp_path, "--latent-dims", "8,,4"), "--latent-dims has an empty item in '8,,4'"),
+        (("eval", "ood", "--run", tmp_path), "--ood is required"),
+    ]
+    for args, phrase in cases:
+        result = invoke(*args, "--dry-run")
+        assert result.exit_code == 2, (args, result.output)
+        out = _flat(result.output)
+        assert phrase in out and "langevin_steps" not in out and "Traceback" not in out, out
+
+
+def test_a_misspelled_config_table_is_an_error(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[pretrian]\nsteps = 3\n")
+    result = invoke("pretrain", "--config", cfg, "--dry-run")
+    out = _flat(result.output)
+    assert result.exit_code == 2 and "[pretrian], which no stage reads (did you mean [pretrain]?)" in out and "[eval_ood]" in out
+    cfg.write_text("[[train_prior]]\nscheme = 'joint'\n[pretrain]\nsteps = 3\n")  # a pipeline file works for one stage
+    assert json.loads(invoke("train-prior", "--config", cfg, "--dry-run").stdout)["scheme"] == "joint"
+
+
+def test_dry_run_checks_the_data_sizes(tmp_path):
+    import numpy as np
+
+    np.savez(tmp_path / "odd.npz", images=np.zeros((20, 30, 30), np.uint8))
+    result = invoke("pretrain", "--run", tmp_path / "r", "--data", f"npz:{tmp_path / 'odd.npz'}", "--dry-run")
+    assert result.exit_code == 2 and "divisible by 4" in _flat(result.output)
+    assert not (tmp_path / "r").exists()
+
+
+def test_help_shows_brackets_one_default_and_no_type_for_flags():
+    sample_help = _flat(invoke("sample", "--help").stdout)
+    assert "[pretrain]" in sample_help  # not eaten as Rich markup
+    assert "Backbone folder (default: RUN/backbone). --prior" in sample_help  # no second "(default: none)"
+    assert "--hierarchical --no-hierarchical Also write" in sample_help  # no <bool> metavar
+    assert "(default: off)" in sample_help
+    ood_help = _flat(invoke("eval", "ood", "--help").stdout)
+    assert "PydanticUndefined" not in ood_help and "backbone). (required)" in ood_help
+    for command in (["pretrain"], ["cache-latents"], ["train-prior"], ["sample"], ["pipeline"], ["eval", "ood"], ["eval", "fid"]):
+        text = invoke(*command, "--help").stdout
+        assert "DESIGN" not in text and "§" not in text, command
+
+
+TINY_PRETRAIN = ["--limit", "512", "--eval-limit", "128", "--latent-dims", "8,4,2", "--channels", "8", "--mlp-hidden", "32",
+                 "--batch-size", "32", "--kl-warmup-steps", "4", "--checkpoint-every", "4", "--log-every", "2", "--device", "cpu"]
+"""The CLI form of tests.conftest.tiny_pretrain_config (without --steps)."""
+
+
+def _python(args, **kwargs):
+    import os
+    import subprocess
+
+    env = os.environ | {"PYTHONPATH": str(REPO), "COLUMNS": "200"}
+    return subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, text=True, **kwargs)
+
+
+def test_ctrl_c_exits_130_and_says_how_to_resume(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "b"
+    child = _python(["-m", "hebmctl", "pretrain", "--out", str(out), "--steps", "100000", *TINY_PRETRAIN], stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoints" / "ckpt-000004" / "state.json").is_file():
+        assert child.poll() is None and time.monotonic() < deadline, child.communicate()
+        time.sleep(0.05)
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 130, err
+    assert "re-run the same command to resume" in " ".join(err.split()) and "Traceback" not in err
+
+
+RUN_AS_USER = """
+import json, sys
+from typer.testing import CliRunner
+from hebmctl.cli import app
+results = {name: CliRunner().invoke(app, args) for name, args in json.loads(sys.argv[1]).items()}
+print(json.dumps({name: [r.exit_code, r.output] for name, r in results.items()}))
+"""
+
+
+def test_read_only_output_folders_give_a_clear_error(tmp_path, tiny_backbone):
+    """Run as a user without the power to override file permissions (root drops CAP_DAC_OVERRIDE)."""
+    import os
+    import shutil
+    import subprocess
+
+    prefix = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv: file permissions cannot be enforced")
+        prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"]
+    ro = tmp_path / "ro"
+    shutil.copytree(tiny_backbone, ro / "backbone")
+    tiny = ["--out", str(ro / "backbone"), "--steps", "12", *TINY_PRETRAIN]
+    cases = {
+        "up_to_date": ["pretrain", *tiny],
+        "force": ["pretrain", *tiny, "--force"],
+        "sample": ["sample", "--backbone", str(ro / "backbone"), "--out", str(ro / "samples"), "--n", "2", "--device", "cpu"],
+        "retrain": ["pretrain", *tiny, "--steps", "13"],
+    }
+    subprocess.run(["chmod", "-R", "a-w", str(ro)], check=True)
+    try:
+        env = os.environ | {"PYTHONPATH": str(REPO), "COLUMNS": "200"}
+        done = subprocess.run([*prefix, sys.executable, "-c", RUN_AS_USER, json.dumps(cases)], cwd=REPO, env=env, capture_output=True,
+                              text=True)
+    finally:
+        subprocess.run(["chmod", "-R", "u+w", str(ro)], check=True)
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout.splitlines()[-1])
+    assert results["up_to_date"][0] == 0 and "up to date" in results["up_to_date"][1]  # a read-only artifact can still be used
+    for name in ("force", "sample"):
+        code, output = results[name]
+        assert code == 2 and "Cannot write the output folder" in " ".join(output.split()) and "Traceback" not in output, output
+    assert results["retrain"][0] == 2 and "other settings" in results["retrain"][1]
+    assert (ro / "backbone" / "manifest.json").is_file() and not (ro / "samples").exists()

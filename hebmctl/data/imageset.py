@@ -59,7 +59,8 @@ class ImageSet:
             return
         k = len(self.factor_names)
         if self.factors.dtype != np.int64 or self.factors.shape != (n, k) or len(self.factor_sizes) != k:
-            raise ValueError(f"factors must be int64 [{n}, {k}] with {k} sizes, got {self.factors.dtype} {self.factors.shape}, {len(self.factor_sizes)} sizes")
+            raise ValueError(f"factors must be int64 [{n}, {k}] with {k} sizes, got {self.factors.dtype} {self.factors.shape}, "
+                f"{len(self.factor_sizes)} sizes")
         if n and ((self.factors < 0).any() or (self.factors >= np.array(self.factor_sizes)).any()):
             raise ValueError(f"factor values must lie in 0 .. size - 1 (sizes {self.factor_sizes})")
 

@@ -19,17 +19,30 @@ _FORMAT = (
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    """All arrays of the file (object arrays are refused: ``allow_pickle=False``)."""
+    """All arrays of the file. Object arrays are refused (``allow_pickle=False``: loading them could run code)."""
     if not path.is_file():
         raise DataError(f"{path} does not exist or is not a file. Check the path in the npz: spec.")
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    if head.startswith(b"\x93NUMPY"):
+        raise DataError(f"{path} is a single .npy array, not an .npz archive. {_FORMAT}; save with numpy.savez.")
+    if not head.startswith(b"PK"):  # an .npz is a zip archive
+        raise DataError(f"Cannot read {path} as an .npz file: it is not the zip archive numpy.savez writes (it starts with "
+                        f"{head!r}). {_FORMAT}; save with numpy.savez.")
+    arrays = {}
     try:
-        loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise DataError(f"{path} is a single .npy array, not an .npz archive. {_FORMAT}; save with numpy.savez.")
-        with loaded:
-            return {key: loaded[key] for key in loaded.files}
+        with np.load(path, allow_pickle=False) as loaded:
+            for key in loaded.files:
+                try:
+                    arrays[key] = loaded[key]
+                except ValueError as exc:
+                    if "pickle" not in str(exc):
+                        raise
+                    raise DataError(f"{path}: '{key}' is an array of Python objects, which hebmctl does not read (loading one can run "
+                                    f"code). {_FORMAT}: plain numeric arrays, e.g. images.astype(np.uint8).") from None
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise DataError(f"Cannot read {path} as an .npz file ({exc}). {_FORMAT}; save with numpy.savez.") from exc
+    return arrays
 
 
 def _images(arrays: dict[str, np.ndarray], path: Path) -> np.ndarray:

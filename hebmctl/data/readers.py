@@ -9,8 +9,8 @@ import numpy as np
 
 from hebmctl.data.cifar import cifar10_split
 from hebmctl.data.idx import FASHION_MNIST_CLASSES, MNIST_CLASSES, builtin_split, idx_split
-from hebmctl.data.imageset import ImageSet
 from hebmctl.data.images import list_tree, tree_split
+from hebmctl.data.imageset import ImageSet
 from hebmctl.data.npz import npz_split
 from hebmctl.data.raw import RawSplit
 from hebmctl.data.shapes import RESOLUTIONS, shapes_split
@@ -87,7 +87,8 @@ def load_split(spec: str, split: str, exclude_classes: Sequence[int] = (), limit
             decoded).
 
     Returns:
-        ImageSet (with ``factors`` for ``builtin:shapes``, else None) whose ``index`` holds each row's position in the unfiltered split: in the file for
+        ImageSet (with ``factors`` for ``builtin:shapes``, else None) whose ``index`` holds each row's position in the
+        unfiltered split: in the file for
         IDX train/test and npz, in the builtin file (test = 9000..9999), in the sorted listing for
         folders without splits, in the split folder's sorted listing otherwise, in the train-then-test
         concatenation for "all" of sets that have their own splits.

@@ -26,9 +26,26 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux allows (/proc), else by setting it back."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def commit(tmp: Path, final: Path) -> None:
-    """fsync `tmp`, rename it to `final`, fsync the folder."""
+    """Give `tmp` the usual mode of a new file (0666 minus the umask), fsync it, rename it to `final`, fsync the folder.
+
+    Every artifact file gets the same mode whichever library wrote it (safetensors creates 0600 files).
+    """
     with open(tmp, "rb+") as handle:
+        os.fchmod(handle.fileno(), 0o666 & ~current_umask())
         os.fsync(handle.fileno())
     os.replace(tmp, final)
     fsync_dir(final.parent)

@@ -1,8 +1,9 @@
 """Resumable checkpoints: `checkpoints/ckpt-000500/` with model, EMA, optimizer and RNG state.
 
 Each checkpoint folder holds safetensors files and a `state.json` written last (its commit
-marker) with the step, the stage fingerprint and any JSON-able extras (e.g. the data position).
-Resume = find the newest complete checkpoint with the same fingerprint and load it.
+marker) with the step, the stage fingerprint, any JSON-able extras (e.g. the data position) and
+the size and sha256 of every file. Resume = find the newest complete, intact checkpoint with the
+same fingerprint and load it; a damaged newest checkpoint falls back to the one before (and says so).
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 
 from hebmctl.errors import ArtifactError
 from hebmctl.io.atomic import write_text
+from hebmctl.io.console import console
+from hebmctl.io.hashing import sha256_file
 from hebmctl.io.state import (
     generator_state,
     load_tensors,
@@ -54,7 +58,8 @@ def save_checkpoint(root: Path, step: int, fingerprint: str, state: TrainingStat
     rng = {name: generator_state(gen) for name, gen in state.generators.items()}
     rng["torch_cpu_default"] = torch.get_rng_state()
     save_tensors(folder / "rng.safetensors", rng)
-    write_text(folder / STATE_NAME, json.dumps({"step": step, "fingerprint": fingerprint, "extra": extra}, indent=2))
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(folder.glob("*.safetensors"))}
+    write_text(folder / STATE_NAME, json.dumps({"step": step, "fingerprint": fingerprint, "extra": extra, "files": files}, indent=2))
     _prune(root, keep)
     return folder
 
@@ -70,23 +75,69 @@ def _prune(root: Path, keep: int) -> None:
         shutil.rmtree(old)
 
 
-def latest_checkpoint(root: Path, fingerprint: str) -> Path | None:
-    """The newest complete checkpoint of this exact run, or None.
+def checkpoint_problems(folder: Path) -> list[str]:
+    """Why a checkpoint cannot be loaded (unreadable state.json, a file missing, truncated or changed); empty if intact.
 
-    Checkpoints of another config are an error, not silently ignored: resuming them would mix runs.
+    Checkpoints written before state.json listed its files are checked by parsing each file's header.
+    """
+    try:
+        info = json.loads((folder / STATE_NAME).read_text())
+        files = info.get("files")
+        int(info["step"]), str(info["fingerprint"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return [f"{STATE_NAME} is unreadable ({exc})"]
+    if files is None:
+        problems = []
+        for path in sorted(folder.glob("*.safetensors")):
+            try:
+                with safe_open(str(path), framework="pt"):
+                    pass
+            except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a corrupt header
+                problems.append(f"{path.name}: unreadable ({exc})")
+        return problems
+    problems = []
+    for name, expected in files.items():
+        path = folder / name
+        if not path.is_file():
+            problems.append(f"{name}: missing")
+        elif path.stat().st_size != expected["bytes"]:
+            problems.append(f"{name}: size {path.stat().st_size} bytes, {STATE_NAME} says {expected['bytes']}")
+        elif sha256_file(path) != expected["sha256"]:
+            problems.append(f"{name}: sha256 differs from {STATE_NAME}")
+    return problems
+
+
+def latest_checkpoint(root: Path, fingerprint: str) -> Path | None:
+    """The newest complete, intact checkpoint of this exact run, or None if there is none.
+
+    A damaged checkpoint (e.g. a file truncated by a full disk) is skipped, with a message, for the
+    one before it. Checkpoints of another config are an error, not silently ignored: resuming them
+    would mix runs.
     """
     found = _complete_checkpoints(root)
-    if not found:
-        return None
-    newest = found[-1]
-    recorded = json.loads((newest / STATE_NAME).read_text())["fingerprint"]
-    if recorded != fingerprint:
+    damaged: list[str] = []
+    for folder in reversed(found):
+        problems = checkpoint_problems(folder)
+        if problems:
+            damaged.append(f"{folder.name} ({'; '.join(problems)})")
+            continue
+        recorded = json.loads((folder / STATE_NAME).read_text())["fingerprint"]
+        if recorded != fingerprint:
+            raise ArtifactError(
+                f"{root} holds checkpoints of a run with other settings or inputs (fingerprint {recorded[:12]}... vs "
+                f"{fingerprint[:12]}... now), so they cannot be resumed. Re-run with the original settings to resume, "
+                "or pass --force to discard them and start over."
+            )
+        if damaged:
+            console().print(f"[yellow]warning: damaged checkpoint {', '.join(damaged)}; resuming from the previous intact "
+                            f"checkpoint {folder.name} instead.[/yellow]")
+        return folder
+    if damaged:
         raise ArtifactError(
-            f"{root} holds checkpoints of a run with other settings or inputs (fingerprint {recorded[:12]}... vs "
-            f"{fingerprint[:12]}... now), so they cannot be resumed. Re-run with the original settings to resume, "
-            "or pass --force to discard them and start over."
+            f"Every checkpoint in {root} is damaged: {', '.join(damaged)}. Nothing can be resumed from them: delete {root} "
+            "and re-run the same command to start this run over."
         )
-    return newest
+    return None
 
 
 def load_checkpoint(folder: Path, state: TrainingState) -> tuple[int, dict[str, Any]]:

@@ -10,7 +10,6 @@ incomplete, `rows_written` says how far it got, so an interrupted run continues 
 from __future__ import annotations
 
 import json
-
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal

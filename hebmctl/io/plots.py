@@ -14,7 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from hebmctl.io.atomic import atomic_path  # noqa: E402
 
 
-def save_line_plot(path: Path, series: dict[str, Sequence[float]], title: str, xlabel: str, ylabel: str, x: Sequence[float] | None = None) -> None:
+def save_line_plot(path: Path, series: dict[str, Sequence[float]], title: str, xlabel: str, ylabel: str,
+                   x: Sequence[float] | None = None) -> None:
     """One line per entry of `series` (name -> y values), shared x (default 0..n-1)."""
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=120)
     for name, ys in series.items():
@@ -54,7 +55,8 @@ def save_histogram_panels(path: Path, panels: dict[str, dict[str, Sequence[float
     _save(fig, path)
 
 
-def save_curves(path: Path, curves: dict[str, tuple[Sequence[float], Sequence[float]]], title: str, xlabel: str, ylabel: str, diagonal: bool = False) -> None:
+def save_curves(path: Path, curves: dict[str, tuple[Sequence[float], Sequence[float]]], title: str, xlabel: str, ylabel: str,
+                diagonal: bool = False) -> None:
     """One line per curve (name -> (x, y)) on [0, 1] x [0, 1]; `diagonal` adds the chance line y = x."""
     fig, ax = plt.subplots(figsize=(4.8, 4.4), dpi=120)
     for name, (xs, ys) in curves.items():
@@ -85,7 +87,9 @@ def heatmap_figsize(rows: int, cols: int) -> tuple[float, float]:
     return 1.6 + 0.9 * cols, 1.2 + 0.45 * rows
 
 
-def save_heatmap(path: Path, matrix: np.ndarray, row_labels: Sequence[str], col_labels: Sequence[str], title: str, vmin: float = 0.0, vmax: float = 1.0) -> None:
+def save_heatmap(
+    path: Path, matrix: np.ndarray, row_labels: Sequence[str], col_labels: Sequence[str], title: str, vmin: float = 0.0, vmax: float = 1.0
+) -> None:
     """A `[rows, cols]` matrix as coloured cells (viridis, vmin..vmax), each annotated with its value."""
     matrix = np.asarray(matrix, dtype=float)
     fig, ax = plt.subplots(figsize=heatmap_figsize(*matrix.shape), dpi=HEATMAP_DPI)

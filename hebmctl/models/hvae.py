@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from torch import Tensor, nn
 import torch.nn.functional as F
+from torch import Tensor, nn
 
 from hebmctl.models.backbone import (  # noqa: F401  (re-exported for older imports)
     LOG_STD_X_RANGE,

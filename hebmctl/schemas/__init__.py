@@ -62,6 +62,7 @@ __all__ = [
     "SCHEMA_VERSION", "InputRef", "ManifestBase", "OutputFile", "StageConfig", "TensorInfo",
     "CacheLatentsConfig", "LatentsManifest", "BackboneManifest", "PretrainConfig",
     "PriorManifest", "TrainPriorConfig", "SampleConfig", "SamplesManifest",
-    "EvalFidConfig", "EvalReconConfig", "EvalOodConfig", "EvalAnomalyConfig", "EvalProbeConfig", "EvalDisentanglementConfig", "FidStatsManifest",
-    "EvalFidManifest", "EvalReconManifest", "EvalOodManifest", "EvalAnomalyManifest", "EvalProbeManifest", "EvalDisentanglementManifest", "MANIFEST_TYPES", "CONFIG_TYPES", "json_schemas",
+    "EvalFidConfig", "EvalReconConfig", "EvalOodConfig", "EvalAnomalyConfig", "EvalProbeConfig", "EvalDisentanglementConfig",
+    "FidStatsManifest", "EvalFidManifest", "EvalReconManifest", "EvalOodManifest", "EvalAnomalyManifest", "EvalProbeManifest",
+    "EvalDisentanglementManifest", "MANIFEST_TYPES", "CONFIG_TYPES", "json_schemas",
 ]

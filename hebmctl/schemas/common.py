@@ -20,10 +20,17 @@ class StrictModel(BaseModel):
 
 
 def split_csv(value: Any) -> Any:
-    """Accept "64,32,16" (the CLI's form) as well as a list for tuple-valued fields."""
+    """Accept "64,32,16" (the CLI's form) as well as a list for tuple-valued fields; "" is the empty tuple.
+
+    An empty item ("8,,4", "8,4,") is an error, not silently dropped: it is usually a typo.
+    """
     if isinstance(value, str):
+        if not value.strip():
+            return ()
         parts = [p.strip() for p in value.split(",")]
-        return tuple(p for p in parts if p)
+        if not all(parts):
+            raise ValueError(f"has an empty item in {value!r}; write comma-separated values such as 64,32,16")
+        return tuple(parts)
     return value
 
 
@@ -51,14 +58,20 @@ class StageConfig(StrictModel):
     `run_defaults` maps a path field to its location inside the run folder (`--run RUN`): a path
     left unset is filled from it when the config is built, so a resolved config always holds
     concrete paths. `unhashed` lists fields that do not change the result (paths, device) and are
-    left out of the fingerprint that decides whether a stage is up to date.
+    left out of the fingerprint that decides whether a stage is up to date. Non-finite numbers
+    (nan, inf) are refused in every config.
     """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # nan/inf settings are errors
 
     run_defaults: ClassVar[dict[str, str]] = {}
     unhashed: ClassVar[frozenset[str]] = frozenset({"run", "device"})
     hashed_when_set: ClassVar[frozenset[str]] = frozenset()
     """Optional fields added after artifacts were written: hashed only when not None, so that the
     fingerprints of earlier artifacts (which lack them) stay valid."""
+    hashed_as_default: ClassVar[frozenset[str]] = frozenset()
+    """Fields that do not change the result but were once hashed: they enter the fingerprint at their
+    default value, so that changing them neither re-runs the stage nor invalidates existing artifacts."""
 
     run: Path = Field(Path("runs/default"), description="Run folder that holds the default locations of all artifacts.")
 
@@ -85,8 +98,10 @@ class StageConfig(StrictModel):
     def hashed_fields(self) -> dict[str, Any]:
         """The config values that determine the stage's result, as JSON-able data."""
         skip = set(self.unhashed) | set(self.run_defaults)
-        fields = self.model_dump(mode="json", exclude=skip)
-        return {k: v for k, v in fields.items() if not (k in self.hashed_when_set and v is None)}
+        values = self.model_dump(mode="json", exclude=skip)
+        for name in self.hashed_as_default:
+            values[name] = type(self).model_fields[name].default
+        return {k: v for k, v in values.items() if not (k in self.hashed_when_set and v is None)}
 
 
 class InputRef(StrictModel):
@@ -119,7 +134,8 @@ class ManifestBase(StrictModel):
     schema_version: int = Field(description="hebmctl schema version that wrote this manifest.")
     hebmctl_version: str = Field(description="hebmctl package version that wrote this manifest.")
     created_at: str = Field(description="UTC time the manifest was written, ISO 8601.")
-    fingerprint: str = Field(description="sha256 of (hashed config values, input hashes, schema version): equal fingerprints mean an up-to-date artifact.")
+    fingerprint: str = Field(description="sha256 of (hashed config values, input hashes, schema version): equal fingerprints mean an "
+                                         "up-to-date artifact.")
     inputs: list[InputRef] = Field(description="Parent artifacts and data sets, with their hashes (lineage).")
     outputs: list[OutputFile] = Field(description="Files of this artifact, with sizes and hashes.")
     metrics: dict[str, Any] = Field(default_factory=dict, description="Measurements made by the stage.")

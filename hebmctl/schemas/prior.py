@@ -19,27 +19,33 @@ DEFAULT_CONV_CHANNELS, DEFAULT_CONV_DEPTH = 64, 2
 
 
 class TrainPriorConfig(StageConfig):
-    """Learn an energy-based prior in u-space on a frozen backbone's cached latents (DESIGN §3)."""
+    """Learn an energy-based prior in u-space on a frozen backbone's cached latents."""
 
     run_defaults: ClassVar[dict[str, str]] = {"backbone": "backbone", "latents": "latents", "out": "priors/{name}"}
     unhashed: ClassVar[frozenset[str]] = frozenset({"run", "device", "name", "out", "log_every", "checkpoint_every", "keep_checkpoints"})
     hashed_when_set: ClassVar[frozenset[str]] = frozenset({"conv_channels", "conv_depth"})
-    """Unset = DEFAULT_CONV_CHANNELS / DEFAULT_CONV_DEPTH, left unset so that priors written before spatial groups keep their fingerprints."""
+    """Unset = DEFAULT_CONV_CHANNELS / DEFAULT_CONV_DEPTH, left unset so that priors written before spatial groups keep their "
+        "fingerprints."""
 
     backbone: Path = Field(None, description="Backbone folder (default: RUN/backbone).")
     latents: Path = Field(None, description="Latent cache folder (default: RUN/latents).")
     name: str = Field(None, description="Prior name (default: the scheme); the prior goes to RUN/priors/NAME unless --out is given.")
     out: Path = Field(None, description="Prior folder to write (default: RUN/priors/NAME).")
-    scheme: Literal["joint", "diffusion"] = Field("diffusion", description="'joint': one EBM, Langevin from N(0, I) (Joint-EBM); 'diffusion': conditional EBMs along a short diffusion (Diff-EBM).")
+    scheme: Literal["joint", "diffusion"] = Field("diffusion", description="'joint': one EBM, Langevin from N(0, I) (Joint-EBM); "
+                                                                           "'diffusion': conditional EBMs along a short diffusion "
+                                                                           "(Diff-EBM).")
     T: int = Field(3, ge=1, description="Diffusion levels (diffusion scheme).")
     schedule: Literal["drl", "cosine"] = Field("drl", description="Noise schedule of the diffusion scheme.")
-    b2: float = Field(3e-5, gt=0, description="Diffusion scheme step-size scale: s_t^2 = (sigma_cum[t] / sigma_cum[0]) * b2 * sigma[t+1]^2.")
+    b2: float = Field(3e-5, gt=0, description="Diffusion scheme step-size scale: "
+                                              "s_t^2 = (sigma_cum[t] / sigma_cum[0]) * b2 * sigma[t+1]^2.")
     langevin_steps: int = Field(None, ge=1, description="K, Langevin steps per training example (default: 60 joint, 30 diffusion).")
-    step_size: float = Field(None, gt=0, description="Langevin step size s of the joint scheme (default 0.1; the anchor's 0.4 ran away on Fashion-MNIST); the diffusion scheme derives s_t from b2.")
+    step_size: float = Field(None, gt=0, description="Langevin step size s of the joint scheme (default 0.1; the anchor's 0.4 ran away on "
+                                                     "Fashion-MNIST); the diffusion scheme derives s_t from b2.")
     width: int = Field(200, ge=1, description="Hidden width of each group's energy MLP.")
     depth: int = Field(2, ge=1, description="Hidden layers of each group's energy MLP.")
     activation: Literal["silu", "leaky_relu"] = Field("silu", description="Activation of the energy MLPs (leaky_relu has slope 0.2).")
-    conv_channels: int | None = Field(None, ge=1, description="Channels of the conv energy net of each spatial latent group (nvae backbones; default 64).")
+    conv_channels: int | None = Field(None, ge=1, description="Channels of the conv energy net of each spatial latent group (nvae "
+        "backbones; default 64).")
     conv_depth: int | None = Field(None, ge=1, description="Conv layers of each spatial group's energy net (default 2).")
     spectral_norm: bool = Field(False, description="Spectral normalisation on the energy MLPs' linear layers.")
     time_embed_dim: int = Field(64, ge=2, description="Size of the sinusoidal level embedding (diffusion scheme).")
@@ -50,8 +56,11 @@ class TrainPriorConfig(StageConfig):
     energy_l2: float = Field(None, ge=0, description="Weight of the regulariser mean(F_pos^2 + F_neg^2) (default: 0.1 joint, 0 diffusion).")
     grad_clip: float = Field(10.0, gt=0, description="Gradient-norm clip of the EBM update.")
     ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA decay of the EBM weights; the EMA weights are the prior's output.")
-    max_energy_gap: float = Field(100.0, gt=0, description="A batch whose |mean F(pos) - mean F(neg)| exceeds this counts as divergence (the chains no longer reach the model's high-density region), like a non-finite loss.")
-    max_rollbacks: int = Field(3, ge=0, description="On divergence (non-finite loss or energy, or a runaway energy gap): roll back to the last checkpoint with the learning rate halved, at most this many times, then stop.")
+    max_energy_gap: float = Field(100.0, gt=0, description="A batch whose |mean F(pos) - mean F(neg)| exceeds this counts as divergence "
+                                                           "(the chains no longer reach the model's high-density region), like a "
+                                                           "non-finite loss.")
+    max_rollbacks: int = Field(3, ge=0, description="On divergence (non-finite loss or energy, or a runaway energy gap): roll back to the "
+                                                    "last checkpoint with the learning rate halved, at most this many times, then stop.")
     checkpoint_every: int = Field(500, ge=1, description="Write a resumable checkpoint every N steps.")
     keep_checkpoints: int = Field(2, ge=1, description="Number of most recent checkpoints kept.")
     log_every: int = Field(50, ge=1, description="Append a line to metrics.jsonl every N steps.")
@@ -76,9 +85,11 @@ class PriorManifest(ManifestBase):
     kind: Literal["prior"] = Field("prior", description="Artifact kind.")
     config: TrainPriorConfig = Field(description="The resolved stage config.")
     group_dims: tuple[int, ...] = Field(description="Flattened latent group sizes, bottom to top.")
-    group_shapes: tuple[tuple[int, ...], ...] | None = Field(None, description="Latent group shapes, bottom to top ([d] or [c, h, w]); absent in priors written before spatial groups (vector groups).")
+    group_shapes: tuple[tuple[int, ...], ...] | None = Field(None, description="Latent group shapes, bottom to top ([d] or [c, h, w]); "
+        "absent in priors written before spatial groups (vector groups).")
 
     def resolved_group_shapes(self) -> tuple[tuple[int, ...], ...]:
         return self.group_shapes if self.group_shapes is not None else tuple((d,) for d in self.group_dims)
-    schedule: dict[str, Any] | None = Field(description="Diffusion schedule (alpha, sigma, alpha_cum, sigma_cum per level) for the diffusion scheme; None for joint.")
+    schedule: dict[str, Any] | None = Field(description="Diffusion schedule (alpha, sigma, alpha_cum, sigma_cum per level) for the "
+        "diffusion scheme; None for joint.")
     step_sizes: list[float] = Field(description="Langevin step size per level s_t (diffusion, t = 0..T-1) or [s] (joint).")

@@ -20,12 +20,16 @@ class SampleConfig(StageConfig):
     prior: str = Field("gaussian", description="'gaussian' (the backbone alone), a prior folder, or a prior name under RUN/priors/.")
     out: Path = Field(None, description="Samples folder to write (default: RUN/samples/<prior name>).")
     n: int = Field(64, ge=1, description="Number of images.")
-    temperature: float = Field(1.0, gt=0, description="tau: u_0 is scaled by tau before z = T(tau * u_0) (DESIGN §3).")
+    temperature: float = Field(1.0, gt=0, description="tau: u_0 is scaled by tau before z = T(tau * u_0); 1 samples the prior itself, "
+                                                      "below 1 trades diversity for quality.")
     langevin_steps: int | None = Field(None, ge=0, description="K per level (default: the prior's training K).")
     step_size: float | None = Field(None, gt=0, description="Joint scheme: the Langevin step size s (default: the prior's training value).")
-    step_scale: float | None = Field(None, gt=0, description="Diffusion scheme: multiply every step s_t by this (default: sqrt(K_train / K), CDRL's fewer-steps adjustment; 1 at the training K).")
-    hierarchical: bool = Field(False, description="Also write one grid per layer: that layer resampled, the others fixed (Hier-EBM Fig. 4-6).")
-    trajectory: bool = Field(False, description="Also write the images along the chain at every level and the energy profile of a long run.")
+    step_scale: float | None = Field(None, gt=0, description="Diffusion scheme: multiply every step s_t by this (default: sqrt(K_train / "
+                                                             "K), CDRL's fewer-steps adjustment; 1 at the training K).")
+    hierarchical: bool = Field(False, description="Also write one grid per layer: that layer resampled, the others fixed (Hier-EBM Fig. "
+                                                  "4-6).")
+    trajectory: bool = Field(False, description="Also write the images along the chain at every level and the energy profile of "
+                                                "a long run.")
     trajectory_steps: int = Field(2500, ge=1, description="Length of the long run for the energy profile (--trajectory).")
     batch_size: int = Field(500, ge=1, description="Images per sampling batch.")
     seed: int = Field(0, description="Seed of the sampling noise.")

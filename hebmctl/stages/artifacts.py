@@ -89,7 +89,7 @@ class LoadedPrior:
 def load_prior(folder: Path, backbone: LoadedBackbone, device: torch.device) -> LoadedPrior:
     """Read a prior artifact (EMA weights) and check that it was trained on this backbone."""
     manifest, sha = read_manifest(folder, PriorManifest)
-    check_lineage(f"The prior {folder}", manifest.input("backbone").sha256, backbone.folder, backbone.manifest_sha256)
+    check_lineage(f"The prior {folder}", manifest.input("backbone").sha256, backbone.folder, backbone.manifest_sha256, folder)
     require_intact(folder, manifest)
     energy = build_energy(manifest.config, manifest.resolved_group_shapes()).to(device)
     load_module_state(energy, Path(folder) / ENERGY_NAME)

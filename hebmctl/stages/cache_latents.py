@@ -11,13 +11,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from hebmctl.data import ImageSet, load_split, to_unit_range
+from hebmctl.errors import DataError
 from hebmctl.io.console import console, progress_bar
 from hebmctl.io.latent_store import LatentLayout, LatentWriter
 from hebmctl.io.manifest import common_fields, describe_file, prepare_output, stage_fingerprint, write_manifest
+from hebmctl.io.output import writes_artifact
 from hebmctl.models.backbone import Backbone
 from hebmctl.runtime import peak_cuda_mb, peak_rss_mb, resolve_device
 from hebmctl.schemas.common import InputRef
@@ -37,12 +38,17 @@ def group_names(n_layers: int) -> tuple[str, ...]:
     return tuple(f"z{i + 1}" for i in range(n_layers))
 
 
+@writes_artifact
 def run(config: CacheLatentsConfig, control: RunControl = RunControl()) -> LatentsManifest:
     device = resolve_device(config.device)
     backbone = load_backbone(config.backbone, device)
     data_spec = config.data or backbone.manifest.config.data
     train_exclude = backbone.manifest.config.exclude_classes if config.exclude_classes is None else config.exclude_classes
     splits = {name: load_split(data_spec, name, train_exclude if name == "train" else (), config.limit) for name in config.splits}
+    for name, image_set in splits.items():
+        if image_set.image_shape != tuple(backbone.manifest.image_shape):
+            raise DataError(f"The {name} split of {data_spec} has images of shape {image_set.image_shape} (H, W, C), but the backbone "
+                            f"{config.backbone} was trained on {tuple(backbone.manifest.image_shape)}. Use data of the backbone's size.")
     inputs = [InputRef(role="backbone", path=str(config.backbone), kind="backbone", sha256=backbone.manifest_sha256)]
     inputs += [InputRef(role=f"data:{name}", path=data_spec, kind="data", sha256=s.fingerprint()) for name, s in splits.items()]
     fingerprint = stage_fingerprint(config, inputs)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from hebmctl.errors import DataError, LineageError
+from hebmctl.io.output import writes_artifact
 from hebmctl.io.plots import save_curves, save_histogram_panels
 from hebmctl.io.state import save_tensors
 from hebmctl.metrics.detection import detection_metrics, pr_points
@@ -20,6 +21,7 @@ from hebmctl.stages.eval_common import RunControl, finish, load_data, print_tabl
 from hebmctl.stages.scoring import check_shape, make_scorer, score_images
 
 
+@writes_artifact
 def run(config: EvalAnomalyConfig, control: RunControl = RunControl()) -> EvalAnomalyManifest:
     device = resolve_device(config.device)
     scorer, inputs = make_scorer(config, device)

@@ -26,10 +26,11 @@ from hebmctl.io.console import console, progress_bar
 from hebmctl.io.hashing import sha256_file, sha256_json
 from hebmctl.io.images import save_grid
 from hebmctl.io.manifest import common_fields, describe_file, has_manifest, read_manifest, verify_outputs, write_manifest
+from hebmctl.io.output import writes_artifact
 from hebmctl.io.state import load_tensors, save_tensors
 from hebmctl.metrics.fid import InceptionFeatures, feature_statistics, frechet_distance, resolve_inception_weights
 from hebmctl.runtime import resolve_device
-from hebmctl.schemas.common import InputRef, SCHEMA_VERSION
+from hebmctl.schemas.common import SCHEMA_VERSION, InputRef
 from hebmctl.schemas.eval import EvalFidConfig, EvalFidManifest, FidStatsManifest
 from hebmctl.schemas.sample import SampleConfig
 from hebmctl.stages import sample as sample_stage
@@ -40,6 +41,7 @@ STATS_NAME = "stats.safetensors"
 GRID_IMAGES = 64
 
 
+@writes_artifact
 def run(config: EvalFidConfig, control: RunControl = RunControl()) -> EvalFidManifest:
     device = resolve_device(config.device)
     weights = resolve_inception_weights(config.inception_weights)

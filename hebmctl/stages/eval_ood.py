@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from hebmctl.errors import DataError
+from hebmctl.io.output import writes_artifact
 from hebmctl.io.plots import save_curves, save_histogram_panels
 from hebmctl.io.state import save_tensors
 from hebmctl.metrics.detection import detection_metrics, roc_points
@@ -23,6 +24,7 @@ from hebmctl.stages.eval_common import RunControl, finish, load_data, print_tabl
 from hebmctl.stages.scoring import check_shape, make_scorer, score_images
 
 
+@writes_artifact
 def run(config: EvalOodConfig, control: RunControl = RunControl()) -> EvalOodManifest:
     device = resolve_device(config.device)
     scorer, inputs = make_scorer(config, device)

@@ -15,6 +15,7 @@ from torch import Tensor
 from hebmctl.data import to_unit_range
 from hebmctl.errors import DataError
 from hebmctl.io.console import console
+from hebmctl.io.output import writes_artifact
 from hebmctl.io.plots import save_bar_chart
 from hebmctl.metrics.probe import train_probe
 from hebmctl.runtime import resolve_device
@@ -24,6 +25,7 @@ from hebmctl.stages.artifacts import LoadedBackbone, load_backbone
 from hebmctl.stages.eval_common import RunControl, finish, load_data, print_table, up_to_date
 
 
+@writes_artifact
 def run(config: EvalProbeConfig, control: RunControl = RunControl()) -> EvalProbeManifest:
     device = resolve_device(config.device)
     backbone = load_backbone(config.backbone, device)

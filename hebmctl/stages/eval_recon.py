@@ -12,6 +12,7 @@ import torch
 
 from hebmctl.data import from_unit_range, to_unit_range
 from hebmctl.io.images import save_grid
+from hebmctl.io.output import writes_artifact
 from hebmctl.metrics.backbone import evaluate_backbone
 from hebmctl.runtime import resolve_device
 from hebmctl.schemas.common import InputRef
@@ -22,6 +23,7 @@ from hebmctl.stages.eval_common import RunControl, finish, load_data, print_tabl
 GRID_COLUMNS = 8
 
 
+@writes_artifact
 def run(config: EvalReconConfig, control: RunControl = RunControl()) -> EvalReconManifest:
     device = resolve_device(config.device)
     backbone = load_backbone(config.backbone, device)

@@ -23,9 +23,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from hebmctl.errors import HebmctlError
+from hebmctl.io.atomic import write_text
 from hebmctl.io.console import console
 from hebmctl.io.images import save_png
-from hebmctl.io.atomic import write_text
 from hebmctl.schemas import (
     CacheLatentsConfig,
     EvalAnomalyConfig,

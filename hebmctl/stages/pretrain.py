@@ -19,15 +19,16 @@ import numpy as np
 import torch
 
 from hebmctl.data import ImageSet, from_unit_range, load_split, to_unit_range
-from hebmctl.errors import DivergenceError
+from hebmctl.errors import DataError, DivergenceError
 from hebmctl.io.checkpoints import TrainingState, latest_checkpoint, load_checkpoint, save_checkpoint
 from hebmctl.io.console import append_jsonl, console, progress_bar, truncate_jsonl
 from hebmctl.io.images import save_grid
 from hebmctl.io.manifest import common_fields, describe_file, prepare_output, stage_fingerprint, write_manifest
+from hebmctl.io.output import writes_artifact
 from hebmctl.io.state import save_tensors
 from hebmctl.metrics.backbone import evaluate_backbone
-from hebmctl.models.ema import ema_update
 from hebmctl.models.backbone import LOG_STD_X_RANGE, Backbone, ElboTerms
+from hebmctl.models.ema import ema_update
 from hebmctl.runtime import peak_cuda_mb, peak_rss_mb, resolve_device
 from hebmctl.schemas.common import InputRef
 from hebmctl.schemas.pretrain import BackboneManifest, PretrainConfig
@@ -45,10 +46,11 @@ class RunControl:
     stop_after: int | None = None  # stop after this many steps in total, checkpointed, as if paused
 
 
+@writes_artifact
 def run(config: PretrainConfig, control: RunControl = RunControl()) -> BackboneManifest | None:
     """Train (or resume, or skip when up to date); None when stopped early by `control.stop_after`."""
     device = resolve_device(config.device)
-    train_set = load_split(config.data, "train", config.exclude_classes, config.limit)
+    train_set, test_set = check_inputs(config)
     inputs = [InputRef(role="data:train", path=config.data, kind="data", sha256=train_set.fingerprint())]
     fingerprint = stage_fingerprint(config, inputs)
     existing = prepare_output(config.out, BackboneManifest, fingerprint, control.force)
@@ -57,14 +59,26 @@ def run(config: PretrainConfig, control: RunControl = RunControl()) -> BackboneM
         return existing
     with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
         torch.manual_seed(config.seed)
-        model = build_backbone(config, train_set.image_shape).to(device)  # a misfit is a DataError before any file is written
+        model = build_backbone(config, train_set.image_shape).to(device)
     config.out.mkdir(parents=True, exist_ok=True)
     trainer = _Trainer(config, model, train_set, device, fingerprint)
     finished = trainer.train(control.stop_after)
     if not finished:
         console().print(f"[yellow]pretrain: stopped at step {trainer.step}; re-run the same command to continue.[/yellow]")
         return None
-    return _finalize(config, trainer, train_set, inputs, fingerprint, device)
+    return _finalize(config, trainer, train_set, test_set, inputs, fingerprint, device)
+
+
+def check_inputs(config: PretrainConfig) -> tuple[ImageSet, ImageSet]:
+    """Load the train and test splits and check every size and shape rule before any compute (also run by --dry-run)."""
+    train_set = load_split(config.data, "train", config.exclude_classes, config.limit)
+    test_set = load_split(config.data, "test", (), config.eval_limit)  # an empty test split fails here, not after training
+    with torch.device("meta"):  # the family's own size rules (a misfit is a DataError), without allocating weights
+        build_backbone(config, train_set.image_shape)
+    if test_set.image_shape != train_set.image_shape:
+        raise DataError(f"{config.data}: the test split's images are {test_set.image_shape} (H, W, C) but the train split's are "
+                        f"{train_set.image_shape}. Both splits need one image size.")
+    return train_set, test_set
 
 
 def lr_at(step: int, total: int, peak: float) -> float:
@@ -206,12 +220,12 @@ class _Trainer:
         return self.step >= cfg.steps
 
 
-def _finalize(config: PretrainConfig, trainer: _Trainer, train_set: ImageSet, inputs: list[InputRef], fingerprint: str, device: torch.device) -> BackboneManifest:
+def _finalize(config: PretrainConfig, trainer: _Trainer, train_set: ImageSet, test_set: ImageSet, inputs: list[InputRef], fingerprint: str,
+              device: torch.device) -> BackboneManifest:
     """Write EMA weights, evaluate on the test split, write grids, then the manifest."""
     out, ema = config.out, trainer.ema.eval()
     ema.log_std_x.copy_(calibrate_decoder_std(ema, train_set.images[:CALIBRATION_IMAGES], device, config.seed))
     save_tensors(out / WEIGHTS_NAME, ema.state_dict())
-    test_set = load_split(config.data, "test", (), config.eval_limit)
     t0 = time.perf_counter()
     test_metrics = evaluate_backbone(ema, test_set.images, device, seed=config.seed)
     _write_grids(out, ema, test_set.images[: GRID_COLUMNS * 4], device, config.seed)
@@ -262,12 +276,15 @@ def calibrate_decoder_std(model: Backbone, images: np.ndarray, device: torch.dev
 
 @torch.no_grad()
 def _write_grids(out: Path, model: Backbone, images: np.ndarray, device: torch.device, seed: int) -> None:
-    """recon_grid.png: rows alternate originals / reconstructions; prior_samples.png: 64 Gaussian-prior samples."""
+    """recon_grid.png: rows alternate originals / reconstructions (fewer columns when there are fewer
+    than 8 test images); prior_samples.png: 64 Gaussian-prior samples."""
+    columns = min(GRID_COLUMNS, len(images))
+    images = images[: len(images) // columns * columns]
     x = to_unit_range(images).to(device)
     z_mean, _ = model.posterior(x, None, sample=False)
     recon = from_unit_range(model.decode(z_mean).clamp(-1, 1).cpu())
-    pairs = np.concatenate([np.stack([images[r * GRID_COLUMNS : (r + 1) * GRID_COLUMNS], recon[r * GRID_COLUMNS : (r + 1) * GRID_COLUMNS]]) for r in range(len(images) // GRID_COLUMNS)])
-    save_grid(out / "recon_grid.png", pairs.reshape(-1, *images.shape[1:]), GRID_COLUMNS)
+    pairs = np.concatenate([np.stack([images[r * columns : (r + 1) * columns], recon[r * columns : (r + 1) * columns]]) for r in range(len(images) // columns)])
+    save_grid(out / "recon_grid.png", pairs.reshape(-1, *images.shape[1:]), columns)
     generator = torch.Generator(device=device).manual_seed(seed)
     samples = model.decode(model.sample_prior(GRID_COLUMNS * GRID_COLUMNS, generator)).clamp(-1, 1).cpu()
     save_grid(out / "prior_samples.png", from_unit_range(samples), GRID_COLUMNS)

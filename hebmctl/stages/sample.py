@@ -20,11 +20,12 @@ import torch
 from torch import Tensor
 
 from hebmctl.data import from_unit_range
-from hebmctl.errors import DivergenceError
+from hebmctl.errors import ConfigError, DivergenceError
 from hebmctl.io.atomic import write_text, write_with
 from hebmctl.io.console import console, progress_bar
 from hebmctl.io.images import save_grid, save_png
 from hebmctl.io.manifest import common_fields, describe_file, prepare_output, stage_fingerprint, write_manifest
+from hebmctl.io.output import writes_artifact
 from hebmctl.io.plots import save_line_plot
 from hebmctl.io.state import save_tensors
 from hebmctl.runtime import peak_rss_mb, resolve_device
@@ -101,6 +102,7 @@ def make_sampler(config: SampleConfig, backbone: LoadedBackbone, prior: LoadedPr
     return Sampler(backbone, prior, k, scale, device, geometry)
 
 
+@writes_artifact
 def run(config: SampleConfig, control: RunControl = RunControl()) -> SamplesManifest:
     device = resolve_device(config.device)
     backbone = load_backbone(config.backbone, device)
@@ -149,6 +151,7 @@ def generate(config: SampleConfig, sampler: Sampler) -> tuple[Tensor, Tensor, np
             with torch.no_grad():
                 z = model.u_to_z(config.temperature * u0)  # DESIGN §3: z = T(tau * u_0)
                 x = model.decode(z).clamp(-1, 1)
+            _require_finite_images(z, x, config.temperature)
             u_parts.append(u0.cpu()), z_parts.append(z.cpu()), image_parts.append(from_unit_range(x.cpu())), stats.append(chain)
             bar.update(task, advance=n)
     return torch.cat(u_parts), torch.cat(z_parts), np.concatenate(image_parts), stats, time.perf_counter() - t0
@@ -161,6 +164,14 @@ def _require_finite(u0: Tensor, sampler: Sampler) -> None:
             f"The {sampler.kind} sampler diverged: {bad} of {u0.shape[0]} latents in a batch are not finite "
             f"(K = {sampler.n_steps}, step {sampler.step_size:g}). Nothing was written as samples; use a smaller "
             "--step-size / --step-scale or fewer --langevin-steps."
+        )
+
+
+def _require_finite_images(z: Tensor, x: Tensor, temperature: float) -> None:
+    if not (torch.isfinite(z).all() and torch.isfinite(x).all()):
+        raise ConfigError(
+            f"--temperature {temperature:g} makes the latents z = T(tau * u_0) or the images non-finite (float32 overflows). "
+            "Use a temperature of about 0.5 to 1.5 (1 samples the prior itself). Nothing was written as samples."
         )
 
 

@@ -23,10 +23,20 @@ import torch
 from torch import Tensor
 
 from hebmctl.errors import DivergenceError
-from hebmctl.io.checkpoints import TrainingState, checkpoint_dir, latest_checkpoint, load_checkpoint, save_checkpoint
+from hebmctl.io.checkpoints import TrainingState, latest_checkpoint, load_checkpoint, save_checkpoint
 from hebmctl.io.console import append_jsonl, console, progress_bar, truncate_jsonl
 from hebmctl.io.latent_batches import LatentBatches
-from hebmctl.io.manifest import check_lineage, common_fields, describe_file, prepare_output, read_manifest, require_intact, stage_fingerprint, write_manifest
+from hebmctl.io.manifest import (
+    check_lineage,
+    common_fields,
+    describe_file,
+    prepare_output,
+    read_manifest,
+    require_intact,
+    stage_fingerprint,
+    write_manifest,
+)
+from hebmctl.io.output import writes_artifact
 from hebmctl.io.state import save_tensors
 from hebmctl.models.ebm_losses import diffusion_ebm_loss, energy_gap, joint_ebm_loss
 from hebmctl.models.ema import ema_update
@@ -66,12 +76,13 @@ def prior_geometry(config: TrainPriorConfig, device: torch.device) -> PriorGeome
     return PriorGeometry("diffusion", schedule, anchor_step_sizes_sq(schedule, config.b2).to(device))
 
 
+@writes_artifact
 def run(config: TrainPriorConfig, control: RunControl = RunControl()) -> PriorManifest | None:
     """Train (or resume, or skip when up to date); None when stopped early by `control.stop_after`."""
     device = resolve_device(config.device)
     backbone = load_backbone(config.backbone, device)
     latents, latents_sha = read_manifest(config.latents, LatentsManifest)
-    check_lineage(f"The latent cache {config.latents}", latents.input("backbone").sha256, config.backbone, backbone.manifest_sha256)
+    check_lineage(f"The latent cache {config.latents}", latents.input("backbone").sha256, config.backbone, backbone.manifest_sha256, config.latents)
     require_intact(config.latents, latents)
     inputs = [
         InputRef(role="backbone", path=str(config.backbone), kind="backbone", sha256=backbone.manifest_sha256),

@@ -53,7 +53,8 @@ def _one_paragraph(info: pytest.ExceptionInfo) -> None:
 # --- builtin ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("split", "size", "first", "last"), [("train", 9000, 0, 8999), ("test", 1000, 9000, 9999), ("all", 10000, 0, 9999)])
+@pytest.mark.parametrize(("split", "size", "first", "last"), [("train", 9000, 0, 8999), ("test", 1000, 9000, 9999), ("all", 10000, 0,
+                                                                                                                     9999)])
 def test_builtin_splits(split: str, size: int, first: int, last: int) -> None:
     data = load_split(BUILTIN, split)
     assert len(data) == size and data.images.shape == (size, 28, 28, 1)
@@ -478,3 +479,14 @@ def test_fingerprint_stable_and_sensitive(builtin_all: ImageSet) -> None:
 def test_imageset_is_frozen(builtin_all: ImageSet) -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         builtin_all.split = "train"  # type: ignore[misc]
+
+
+def test_npz_errors_never_suggest_unpickling(tmp_path: Path) -> None:
+    """numpy's own message for these files says to pass allow_pickle=True; loading pickles can run code."""
+    (tmp_path / "text.npz").write_text("images = 1, 2, 3\n")
+    np.savez(tmp_path / "objects.npz", images=np.array([{"a": 1}, None], dtype=object))
+    for name, phrase in (("text.npz", "not the zip archive numpy.savez writes"), ("objects.npz", "array of Python objects")):
+        with _data_error(phrase) as info:
+            load_split(f"npz:{tmp_path / name}", "all")
+        assert "pickle" not in str(info.value), str(info.value)
+        _one_paragraph(info)

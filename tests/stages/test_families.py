@@ -101,7 +101,8 @@ def test_resume_gives_identical_weights(tmp_path, single_thread):
     stopped = pretrain.run(tiny_pretrain_config(tmp_path / "resumed", **settings), pretrain.RunControl(stop_after=4))
     assert stopped is None
     pretrain.run(tiny_pretrain_config(tmp_path / "resumed", **settings))
-    whole, resumed = load_file(str(tmp_path / "whole" / "weights.safetensors")), load_file(str(tmp_path / "resumed" / "weights.safetensors"))
+    whole = load_file(str(tmp_path / "whole" / "weights.safetensors"))
+    resumed = load_file(str(tmp_path / "resumed" / "weights.safetensors"))
     assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
 
 

@@ -1,6 +1,7 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -111,3 +112,69 @@ def test_skipped_updates_leave_the_weights_and_are_counted(tmp_path, single_thre
     init = stage.build_backbone(tiny_pretrain_config(tmp_path / "x"), (28, 28, 1))
     weights = load_file(str(tmp_path / "skip" / "weights.safetensors"))
     assert torch.equal(weights["decoder.fc.0.weight"], init.state_dict()["decoder.fc.0.weight"])  # every update was skipped
+
+
+def _err(capsys) -> str:
+    return " ".join(capsys.readouterr().err.split())  # undo rich's line wrapping
+
+
+def test_damaged_backbone_is_rebuilt_not_reported_up_to_date(tmp_path, tiny_backbone, capsys):
+    """A truncated weights file (and a changed PNG of the same size): re-running the stage rebuilds them
+    from the final checkpoint, bit for bit, so the original manifest and its children's lineage stay valid."""
+    folder = tmp_path / "copy"
+    shutil.copytree(tiny_backbone, folder)
+    before = (folder / "manifest.json").read_bytes()
+    weights, grid = folder / "weights.safetensors", folder / "prior_samples.png"
+    original_weights, original_grid = weights.read_bytes(), grid.read_bytes()
+    weights.write_bytes(original_weights[:1000])
+    grid.write_bytes(original_grid[:-1] + bytes([original_grid[-1] ^ 1]))
+    pretrain.run(tiny_pretrain_config(folder))
+    err = _err(capsys)
+    assert "is damaged" in err and "up to date" not in err
+    assert weights.read_bytes() == original_weights and grid.read_bytes() == original_grid
+    assert (folder / "manifest.json").read_bytes() == before
+    load_backbone(folder, torch.device("cpu"))  # intact again
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, tiny_backbone, capsys):
+    config = tiny_pretrain_config(tmp_path / "b")
+    pretrain.run(config, pretrain.RunControl(stop_after=8))
+    newest = tmp_path / "b" / "checkpoints" / "ckpt-000008" / "optimizer-adamw.safetensors"
+    newest.write_bytes(newest.read_bytes()[:-10])  # e.g. a full disk while checkpointing
+    pretrain.run(config)
+    err = _err(capsys)
+    assert "damaged checkpoint ckpt-000008" in err and "resuming from ckpt-000004" in err
+    resumed, _ = load_tensors(tmp_path / "b" / "weights.safetensors")
+    straight, _ = load_tensors(tiny_backbone / "weights.safetensors")
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
+
+
+def _npz_data(path, n: int, size: int) -> str:
+    images = np.random.default_rng(0).integers(0, 256, (n, size, size), dtype=np.uint8)
+    np.savez(path, images=images)
+    return f"npz:{path}"
+
+
+@pytest.mark.parametrize(("n", "size", "phrase"), [(3, 28, "split 'test'.*is empty"), (20, 30, "divisible by 4"), (20, 1,
+                                                                                                                   "divisible by 4")])
+def test_too_small_or_misshaped_data_is_refused_before_anything_is_written(tmp_path, n, size, phrase):
+    data = _npz_data(tmp_path / "d.npz", n, size)
+    with pytest.raises(DataError, match=phrase):
+        pretrain.run(tiny_pretrain_config(tmp_path / "out", data=data, eval_limit=None))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.npz"]  # no folder, no lock file
+
+
+def test_fewer_than_8_test_images_still_give_grids(tmp_path):
+    manifest = pretrain.run(tiny_pretrain_config(tmp_path / "b", eval_limit=3, steps=2))
+    assert manifest.metrics["test"]["n_images"] == 3
+    assert Image.open(tmp_path / "b" / "recon_grid.png").size[0] > 28 * 3
+
+
+def test_eval_limit_is_not_part_of_the_training_fingerprint(tmp_path):
+    from hebmctl.io.manifest import stage_fingerprint
+
+    inputs = []
+    default = tiny_pretrain_config(tmp_path, eval_limit=None)
+    assert stage_fingerprint(tiny_pretrain_config(tmp_path, eval_limit=7), inputs) == stage_fingerprint(default, inputs)
+    assert default.hashed_fields()["eval_limit"] is None  # hashed at its default: existing fingerprints stay valid
+    assert stage_fingerprint(tiny_pretrain_config(tmp_path, steps=13), inputs) != stage_fingerprint(default, inputs)

@@ -4,7 +4,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from hebmctl.errors import DivergenceError, LineageError
+from hebmctl.errors import ConfigError, DivergenceError, LineageError
 from hebmctl.io.manifest import read_manifest
 from hebmctl.schemas import SampleConfig, SamplesManifest
 from hebmctl.stages import pretrain, sample
@@ -50,7 +50,8 @@ def test_same_seed_same_images_and_fewer_steps_scale_the_step(tiny_backbone, tin
 @pytest.mark.parametrize("prior", ["gaussian", "joint", "diffusion"])
 def test_hierarchical_and_trajectory_figures(tiny_backbone, tiny_priors, tmp_path, prior):
     prior_arg = prior if prior == "gaussian" else str(tiny_priors[prior])
-    manifest = sample.run(_config(tiny_backbone, tmp_path / "s", prior=prior_arg, n=8, hierarchical=True, trajectory=True, trajectory_steps=20))
+    manifest = sample.run(_config(tiny_backbone, tmp_path / "s", prior=prior_arg, n=8, hierarchical=True, trajectory=True,
+                                  trajectory_steps=20))
     names = {o.name for o in manifest.outputs}
     assert {"hierarchical_z1.png", "hierarchical_z2.png", "hierarchical_z3.png"} <= names
     if prior != "gaussian":
@@ -83,13 +84,23 @@ def test_hierarchical_resampling_changes_only_its_layer(tiny_backbone, tiny_prio
 def test_prior_of_another_backbone_is_refused(tiny_priors, tmp_path):
     other = tmp_path / "other"
     pretrain.run(tiny_pretrain_config(other, seed=3))
-    with pytest.raises(LineageError):
+    with pytest.raises(LineageError) as info:
         sample.run(_config(other, tmp_path / "s", prior=str(tiny_priors["joint"])))
+    message = str(info.value)
+    assert f"hebmctl train-prior --backbone {other} --out {tiny_priors['joint']} --force" in message
+    assert f"hebmctl cache-latents --backbone {other}" in message  # the prior needs latents of this backbone first
 
 
 def test_diverging_sampler_is_a_clear_error(tiny_backbone, tiny_priors, tmp_path):
     with pytest.raises(DivergenceError, match="step-size"):
         sample.run(_config(tiny_backbone, tmp_path / "s", prior=str(tiny_priors["joint"]), n=8, step_size=1e6))
+    assert not (tmp_path / "s" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("temperature", [1e30, 3e38])
+def test_a_temperature_that_overflows_is_a_clear_error(tiny_backbone, tmp_path, temperature):
+    with pytest.raises(ConfigError, match="--temperature .* non-finite"):
+        sample.run(_config(tiny_backbone, tmp_path / "s", n=4, temperature=temperature))
     assert not (tmp_path / "s" / "manifest.json").exists()
 
 

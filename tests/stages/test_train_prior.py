@@ -44,14 +44,17 @@ def test_train_prior_resume_is_exact(tiny_backbone, tiny_latents, tiny_priors, t
 def test_latents_from_another_backbone_are_refused(tiny_backbone, tiny_latents, tmp_path):
     other = tmp_path / "other-backbone"
     pretrain.run(tiny_pretrain_config(other, seed=1))
-    with pytest.raises(LineageError, match="manifest hash"):
+    with pytest.raises(LineageError, match="manifest hash") as info:
         train_prior.run(tiny_prior_config(other, tiny_latents, tmp_path / "p"))
     assert not (tmp_path / "p").exists()
+    # The advice names the stage that remakes the latents, not a --force of this one.
+    assert f"hebmctl cache-latents --backbone {other} --out {tiny_latents} --force" in str(info.value)
 
 
 def test_divergence_rolls_back_then_stops_with_a_clear_error(tiny_backbone, tiny_latents, tmp_path):
     """A huge learning rate with a huge step blows the chains up: rollbacks are recorded, then it stops."""
-    config = tiny_prior_config(tiny_backbone, tiny_latents, tmp_path / "p", scheme="joint", lr=1e30, step_size=1e6, max_rollbacks=2, steps=20)
+    config = tiny_prior_config(tiny_backbone, tiny_latents, tmp_path / "p", scheme="joint", lr=1e30, step_size=1e6, max_rollbacks=2,
+                               steps=20)
     with pytest.raises(DivergenceError, match="rollbacks"):
         train_prior.run(config)
     assert not (tmp_path / "p" / "manifest.json").exists()
