@@ -26,6 +26,7 @@ from hebmctl.errors import HebmctlError
 from hebmctl.io.console import console
 from hebmctl.io.images import save_png
 from hebmctl.io.atomic import write_text
+from hebmctl.metrics.prior_hole import fid_summary
 from hebmctl.schemas import (
     CacheLatentsConfig,
     EvalAnomalyConfig,
@@ -148,14 +149,6 @@ def _run_evals(plan: PipelinePlan, force: bool) -> None:
         summary = fid_summary(fids, n_fid)
         write_text(Path(plan.pretrain.run) / "eval" / "summary.json", json.dumps(summary, indent=2) + "\n")
         console().print(f"FID summary (N = {n_fid}): " + ", ".join(f"{k} {v:.2f}" for k, v in fids.items()))
-
-
-def fid_summary(fids: dict[str, float], n: int | None) -> dict[str, Any]:
-    """FID per source and, for each EBM prior, the prior-hole closure (FID_gauss - FID_ebm) / (FID_gauss - FID_recon)."""
-    gauss, recon = fids["gaussian"], fids["recon"]
-    priors = [k for k in fids if k not in ("gaussian", "recon")]
-    closure = {k: (gauss - fids[k]) / (gauss - recon) if gauss != recon else None for k in priors}
-    return {"n": n, "fid": fids, "prior_hole_closure": closure, "fid_ratio_to_gaussian": {k: fids[k] / gauss for k in priors}}
 
 
 def write_comparison(path: Path, grids: list[tuple[str, Path]], gap_px: int = 16, label_px: int = 18) -> None:
