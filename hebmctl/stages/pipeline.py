@@ -6,8 +6,9 @@ the Gaussian prior's samples and each trained prior's), which writes `RUN/sample
 the grids side by side. Optional evaluation tables, each run after sampling: `[eval_recon]`,
 `[eval_probe]` (once), `[eval_fid]` (for the Gaussian prior, the reconstructions and every trained
 prior, at the same N), `[eval_ood]` and `[eval_anomaly]` (for the Gaussian prior and every trained
-prior). With `[eval_fid]` the pipeline ends with `RUN/eval/summary.json`: FID per source and each
-EBM prior's prior-hole closure `(FID_gauss - FID_ebm) / (FID_gauss - FID_recon)`.
+prior). With `[eval_fid]` the pipeline writes `RUN/eval/summary.json`: FID per source and each
+EBM prior's prior-hole closure `(FID_gauss - FID_ebm) / (FID_gauss - FID_recon)`. It always ends by
+writing `RUN/report.html` (`hebmctl report RUN`): the whole run on one self-contained page.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from hebmctl.schemas import (
     EvalProbeConfig,
     EvalReconConfig,
     PretrainConfig,
+    ReportConfig,
     SampleConfig,
     StageConfig,
     TrainPriorConfig,
@@ -129,7 +131,16 @@ def run(plan: PipelinePlan, force: bool = False) -> None:
         write_comparison(path, [(Path(c.prior).name, c.out / "grid.png") for c in plan.samples])
         console().print(f"side-by-side grids: {path}")
     _run_evals(plan, force)
+    _write_report(Path(plan.pretrain.run))
     console().rule(f"[bold green]pipeline complete: {plan.pretrain.run}")
+
+
+def _write_report(run_dir: Path) -> None:
+    """RUN/report.html: the whole run on one self-contained page (rewritten on every pipeline run)."""
+    from hebmctl.stages import report
+
+    path = report.run(ReportConfig(runs=(run_dir,)))
+    console().print(f"report: open {path} in a browser")
 
 
 def _run_evals(plan: PipelinePlan, force: bool) -> None:
