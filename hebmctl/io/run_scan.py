@@ -81,13 +81,20 @@ def scan_run(run: Path, check_hashes: bool = True) -> list[Artifact]:
 
 
 def _external_parents(run: Path, artifacts: list[Artifact], check_hashes: bool) -> list[Artifact]:
-    """Parents that live outside the run folder (explicit --backbone / --prior paths) and have no copy in it, checked like the others."""
+    """Parents that live outside the run folder (explicit --backbone / --prior paths), checked like the others.
+
+    A recorded path that names a folder of this run (also after the run was moved or copied: same
+    place inside the run) means that folder, even when another copy still exists at the old place:
+    the report judges the run it is given.
+    """
     have = {a.sha256 for a in artifacts if a.sha256}
     outside: dict[Path, None] = {}
     for artifact in artifacts:
         for ref in artifact.manifest.inputs if artifact.manifest else ():
             path = Path(ref.path)
-            if ref.sha256 not in have and is_artifact_kind(ref.kind) and has_manifest(path) and not path.resolve().is_relative_to(run.resolve()):
+            if ref.sha256 in have or not is_artifact_kind(ref.kind) or _by_path(ref.path, artifacts) is not None:
+                continue
+            if has_manifest(path) and not path.resolve().is_relative_to(run.resolve()):
                 outside[path] = None
     return [check_artifact(p, str(p), check_hashes, external=True) for p in outside]
 
