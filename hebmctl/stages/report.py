@@ -96,7 +96,7 @@ def config_of(artifact: Artifact) -> dict[str, Any]:
 
 def flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
     """Nested dicts (and lists of dicts) as (dotted key, leaf value) rows."""
-    if isinstance(value, dict) and value:
+    if isinstance(value, dict) and (value or not prefix):  # an empty dict at the top has no rows
         return [row for k, v in value.items() for row in flatten(v, f"{prefix}.{k}" if prefix else str(k))]
     if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
         return [row for i, v in enumerate(value) for row in flatten(v, f"{prefix}[{i}]")]

@@ -180,6 +180,9 @@ def test_pipeline_writes_the_report_and_it_lists_every_artifact_with_its_hash(ti
     for name, folder in found.items():
         assert cell_text(rows[name], 3) == sha256(folder / "manifest.json"), name
         assert cell_text(rows[name], 2) == "intact"
+        files = {cell_text(r, 0): (cell_text(r, 2), cell_text(r, 3)) for r in page.table(data_artifact=name, **{"class": "files"})}
+        outputs = json.loads((folder / "manifest.json").read_text())["outputs"]
+        assert files == {o["name"]: ("ok", o["sha256"]) for o in outputs}, name
     assert page.scripts == 0 and page.external_refs == []
     assert [a for a, _ in page.alerts if a["data-problem"] not in ("absent",)] == []  # nothing damaged, stale or missing
 
