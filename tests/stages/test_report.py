@@ -27,7 +27,7 @@ from threadpoolctl import threadpool_limits  # installed with scikit-learn
 from typer.testing import CliRunner
 
 from hebmctl.cli import app
-from hebmctl.io.charts import nice_ticks, thin
+from hebmctl.io.charts import line_chart, nice_ticks, thin
 from hebmctl.schemas import CacheLatentsConfig, EvalFidConfig, EvalReconConfig, SampleConfig
 from hebmctl.schemas.report import ReportConfig
 from hebmctl.stages import pipeline, report, sample
@@ -302,6 +302,12 @@ def test_ticks_and_thinning():
     assert nice_ticks(-0.13, 0.02)[0] <= -0.13 and nice_ticks(-0.13, 0.02)[-1] >= 0.02
     xs, ys = thin(list(range(1000)), list(range(1000)), 50)
     assert len(xs) <= 50 and xs[0] == 0 and xs[-1] == 999
+    chart = line_chart("loss", {"loss": ([0, 10, 20, 30], [1.0, float("nan"), 3.0, 2.0])}, markers=[(20, "rollback to 10")])
+    (line,) = chart.lines
+    assert line.n_points == 3 and line.last == 2.0  # the NaN is dropped
+    ((x, label),) = chart.markers
+    assert label == "rollback to 10" and x == pytest.approx(chart.left + 2 / 3 * (chart.right - chart.left))  # step 20 of 0..30
+    assert line_chart("empty", {"loss": ([1], [float("inf")])}) is None
 
 
 def chromium_screenshot(html: Path, png: Path, profile: Path) -> str:
