@@ -32,6 +32,7 @@ from hebmctl.schemas.eval import (
 from hebmctl.schemas.latents import CacheLatentsConfig
 from hebmctl.schemas.pretrain import PretrainConfig
 from hebmctl.schemas.prior import TrainPriorConfig
+from hebmctl.schemas.report import ReportConfig
 from hebmctl.schemas.sample import SampleConfig
 
 app = typer.Typer(
@@ -260,6 +261,22 @@ def inspect_artifact(
         inspect_stage.print_report(report)
     if report.problems:
         raise typer.Exit(code=1)
+
+
+def _report(**options: Any) -> None:
+    from hebmctl.stages import report
+
+    report.run(build_config(ReportConfig, {}, options))
+
+
+_RUNS = inspect.Parameter("runs", inspect.Parameter.KEYWORD_ONLY, annotation=list[Path],
+                          default=typer.Argument(..., metavar="RUN", help=ReportConfig.model_fields["runs"].description,
+                                                 show_default=False))
+_report.__signature__ = inspect.Signature([_RUNS] + [p for p in config_parameters(ReportConfig) if p.name != "runs"])
+app.command("report",
+            help="One self-contained HTML page of a run (lineage, configs, curves, grids, evaluations), or several runs side by side.",
+            no_args_is_help=True)(guarded(_report))
+"""`hebmctl report RUN [RUN ...]`: the run folders are positional, so the options are the config's other fields."""
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -23,7 +23,7 @@ def test_version_and_help_list_the_stages():
     assert invoke("--version").stdout.strip() == f"hebmctl {__version__}"
     result = invoke("--help")
     assert result.exit_code == 0
-    for stage in ("pretrain", "cache-latents", "pipeline", "inspect"):
+    for stage in ("pretrain", "cache-latents", "pipeline", "inspect", "report"):
         assert stage in result.stdout
 
 

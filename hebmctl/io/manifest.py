@@ -21,6 +21,7 @@ from hebmctl.errors import ArtifactError, LineageError
 from hebmctl.io.atomic import write_text
 from hebmctl.io.hashing import sha256_bytes, sha256_file, sha256_json
 from hebmctl.io.output import partial_path, replaced_path, session_for
+from hebmctl.schemas import MANIFEST_TYPES
 from hebmctl.schemas.common import SCHEMA_VERSION, InputRef, ManifestBase, OutputFile, StageConfig, TensorInfo
 
 MANIFEST_NAME = "manifest.json"
@@ -66,6 +67,21 @@ def read_manifest(folder: Path, model: type[M]) -> tuple[M, str]:
             "re-run the stage that writes it."
         ) from exc
     return manifest, sha256_bytes(raw)
+
+
+def read_any_manifest(folder: Path) -> tuple[ManifestBase, str]:
+    """Read and validate `folder/manifest.json` as the model its `kind` names; (manifest, sha256 of its bytes)."""
+    path = manifest_path(folder)
+    if not path.is_file():
+        raise ArtifactError(f"{folder} has no {MANIFEST_NAME}: it is not a complete hebmctl artifact (a stage may still be running or was "
+            f"interrupted; re-run it).")
+    try:
+        kind = json.loads(path.read_bytes()).get("kind")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        raise ArtifactError(f"{path} is not a valid JSON object ({exc}); the artifact is corrupt.") from exc
+    if kind not in MANIFEST_TYPES:
+        raise ArtifactError(f"{path} has kind {kind!r}; known kinds: {', '.join(MANIFEST_TYPES)}.")
+    return read_manifest(folder, MANIFEST_TYPES[kind])
 
 
 def write_manifest(folder: Path, manifest: BaseModel) -> str:

@@ -19,6 +19,7 @@ from hebmctl.schemas.eval import (
 from hebmctl.schemas.latents import CacheLatentsConfig, LatentsManifest
 from hebmctl.schemas.pretrain import BackboneManifest, PretrainConfig
 from hebmctl.schemas.prior import PriorManifest, TrainPriorConfig
+from hebmctl.schemas.report import ReportConfig
 from hebmctl.schemas.sample import SampleConfig, SamplesManifest
 
 MANIFEST_TYPES: dict[str, type[ManifestBase]] = {
@@ -55,13 +56,14 @@ def json_schemas() -> dict[str, dict]:
     """File name -> JSON Schema of every manifest and config, as written to the top-level `schemas/`."""
     out = {f"manifest.{kind}.schema.json": model.model_json_schema() for kind, model in MANIFEST_TYPES.items()}
     out |= {f"config.{name}.schema.json": model.model_json_schema() for name, model in CONFIG_TYPES.items()}
+    out["config.report.schema.json"] = ReportConfig.model_json_schema()  # not a stage of the pipeline: no table, no artifact
     return out
 
 
 __all__ = [
     "SCHEMA_VERSION", "InputRef", "ManifestBase", "OutputFile", "StageConfig", "TensorInfo",
     "CacheLatentsConfig", "LatentsManifest", "BackboneManifest", "PretrainConfig",
-    "PriorManifest", "TrainPriorConfig", "SampleConfig", "SamplesManifest",
+    "PriorManifest", "TrainPriorConfig", "ReportConfig", "SampleConfig", "SamplesManifest",
     "EvalFidConfig", "EvalReconConfig", "EvalOodConfig", "EvalAnomalyConfig", "EvalProbeConfig", "EvalDisentanglementConfig",
     "FidStatsManifest", "EvalFidManifest", "EvalReconManifest", "EvalOodManifest", "EvalAnomalyManifest", "EvalProbeManifest",
     "EvalDisentanglementManifest", "MANIFEST_TYPES", "CONFIG_TYPES", "json_schemas",

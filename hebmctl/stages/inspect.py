@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from rich.table import Table
 
-from hebmctl.errors import ArtifactError
 from hebmctl.io.console import console
-from hebmctl.io.manifest import MANIFEST_NAME, read_manifest, verify_outputs
-from hebmctl.schemas import MANIFEST_TYPES, ManifestBase
+from hebmctl.io.manifest import MANIFEST_NAME, read_any_manifest, verify_outputs
+from hebmctl.schemas import ManifestBase
 
 
 @dataclass(frozen=True)
@@ -24,16 +22,7 @@ class InspectReport:
 
 def run(path: Path, check_hashes: bool = True) -> InspectReport:
     folder = Path(path).parent if Path(path).name == MANIFEST_NAME else Path(path)
-    manifest_file = folder / MANIFEST_NAME
-    if not manifest_file.is_file():
-        raise ArtifactError(f"{folder} has no {MANIFEST_NAME}: it is not a complete hebmctl artifact (a stage may still be running or was interrupted; re-run it).")
-    try:
-        kind = json.loads(manifest_file.read_text()).get("kind")
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{manifest_file} is not valid JSON ({exc}); the artifact is corrupt.") from exc
-    if kind not in MANIFEST_TYPES:
-        raise ArtifactError(f"{manifest_file} has kind {kind!r}; known kinds: {', '.join(MANIFEST_TYPES)}.")
-    manifest, sha = read_manifest(folder, MANIFEST_TYPES[kind])
+    manifest, sha = read_any_manifest(folder)
     return InspectReport(folder, manifest, sha, verify_outputs(folder, manifest, check_hashes=check_hashes))
 
 

@@ -6,8 +6,9 @@ the Gaussian prior's samples and each trained prior's), which writes `RUN/sample
 the grids side by side. Optional evaluation tables, each run after sampling: `[eval_recon]`,
 `[eval_probe]` (once), `[eval_fid]` (for the Gaussian prior, the reconstructions and every trained
 prior, at the same N), `[eval_ood]` and `[eval_anomaly]` (for the Gaussian prior and every trained
-prior). With `[eval_fid]` the pipeline ends with `RUN/eval/summary.json`: FID per source and each
-EBM prior's prior-hole closure `(FID_gauss - FID_ebm) / (FID_gauss - FID_recon)`.
+prior). With `[eval_fid]` the pipeline writes `RUN/eval/summary.json`: FID per source and each
+EBM prior's prior-hole closure `(FID_gauss - FID_ebm) / (FID_gauss - FID_recon)`. It always ends by
+writing `RUN/report.html` (`hebmctl report RUN`): the whole run on one self-contained page.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from hebmctl.errors import HebmctlError
 from hebmctl.io.atomic import write_text
 from hebmctl.io.console import console
 from hebmctl.io.images import save_png
+from hebmctl.metrics.prior_hole import fid_summary
 from hebmctl.schemas import (
     CacheLatentsConfig,
     EvalAnomalyConfig,
@@ -34,6 +36,7 @@ from hebmctl.schemas import (
     EvalProbeConfig,
     EvalReconConfig,
     PretrainConfig,
+    ReportConfig,
     SampleConfig,
     StageConfig,
     TrainPriorConfig,
@@ -128,7 +131,16 @@ def run(plan: PipelinePlan, force: bool = False) -> None:
         write_comparison(path, [(Path(c.prior).name, c.out / "grid.png") for c in plan.samples])
         console().print(f"side-by-side grids: {path}")
     _run_evals(plan, force)
+    _write_report(Path(plan.pretrain.run))
     console().rule(f"[bold green]pipeline complete: {plan.pretrain.run}")
+
+
+def _write_report(run_dir: Path) -> None:
+    """RUN/report.html: the whole run on one self-contained page (rewritten on every pipeline run)."""
+    from hebmctl.stages import report
+
+    path = report.run(ReportConfig(runs=(run_dir,)))
+    console().print(f"report: open {path} in a browser")
 
 
 def _run_evals(plan: PipelinePlan, force: bool) -> None:
@@ -148,14 +160,6 @@ def _run_evals(plan: PipelinePlan, force: bool) -> None:
         summary = fid_summary(fids, n_fid)
         write_text(Path(plan.pretrain.run) / "eval" / "summary.json", json.dumps(summary, indent=2) + "\n")
         console().print(f"FID summary (N = {n_fid}): " + ", ".join(f"{k} {v:.2f}" for k, v in fids.items()))
-
-
-def fid_summary(fids: dict[str, float], n: int | None) -> dict[str, Any]:
-    """FID per source and, for each EBM prior, the prior-hole closure (FID_gauss - FID_ebm) / (FID_gauss - FID_recon)."""
-    gauss, recon = fids["gaussian"], fids["recon"]
-    priors = [k for k in fids if k not in ("gaussian", "recon")]
-    closure = {k: (gauss - fids[k]) / (gauss - recon) if gauss != recon else None for k in priors}
-    return {"n": n, "fid": fids, "prior_hole_closure": closure, "fid_ratio_to_gaussian": {k: fids[k] / gauss for k in priors}}
 
 
 def write_comparison(path: Path, grids: list[tuple[str, Path]], gap_px: int = 16, label_px: int = 18) -> None:
