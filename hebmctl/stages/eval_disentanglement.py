@@ -25,6 +25,7 @@ import torch
 from hebmctl.data import ImageSet, to_unit_range
 from hebmctl.errors import DataError
 from hebmctl.io.console import console
+from hebmctl.io.output import writes_artifact
 from hebmctl.io.plots import save_heatmap
 from hebmctl.metrics.mig import active_dims, entropy, mig, mig_per_factor, mig_sup, normalised_mi
 from hebmctl.runtime import resolve_device
@@ -36,6 +37,7 @@ from hebmctl.stages.eval_common import RunControl, finish, load_data, print_tabl
 HEATMAP_NAME = "factor_layer_mi.png"
 
 
+@writes_artifact
 def run(config: EvalDisentanglementConfig, control: RunControl = RunControl()) -> EvalDisentanglementManifest:
     device = resolve_device(config.device)
     backbone = load_backbone(config.backbone, device)
