@@ -29,7 +29,7 @@ def test_version_and_help_list_the_stages():
 
 def test_option_help_comes_from_the_config_descriptions():
     out = " ".join(invoke("pretrain", "--help").stdout.replace("│", " ").split())  # undo rich's wrapping
-    assert "hvae, vlae: latent group sizes, bottom (z_1) to top (z_L), comma-separated. (default: 64,32,16)" in out
+    assert "hvae, vlae: latent group sizes, bottom (z_1) to top (z_L), comma-separated. Default 64,32,16 (hvae), 4,4,4 (vlae" in out
 
 
 def test_dry_run_prints_the_resolved_config(tmp_path):

@@ -10,8 +10,8 @@ from pydantic import Field, field_validator
 from hebmctl.schemas.common import ManifestBase, StageConfig, absolute_data_spec, split_csv
 
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "hvae": {"channels": 32, "free_bits": 0.25},
-    "vlae": {"channels": 32, "free_bits": 0.25},
+    "hvae": {"channels": 32, "free_bits": 0.25, "latent_dims": (64, 32, 16)},
+    "vlae": {"channels": 32, "free_bits": 0.25, "latent_dims": (4, 4, 4)},
     "nvae": {"channels": 16, "free_bits": 0.0, "groups_per_scale": (2, 2), "group_channels": 4, "cells_per_group": 1},
 }
 """Defaults of the options only one family reads, filled in when that family is chosen."""
@@ -33,8 +33,9 @@ class PretrainConfig(StageConfig):
         description="Backbone family: 'hvae' (vector groups, conditional hierarchy, decoder reads z_1), 'nvae' (spatial groups on a "
         "top-down path, every group reaches the pixels), 'vlae' (independent vector groups injected at different generator depths).",
     )
-    latent_dims: tuple[int, ...] = Field((64, 32, 16), description="hvae, vlae: latent group sizes, bottom (z_1) to top (z_L), "
-        "comma-separated.")
+    latent_dims: tuple[int, ...] = Field(None, description="hvae, vlae: latent group sizes, bottom (z_1) to top (z_L), comma-separated. "
+                                         "Default 64,32,16 (hvae), 4,4,4 (vlae: with 64,32,16 the bottom group took everything "
+                                         "and the top collapsed).")
     channels: int = Field(None, ge=4, description="Width of the first conv layer (hvae, vlae: doubled at each of the two down-samplings; "
         "nvae: every layer). Default 32 (hvae, vlae), 16 (nvae).")
     mlp_hidden: int = Field(256, ge=8, description="hvae, vlae: hidden width of the MLPs between latent groups.")
