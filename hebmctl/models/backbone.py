@@ -142,11 +142,6 @@ class Backbone(nn.Module, ABC):
             return features.repeat_interleave(n, dim=0)
         return [f.repeat_interleave(n, dim=0) for f in features]
 
-    def posterior_u(self, x: Tensor, generator: torch.Generator | None, sample: bool = True) -> tuple[Tensor, Tensor]:
-        """(z, u) `[B, D]` each: a posterior draw and its u = T^{-1}(z)."""
-        z, _ = self.posterior(x, generator, sample)
-        return z, self.z_to_u(z)
-
     # ---- generative model ---------------------------------------------------------------
     @abstractmethod
     def decode(self, z: Tensor) -> Tensor:
@@ -175,10 +170,6 @@ class Backbone(nn.Module, ABC):
         log_std = self.log_std_x.clamp(*LOG_STD_X_RANGE) if log_std is None else log_std
         per_pixel = 0.5 * ((x - x_mean) / log_std.exp()) ** 2 + log_std + 0.5 * math.log(2 * math.pi)
         return per_pixel.flatten(1).sum(-1)
-
-    def log_px(self, x: Tensor, z: Tensor) -> Tensor:
-        """log p(x | z) `[B]` nats with the stored decoder std."""
-        return -self.recon_nll(x, self.decode(z))
 
     def elbo_terms(self, x: Tensor, generator: torch.Generator | None, calibrate: bool = False) -> ElboTerms:
         """One-sample negative-ELBO terms for x `[B, C, H, W]` in [-1, 1].
