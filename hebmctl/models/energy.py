@@ -48,6 +48,30 @@ def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Te
     return emb
 
 
+def _time_mlp(time_embed_dim: int, activation: str) -> nn.Sequential:
+    """The 2-layer MLP applied to the sinusoidal level embedding (shared by vector and conv group energies)."""
+    return nn.Sequential(
+        nn.Linear(time_embed_dim, time_embed_dim),
+        make_activation(activation),
+        nn.Linear(time_embed_dim, time_embed_dim),
+        make_activation(activation),
+    )
+
+
+def _level_embedding(time_mlp: nn.Module | None, time_embed_dim: int, z: Tensor, t: Tensor | None) -> Tensor | None:
+    """The embedded level ``[B, time_embed_dim]`` (None for an energy without levels); checks that t ``[B]``
+    is given exactly when the energy is time-conditioned."""
+    if time_mlp is None:
+        if t is not None:
+            raise ValueError("this energy is not time-conditioned (n_levels = 0) but t was given")
+        return None
+    if t is None:
+        raise ValueError("this energy is time-conditioned (n_levels > 0): pass t [B]")
+    if t.shape != (z.shape[0],):
+        raise ValueError(f"t must have shape [B]=[{z.shape[0]}], got {tuple(t.shape)}")
+    return time_mlp(sinusoidal_embedding(t, time_embed_dim).to(z.dtype))
+
+
 class GroupEnergy(nn.Module):
     """``f_i(z_i, t)``: an MLP on one vector latent group, a negative energy.
 
@@ -108,12 +132,7 @@ class GroupEnergy(nn.Module):
         self.acts = nn.ModuleList([make_activation(activation) for _ in range(depth)])
         self.out = lin(width, n_outputs)
         if n_levels > 0:
-            self.time_mlp: nn.Module | None = nn.Sequential(
-                nn.Linear(time_embed_dim, time_embed_dim),
-                make_activation(activation),
-                nn.Linear(time_embed_dim, time_embed_dim),
-                make_activation(activation),
-            )
+            self.time_mlp: nn.Module | None = _time_mlp(time_embed_dim, activation)
             self.time_proj: nn.ModuleList | None = nn.ModuleList(
                 [nn.Linear(time_embed_dim, width) for _ in range(depth)]
             )
@@ -125,15 +144,7 @@ class GroupEnergy(nn.Module):
         """z ``[B, dim]``, t LongTensor ``[B]`` (required iff ``n_levels > 0``) -> ``[B]`` / ``[B, n_outputs]``."""
         if z.dim() != 2 or z.shape[1] != self.dim:
             raise ValueError(f"expected z of shape [B, {self.dim}], got {tuple(z.shape)}")
-        temb = None
-        if self.time_mlp is not None:
-            if t is None:
-                raise ValueError("this energy is time-conditioned (n_levels > 0): pass t [B]")
-            if t.shape != (z.shape[0],):
-                raise ValueError(f"t must have shape [B]=[{z.shape[0]}], got {tuple(t.shape)}")
-            temb = self.time_mlp(sinusoidal_embedding(t, self.time_embed_dim).to(z.dtype))
-        elif t is not None:
-            raise ValueError("this energy is not time-conditioned (n_levels = 0) but t was given")
+        temb = _level_embedding(self.time_mlp, self.time_embed_dim, z, t)
         h = z
         for i, (layer, act) in enumerate(zip(self.hidden, self.acts)):
             pre = layer(h)
@@ -182,21 +193,14 @@ class ConvGroupEnergy(nn.Module):
         self.time_mlp: nn.Module | None = None
         self.time_proj: nn.ModuleList | None = None
         if n_levels > 0:
-            self.time_mlp = nn.Sequential(nn.Linear(time_embed_dim, time_embed_dim), make_activation(activation),
-                                          nn.Linear(time_embed_dim, time_embed_dim), make_activation(activation))
+            self.time_mlp = _time_mlp(time_embed_dim, activation)
             self.time_proj = nn.ModuleList(nn.Linear(time_embed_dim, channels) for _ in range(depth))
 
     def forward(self, z: Tensor, t: Tensor | None = None) -> Tensor:
         """z ``[B, c*h*w]`` (flattened group), t ``[B]`` iff ``n_levels > 0`` -> ``[B]`` / ``[B, n_outputs]``."""
         if z.dim() != 2 or z.shape[1] != self.dim:
             raise ValueError(f"expected z of shape [B, {self.dim}] (a flattened {self.shape} group), got {tuple(z.shape)}")
-        temb = None
-        if self.time_mlp is not None:
-            if t is None or t.shape != (z.shape[0],):
-                raise ValueError("this energy is time-conditioned (n_levels > 0): pass t of shape [B]")
-            temb = self.time_mlp(sinusoidal_embedding(t, self.time_embed_dim).to(z.dtype))
-        elif t is not None:
-            raise ValueError("this energy is not time-conditioned (n_levels = 0) but t was given")
+        temb = _level_embedding(self.time_mlp, self.time_embed_dim, z, t)
         h = z.view(z.shape[0], *self.shape)
         for i, (conv, act) in enumerate(zip(self.convs, self.acts)):
             pre = conv(h)

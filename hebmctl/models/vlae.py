@@ -56,7 +56,7 @@ class VLAE(Backbone):
             nn.Sequential(nn.Conv2d(c, 2 * c, 4, stride=2, padding=1), nn.SiLU(), nn.Conv2d(2 * c, 2 * c, 3, padding=1), nn.SiLU()),
         ])
         self.enc_vectors = nn.ModuleList(_vector_mlp(flat if k == 0 else mlp_hidden, mlp_hidden) for k in range(n_vector))
-        self.q_heads = nn.ModuleList(GaussianHead(self._feature_size(i, flat, mlp_hidden), mlp_hidden, dims[i]) for i in range(n_layers))
+        self.q_heads = nn.ModuleList(GaussianHead(self._feature_size(i, mlp_hidden), mlp_hidden, dims[i]) for i in range(n_layers))
         # Generator.
         self.gen_top = _vector_mlp(dims[-1], mlp_hidden)
         self.gen_vector = nn.ModuleDict({str(i): _vector_mlp(mlp_hidden + dims[i], mlp_hidden) for i in range(2, n_layers - 1)})
@@ -75,7 +75,8 @@ class VLAE(Backbone):
         c, h, w = self.map_shapes[i]
         return c * h * w
 
-    def _feature_size(self, i: int, flat: int, hidden: int) -> int:
+    def _feature_size(self, i: int, hidden: int) -> int:
+        """Width of group i's ladder feature: a flattened map for the two lowest non-top groups, else the vector width."""
         if i == self.num_layers - 1 or i >= 2:
             return hidden
         return self._map_size(i)

@@ -100,6 +100,3 @@ class BackboneManifest(ManifestBase):
     group_dims: tuple[int, ...] = Field(description="Flattened latent group sizes, bottom to top.")
     group_shapes: tuple[tuple[int, ...], ...] | None = Field(None, description="Latent group shapes, bottom to top: [d] (vector) or [c, "
         "h, w] (spatial); absent in backbones written before the nvae family (vector groups).")
-
-    def resolved_group_shapes(self) -> tuple[tuple[int, ...], ...]:
-        return self.group_shapes if self.group_shapes is not None else tuple((d,) for d in self.group_dims)
