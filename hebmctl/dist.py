@@ -265,6 +265,7 @@ def main_decides(decide: Callable[[], Any]) -> Any:
     """
     if world_size() == 1:
         return decide()
+    _require_group()  # before rank 0 touches anything
     outcome: dict[str, Any] = {}
     if is_main():
         try:
