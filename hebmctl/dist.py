@@ -41,6 +41,9 @@ DEFAULT_TIMEOUT_S = 1800.0
 """Longest wait at a collective; rank 0 may write a checkpoint or join cache parts while the others wait."""
 DDP_STAGES = ("pretrain", "cache-latents", "eval fid")
 """Stages that run with several processes (the others refuse them with a clear message)."""
+_stage_joined = False
+"""True once the stage now running called `init`; cleared when any writing stage starts (`stage_starts`),
+so a stage that never asked for several processes (e.g. in `pipeline`, after pretrain) refuses them."""
 
 
 class DistributedError(HebmctlError):
@@ -81,8 +84,10 @@ def init(device: torch.device) -> torch.device:
     One process: nothing happens and `device` is returned as it is. Several: gloo for a CPU device,
     NCCL for CUDA, where a device without an index becomes `cuda:LOCAL_RANK`.
     """
+    global _stage_joined
     if world_size() == 1:
         return device
+    _stage_joined = True
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank())
     if device.type == "cuda":
@@ -100,8 +105,14 @@ def _leave() -> None:
         tdist.destroy_process_group()
 
 
+def stage_starts() -> None:
+    """A writing stage starts (`io.output.writes_artifact`): it runs with several processes only if it calls `init`."""
+    global _stage_joined
+    _stage_joined = False
+
+
 def _require_group() -> None:
-    if not tdist.is_initialized():
+    if not (_stage_joined and tdist.is_initialized()):
         raise HebmctlError(
             f"This command was started as {world_size()} processes (torchrun), but only {', '.join(DDP_STAGES)} run with several "
             "processes so far. Run it as one process (without torchrun, or with --nproc-per-node 1)."

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from hebmctl import dist
-from hebmctl.errors import ArtifactError
+from hebmctl.errors import ArtifactError, HebmctlError
 
 
 def main(out: Path) -> None:
@@ -39,6 +39,11 @@ def main(out: Path) -> None:
     except ArtifactError as exc:
         seen["error"] = str(exc)
     dist.barrier("the end of the test")
+    dist.stage_starts()  # the next stage (e.g. in `pipeline`) does not call init: it must refuse, group or not
+    try:
+        dist.main_decides(lambda: "must not run")
+    except HebmctlError as exc:
+        seen["next_stage"] = str(exc)
     (out / f"rank-{r}.json").write_text(json.dumps(seen))
 
 

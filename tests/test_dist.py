@@ -57,3 +57,4 @@ def test_collectives_on_two_processes(tmp_path):
     assert seen[0]["broadcast"] == seen[1]["broadcast"] == {"from": 0}
     assert seen[0]["decided"] == seen[1]["decided"] == "rank 0's choice"
     assert seen[0]["error"] == seen[1]["error"] == "the folder is taken"  # rank 0's error stops rank 1 too
+    assert all("only pretrain, cache-latents, eval fid" in s["next_stage"] for s in seen)
