@@ -74,7 +74,8 @@ def run_ranks(args: list[str], nproc: int = 2, **env: str) -> list[tuple[int, st
 
 
 def torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
-    """`torchrun --nproc-per-node N ARGS` (the real launcher, one node, a free port)."""
+    """`torchrun --nproc-per-node N -m MODULE -- ARGS` for args `["-m", MODULE, *ARGS]` (the real launcher, one node, a free
+    port). The `--` keeps torchrun's parser from reading an option such as `--n` as an abbreviation of its own."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc),
-               "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *args]
+               "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *args[:2], "--", *args[2:]]
     return subprocess.run(command, env=base_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=TIMEOUT_S)
