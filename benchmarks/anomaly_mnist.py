@@ -1,15 +1,21 @@
-"""MNIST held-out-digit anomaly detection (DESIGN §6, Hier-EBM protocol): AUPRC mean +- std over seeds.
+"""MNIST held-out-digit anomaly detection (DESIGN §6, the anchors' protocol): AUPRC mean +- std over seeds.
 
     python benchmarks/anomaly_mnist.py --data mnist:../shared/data/mnist --root runs/anomaly \
-        [--digits 1,4,5,7,9] [--seeds 0,1,2] [--schemes diffusion] [--pretrain-steps 6000] [--prior-steps 4000]
+        [--protocol pooled|test-split] [--digits 1,4,5,7,9] [--seeds 0,1,2] [--schemes diffusion]
+        [--pretrain-steps 6000] [--kl-warmup-steps 1000] [--prior-steps 4000]
         [--prior-device auto|cpu|cuda] [--name anomaly_mnist] [--collect]
 
-For every (digit, seed): a backbone trained without the digit (`--exclude-classes`), its latent cache,
-one EBM prior per scheme, then `eval anomaly` (score -L^{>0}, the digit positive) for the Gaussian
-prior and each EBM prior, with both score terms ('full' -L^{>0} and 'latent', its prior terms only;
-results keyed 'prior/terms'). Every stage is resumable and skipped when complete, so re-running the
-command continues. Writes benchmarks/results/<name>.json with the per-run AUPRCs, mean and
-std per digit and prior, and the paper anchors.
+For every (digit, seed): a backbone that never saw the digit, its latent cache (only when EBM schemes
+are trained), one EBM prior per scheme, then `eval anomaly` (score -L^{>0}, the digit positive) for
+the Gaussian prior and each EBM prior, with both score terms ('full' -L^{>0} and 'latent', its prior
+terms only; results keyed 'prior/terms'). `--protocol pooled` (default; the anchors' protocol of
+Zenati et al. 2018) trains on `pooled:heldout=D,seed=SEED:DATA` (a seeded 80 % of the 70,000 pooled
+images of the other nine digits; test = the other 20 % plus every image of D, about 36 % positives;
+run folders `pooled-heldoutD-seedS`); `--protocol test-split` is the older one (`--exclude-classes D`
+on MNIST's train split, scored on its test split, about 10 % positives; folders `heldoutD-seedS`).
+Every stage is resumable and skipped when complete, so re-running the command continues. Writes
+benchmarks/results/<name>.json with per-run AUPRC and AUROC, the positive fraction, mean and std per
+digit and prior, and the paper anchors.
 
 --collect runs nothing: it reads the `eval anomaly` manifests already under --root (e.g. runs made
 by several processes at once, one per digit and seed, then copied here) and summarises those; a
@@ -25,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from _common import emit
 
+from hebmctl.data.protocols import pooled_spec
 from hebmctl.io.manifest import has_manifest, read_manifest
 from hebmctl.schemas import CacheLatentsConfig, EvalAnomalyConfig, EvalAnomalyManifest, PretrainConfig, TrainPriorConfig
 from hebmctl.schemas.eval import prior_label
@@ -38,29 +45,49 @@ ANCHORS = {  # AUPRC for held-out 1, 4, 5, 7, 9 (DESIGN §6)
 }
 
 
-def one_run(args, digit: int, seed: int) -> dict[str, float]:
-    """AUPRC per prior ('gaussian', schemes...) of one (digit, seed) run."""
-    run = args.root / f"heldout{digit}-seed{seed}"
-    pretrain.run(PretrainConfig(run=run, data=args.data, exclude_classes=(digit,), seed=seed, steps=args.pretrain_steps))
-    cache_latents.run(CacheLatentsConfig(run=run, seed=seed))
+METRICS = ("auprc", "auroc", "positive_fraction")
+
+
+def run_folder(args, digit: int, seed: int) -> Path:
+    return args.root / (f"pooled-heldout{digit}-seed{seed}" if args.protocol == "pooled" else f"heldout{digit}-seed{seed}")
+
+
+def pretrain_config(args, digit: int, seed: int) -> PretrainConfig:
+    """The backbone of one (digit, seed): trained on the pooled protocol's train part, or on MNIST's train split without the digit."""
+    common = dict(run=run_folder(args, digit, seed), seed=seed, steps=args.pretrain_steps, kl_warmup_steps=args.kl_warmup_steps)
+    if args.protocol == "pooled":
+        return PretrainConfig(data=pooled_spec(digit, seed, args.data), **common)
+    return PretrainConfig(data=args.data, exclude_classes=(digit,), **common)
+
+
+def one_run(args, digit: int, seed: int) -> dict[str, dict[str, float]]:
+    """AUPRC, AUROC and positive fraction per 'prior/terms' ('gaussian', schemes...) of one (digit, seed) run."""
+    run = run_folder(args, digit, seed)
+    pretrain.run(pretrain_config(args, digit, seed))
+    if args.schemes:
+        cache_latents.run(CacheLatentsConfig(run=run, seed=seed))
     for scheme in args.schemes:
         train_prior.run(TrainPriorConfig(run=run, scheme=scheme, seed=seed, steps=args.prior_steps, device=args.prior_device))
-    return {f"{prior}/{terms}": eval_anomaly.run(EvalAnomalyConfig(run=run, prior=prior, seed=seed, terms=terms)).metrics["auprc"]
-            for prior in ["gaussian", *args.schemes] for terms in TERMS}
+    results = {}
+    for prior in ["gaussian", *args.schemes]:
+        for terms in TERMS:
+            metrics = eval_anomaly.run(EvalAnomalyConfig(run=run, prior=prior, seed=seed, terms=terms)).metrics
+            results[f"{prior}/{terms}"] = {key: float(metrics[key]) for key in METRICS}
+    return results
 
 
-def collect_run(args, digit: int, seed: int) -> dict[str, float] | None:
-    """AUPRC per 'prior/terms' read from the run's existing `eval anomaly` manifests (found by
+def collect_run(args, digit: int, seed: int) -> dict[str, dict[str, float]] | None:
+    """The metrics per 'prior/terms' read from the run's existing `eval anomaly` manifests (found by
     content, whatever their folder names); None if any wanted one is missing."""
-    run = args.root / f"heldout{digit}-seed{seed}"
+    run = run_folder(args, digit, seed)
     found = {}
     for folder in sorted((run / "eval").glob("anomaly-*")):
         if not has_manifest(folder):
             continue
         manifest, _ = read_manifest(folder, EvalAnomalyManifest)
-        if manifest.config.heldout not in (None, digit):
-            raise SystemExit(f"{folder} evaluated held-out digit {manifest.config.heldout}, expected {digit}.")
-        found[f"{prior_label(manifest.config.prior)}/{manifest.config.terms}"] = float(manifest.metrics["auprc"])
+        if manifest.metrics.get("heldout", digit) != digit:
+            raise SystemExit(f"{folder} evaluated held-out digit {manifest.metrics['heldout']}, expected {digit}.")
+        found[f"{prior_label(manifest.config.prior)}/{manifest.config.terms}"] = {key: float(manifest.metrics[key]) for key in METRICS}
     wanted = [f"{prior}/{terms}" for prior in ["gaussian", *args.schemes] for terms in TERMS]
     return {key: found[key] for key in wanted} if all(key in found for key in wanted) else None
 
@@ -74,10 +101,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="MNIST data spec, e.g. mnist:../shared/data/mnist")
     parser.add_argument("--root", type=Path, default=Path("runs/anomaly"), help="Folder of the per-(digit, seed) run folders.")
+    parser.add_argument("--protocol", choices=("pooled", "test-split"), default="pooled",
+                        help="pooled: the anchors' 80/20 split of all 70,000 images (default); test-split: MNIST's own splits.")
     parser.add_argument("--digits", default="1,4,5,7,9")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--schemes", default="diffusion", help="EBM schemes to train per run, comma-separated (or empty).")
     parser.add_argument("--pretrain-steps", type=int, default=6000)
+    parser.add_argument("--kl-warmup-steps", type=int, default=1000)
     parser.add_argument("--prior-steps", type=int, default=4000)
     parser.add_argument("--prior-device", default="auto", help="Device of prior training. The Langevin loop is launch-bound, so "
                         "with many runs in parallel one CPU thread each can beat sharing one GPU.")
@@ -89,16 +119,19 @@ def main() -> None:
     step = collect_run if args.collect else one_run
     all_runs = {f"{d}/{s}": step(args, d, s) for d in digits for s in seeds}
     runs = {key: value for key, value in all_runs.items() if value is not None}
-    summary = {}
+    summary: dict[str, dict[str, dict]] = {metric: {} for metric in ("auprc", "auroc")}
     for prior in [f"{p}/{t}" for p in ["gaussian", *args.schemes] for t in TERMS]:
-        values = {d: [runs[f"{d}/{s}"][prior] for s in seeds if f"{d}/{s}" in runs] for d in digits}
-        summary[prior] = {d: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n_seeds": len(v)} for d, v in values.items() if v}
-    devices = sorted({_backbone_device(args.root / f"heldout{key.replace('/', '-seed')}") for key in runs})
-    emit(args.name, {"backbone_devices": devices, "settings": {"data": args.data, "pretrain_steps": args.pretrain_steps,
-                                                               "prior_steps": args.prior_steps,
-                                        "prior_device": args.prior_device,
-                                        "digits": digits, "seeds": seeds, "schemes": args.schemes},
-                           "auprc": summary, "runs": runs, "missing": sorted(set(all_runs) - set(runs)), "anchors": ANCHORS})
+        for metric, table in summary.items():
+            values = {d: [runs[f"{d}/{s}"][prior][metric] for s in seeds if f"{d}/{s}" in runs] for d in digits}
+            table[prior] = {d: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n_seeds": len(v)} for d, v in values.items() if v}
+    positive_fraction = {key: value["gaussian/full"]["positive_fraction"] for key, value in runs.items()}
+    devices = sorted({_backbone_device(run_folder(args, *map(int, key.split("/")))) for key in runs})
+    settings = {"data": args.data, "protocol": args.protocol, "pretrain_steps": args.pretrain_steps,
+                "kl_warmup_steps": args.kl_warmup_steps, "prior_steps": args.prior_steps, "prior_device": args.prior_device,
+                "digits": digits, "seeds": seeds, "schemes": args.schemes}
+    emit(args.name, {"backbone_devices": devices, "settings": settings, "auprc": summary["auprc"], "auroc": summary["auroc"],
+                     "positive_fraction": positive_fraction, "runs": runs, "missing": sorted(set(all_runs) - set(runs)),
+                     "anchors": ANCHORS})
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from hebmctl.data.idx import FASHION_MNIST_CLASSES, MNIST_CLASSES, builtin_split
 from hebmctl.data.images import list_tree, tree_split
 from hebmctl.data.imageset import ImageSet
 from hebmctl.data.npz import npz_split
+from hebmctl.data.protocols import pooled_of, pooled_split, split_record
 from hebmctl.data.raw import RawSplit
 from hebmctl.data.shapes import RESOLUTIONS, shapes_split
 from hebmctl.data.specs import check_split, parse_spec
@@ -24,7 +25,14 @@ _READERS: dict[str, Callable[[str, str], RawSplit]] = {
     "folder": lambda arg, split: tree_split(list_tree(_path(arg)), split),
     "npz": lambda arg, split: npz_split(_path(arg), split),
     "builtin": lambda arg, split: shapes_split(arg, split) if arg in RESOLUTIONS else builtin_split(split),
+    "pooled": lambda arg, split: pooled_split(arg, split, _read_raw),
 }
+
+
+def _read_raw(spec: str, split: str) -> RawSplit:
+    kind, argument = parse_spec(spec)
+    check_split(split, spec)
+    return _READERS[kind](argument, split)
 
 
 def _path(argument: str) -> Path:
@@ -34,9 +42,11 @@ def _path(argument: str) -> Path:
     return path
 
 
-def _check_excluded(labels: np.ndarray, excluded: list[int], where: str) -> None:
+def _check_excluded(labels: np.ndarray, excluded: list[int], where: str, num_classes: int = 0) -> None:
+    """Each excluded id must occur in the split or be a class of the data set (an id below `num_classes`:
+    a class that only another split holds, e.g. a user's own anomaly split whose train/ lacks it)."""
     present = sorted(set(np.unique(labels).tolist()) - {-1})
-    missing = [c for c in excluded if c not in present and not (c == -1 and (labels == -1).any())]
+    missing = [c for c in excluded if c not in present and not (0 <= c < num_classes) and not (c == -1 and (labels == -1).any())]
     if not missing:
         return
     if not present:
@@ -47,10 +57,10 @@ def _check_excluded(labels: np.ndarray, excluded: list[int], where: str) -> None
     )
 
 
-def select_rows(labels: np.ndarray, exclude_classes: Sequence[int], limit: int | None, where: str) -> np.ndarray:
+def select_rows(labels: np.ndarray, exclude_classes: Sequence[int], limit: int | None, where: str, num_classes: int = 0) -> np.ndarray:
     """Rows (int64) kept: labels not in ``exclude_classes``, then the first ``limit`` of them."""
     excluded = [int(c) for c in exclude_classes]
-    _check_excluded(labels, excluded, where)
+    _check_excluded(labels, excluded, where, num_classes)
     rows = np.flatnonzero(~np.isin(labels, excluded)).astype(np.int64)
     if limit is not None:
         if int(limit) < 1:
@@ -80,9 +90,12 @@ def load_split(spec: str, split: str, exclude_classes: Sequence[int] = (), limit
               "train" = its first 9,000 images, "test" = the last 1,000, "all" = all 10,000.
             - ``builtin:shapes`` (procedural, 70,000 images with known factors): "train" = the first
               60,000 drawn, "test" = the last 10,000; only the rows kept are rendered.
+            - ``pooled:heldout=D,seed=S:BASE``: the anchors' anomaly protocol (``hebmctl.data.protocols``);
+              "train" = a seeded 80 % of BASE's pooled images not of class D, "test" = the rest.
             - folders without ``train/``+``test/`` and npz files: every 10th item (positions 9, 19,
               29, ... in sorted order) is "test", the rest "train"; "all" = everything.
-        exclude_classes: label ids to drop; each must occur among the split's labels.
+        exclude_classes: label ids to drop; each must occur among the split's labels or be one of the data
+            set's classes (a class only another split holds, e.g. the anomaly of a user's own train/ + test/ split).
         limit: keep only the first ``limit`` rows after exclusion (image files beyond them are not
             decoded).
 
@@ -97,11 +110,9 @@ def load_split(spec: str, split: str, exclude_classes: Sequence[int] = (), limit
         DataError: unknown spec kind, missing or corrupt files, bad arrays, unknown split, an
             excluded class that does not occur, or an empty result.
     """
-    kind, argument = parse_spec(spec)
-    check_split(split, spec)
-    raw = _READERS[kind](argument, split)
+    raw = _read_raw(spec, split)
     try:
-        rows = select_rows(raw.labels, exclude_classes, limit, f"split {split!r} of {spec!r}")
+        rows = select_rows(raw.labels, exclude_classes, limit, f"split {split!r} of {spec!r}", len(raw.class_names))
         images = raw.decode(rows)
     finally:
         raw.close()
@@ -116,3 +127,24 @@ def load_split(spec: str, split: str, exclude_classes: Sequence[int] = (), limit
         factor_names=raw.factor_names,
         factor_sizes=raw.factor_sizes,
     )
+
+
+def load_labels(spec: str, split: str, exclude_classes: Sequence[int] = (), limit: int | None = None) -> np.ndarray:
+    """The int64 labels ``[N]`` that ``load_split`` with the same arguments returns, without decoding any image."""
+    raw = _read_raw(spec, split)
+    try:
+        return raw.labels[select_rows(raw.labels, exclude_classes, limit, f"split {split!r} of {spec!r}", len(raw.class_names))]
+    finally:
+        raw.close()
+
+
+def describe_split(spec: str) -> dict | None:
+    """The record of a protocol spec's split (sizes, positive fraction, row hashes; `SplitRecord`), None for other specs."""
+    protocol = pooled_of(spec)
+    if protocol is None:
+        return None
+    base = _read_raw(protocol.base, "all")
+    try:
+        return split_record(protocol, base.labels).model_dump()
+    finally:
+        base.close()

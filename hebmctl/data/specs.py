@@ -11,6 +11,8 @@ SPEC_FORMS: dict[str, str] = {
     "or the python-version folder cifar-10-batches-py)",
     "folder": "folder:PATH (image folder or zip; class = sub-folder name)",
     "npz": "npz:PATH (.npz with key 'images' uint8 [N,H,W] or [N,H,W,C], optional 'labels')",
+    "pooled": "pooled:heldout=D,seed=S:BASE (the anchors' anomaly protocol on the labelled set BASE: train = a seeded 80 % of the "
+    "images of every class but D, test = the other 20 % plus every image of D; e.g. pooled:heldout=4,seed=0:mnist:DIR)",
     "builtin": "builtin:mnist-10k (the MNIST test split shipped with hebmctl), builtin:shapes or "
     "builtin:shapes-64 (procedural shapes with known factors, 32x32 or 64x64 RGB)",
 }

@@ -40,6 +40,9 @@ def absolute_data_spec(spec: Any) -> Any:
     if not isinstance(spec, str) or ":" not in spec or spec.startswith("builtin:"):
         return spec
     kind, path = spec.split(":", 1)
+    if kind.strip().lower() == "pooled" and ":" in path:  # pooled:OPTIONS:BASE (hebmctl.data.protocols): the base's path
+        options, base = path.split(":", 1)
+        return f"{kind}:{options}:{absolute_data_spec(base)}"
     return f"{kind}:{Path(path).expanduser().absolute()}" if path else spec
 
 

@@ -146,7 +146,13 @@ class EvalOodConfig(ScoreOptions):
 
 
 class EvalAnomalyConfig(ScoreOptions):
-    """MNIST held-out-digit anomaly detection: score -L^{>0}, the held-out digit is the positive class.
+    """Held-out-class anomaly detection: score -L^{>0} on the test split, the held-out class is the positive class.
+
+    The protocol follows the backbone's data: a backbone trained on `pooled:heldout=D,seed=S:mnist:DIR`
+    is scored on that protocol's test part (the anchors' protocol, about 36 % positives); one trained
+    with --exclude-classes D on another set (or on a `folder:` whose train/ lacks D) on that set's
+    test split. Only the test split of the backbone's own data spec is scored when a pooled split is
+    involved, and a backbone that saw the held-out class is refused.
 
     As for OOD, the default terms are 'latent' (the prior's terms only): on full-budget MNIST
     backbones (3 seeds, docs/results.md) they beat the full likelihood on every held-out digit
@@ -155,7 +161,9 @@ class EvalAnomalyConfig(ScoreOptions):
     anomaly-<prior>-full).
     """
 
-    heldout: int | None = Field(None, ge=0, description="The held-out class (default: the one class the backbone was trained without).")
+    heldout: int | None = Field(None, ge=0, description="The held-out class (default: the pooled spec's heldout=D, else the one class the "
+                                                        "backbone was trained without, else the one class of the test split its training "
+                                                        "split lacks).")
 
     folder_prefix: ClassVar[str] = "anomaly"
 

@@ -24,9 +24,10 @@ class PretrainConfig(StageConfig):
 
     out: Path = Field(None, description="Backbone folder to write (default: RUN/backbone).")
     data: str = Field("builtin:mnist-10k", description="Data spec: builtin:mnist-10k, builtin:shapes, builtin:shapes-64, mnist:DIR, "
-        "fashion-mnist:DIR, cifar10:PATH, folder:PATH, npz:PATH.")
-    exclude_classes: tuple[int, ...] = Field((), description="Class ids left out of the training split, comma-separated (anomaly "
-        "protocol).")
+        "fashion-mnist:DIR, cifar10:PATH, folder:PATH, npz:PATH, or pooled:heldout=D,seed=S:BASE (the anchors' anomaly protocol: train "
+        "on a seeded 80 % of BASE's pooled images of every class but D; docs/eval.md).")
+    exclude_classes: tuple[int, ...] = Field((), description="Class ids left out of the training split, comma-separated (test-split "
+        "anomaly protocol); a class of the data set that the training split lacks anyway is accepted.")
     limit: int | None = Field(None, ge=1, description="Use only the first N training images (after exclusion).")
     backbone: Literal["hvae", "nvae", "vlae"] = Field(
         "hvae",

@@ -20,6 +20,7 @@ import torch
 
 from hebmctl import dist
 from hebmctl.data import ImageSet, from_unit_range, load_split, to_unit_range
+from hebmctl.data.readers import describe_split
 from hebmctl.errors import ConfigError, DataError, DivergenceError
 from hebmctl.io.checkpoints import TrainingState, latest_checkpoint, load_checkpoint, save_checkpoint
 from hebmctl.io.console import append_jsonl, console, progress_bar, truncate_jsonl
@@ -270,6 +271,7 @@ def _finalize(config: PretrainConfig, trainer: _Trainer, train_set: ImageSet, te
         "num_parameters": sum(p.numel() for p in ema.parameters()),
         "decoder_std": round(float(ema.log_std_x.exp()), 5),
         "skipped_updates": trainer.skips.total,
+        "data_split": describe_split(config.data),  # the anomaly protocol's sizes, positive fraction and row hashes; None for plain sets
     }
     manifest = BackboneManifest(
         **common_fields(fingerprint),

@@ -25,6 +25,7 @@ from hebmctl.metrics import fid
 from hebmctl.metrics.backbone import evaluate_backbone
 from hebmctl.schemas import EvalAnomalyConfig, EvalFidConfig, EvalOodConfig, EvalProbeConfig, EvalReconConfig
 from hebmctl.schemas.eval import EvalFidManifest, EvalOodManifest, FidStatsManifest
+from hebmctl.schemas.pretrain import BackboneManifest
 from hebmctl.stages import eval_anomaly, eval_fid, eval_ood, eval_probe, eval_recon, pretrain
 from hebmctl.stages.artifacts import load_backbone
 from hebmctl.stages.inspect import run as inspect_run
@@ -152,6 +153,75 @@ def test_anomaly_refuses_a_backbone_that_saw_the_class(tmp_path, tiny_backbone, 
         eval_anomaly.run(EvalAnomalyConfig(backbone=heldout_backbone, heldout=3, limit=50, out=tmp_path / "a", device="cpu"))
     with pytest.raises(LineageError, match="--heldout"):
         eval_anomaly.run(EvalAnomalyConfig(backbone=tiny_backbone, limit=50, out=tmp_path / "b", device="cpu"))
+
+
+POOLED = "pooled:heldout=3,seed=0:builtin:mnist-10k"
+
+
+@pytest.fixture(scope="module")
+def pooled_backbone(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pooled") / "backbone"
+    pretrain.run(tiny_pretrain_config(out, data=POOLED))
+    return out
+
+
+def test_anomaly_on_the_pooled_protocol_scores_its_test_part(tmp_path, pooled_backbone, single_thread):
+    backbone = read_manifest(pooled_backbone, BackboneManifest)[0]
+    record = backbone.metrics["data_split"]
+    assert record["heldout"] == 3 and record["n_pooled"] == 10_000 and record["n_train"] == (10_000 - record["n_test_positive"]) * 4 // 5
+    assert backbone.input("data:train").sha256 == load_split(POOLED, "train", limit=512).fingerprint()
+    manifest = eval_anomaly.run(EvalAnomalyConfig(backbone=pooled_backbone, limit=300, out=tmp_path / "anomaly", device="cpu"))
+    test = load_split(POOLED, "test", limit=300)
+    assert manifest.metrics["protocol"] == "pooled-80-20" and manifest.metrics["heldout"] == 3
+    assert manifest.metrics["data_split"] == record
+    assert manifest.metrics["n_positive"] == int((test.labels == 3).sum()) > 50  # about 36 % positives, against 10 % of a plain split
+    assert manifest.input("data:test").sha256 == test.fingerprint()
+    train_rows = set(load_split(POOLED, "train").index.tolist())
+    assert not train_rows & set(test.index.tolist())  # no training image is scored
+
+
+def test_anomaly_refuses_other_splits_of_a_pooled_backbone(tmp_path, pooled_backbone):
+    for options, message in [({"data": "builtin:mnist-10k"}, "was trained on pooled"),
+                             ({"data": "pooled:heldout=3,seed=1:builtin:mnist-10k"}, "was trained on pooled"),
+                             ({"split": "all"}, "--split all"), ({"heldout": 5}, "does not match")]:
+        with pytest.raises(LineageError, match=message):
+            eval_anomaly.run(EvalAnomalyConfig(backbone=pooled_backbone, limit=50, out=tmp_path / "x", device="cpu", **options))
+
+
+def _digit_folder(root: Path, layout: dict[str, tuple[int, ...]], per_class: int) -> str:
+    """An image folder `root/<split>/<digit>/*.png` of real MNIST digits, `per_class` images per class and split."""
+    digits = load_split("builtin:mnist-10k", "test")
+    for split, classes in layout.items():
+        for digit in classes:
+            (root / split / str(digit)).mkdir(parents=True)
+            of_digit = digits.images[digits.labels == digit]
+            images = of_digit[:per_class] if split == "train" else of_digit[-per_class:]
+            for n, image in enumerate(images):
+                Image.fromarray(image[..., 0]).save(root / split / str(digit) / f"{n:03d}.png")
+    return f"folder:{root}"
+
+
+def test_anomaly_on_a_folder_whose_test_split_alone_holds_the_class(tmp_path, single_thread):
+    """A user's own split: train/ has digits 0-2, test/ also has 3. No --exclude-classes, no --heldout: class 3 is the anomaly."""
+    spec = _digit_folder(tmp_path / "own", {"train": (0, 1, 2), "test": (0, 1, 2, 3)}, 20)
+    pretrain.check_inputs(tiny_pretrain_config(tmp_path / "unused", data=spec, limit=None, exclude_classes=(3,)))  # accepted now
+    backbone = tmp_path / "backbone"
+    pretrain.run(tiny_pretrain_config(backbone, data=spec, limit=None, eval_limit=None, batch_size=16))
+    manifest = eval_anomaly.run(EvalAnomalyConfig(backbone=backbone, out=tmp_path / "anomaly", device="cpu"))
+    assert manifest.metrics["heldout"] == 3 and manifest.metrics["protocol"] == "test-split" and manifest.metrics["data_split"] is None
+    assert (manifest.metrics["n"], manifest.metrics["n_positive"]) == (80, 20) and manifest.metrics["positive_fraction"] == 0.25
+    scores = load_file(tmp_path / "anomaly" / "scores.safetensors")
+    positive = scores["labels"].numpy() == 3
+    assert manifest.metrics["auroc"] == pytest.approx(roc_auc_score(positive, scores["neg_L>0"].numpy()))
+    # what is still wrong is named: a scored split without negatives, or without positives
+    only_positives = _digit_folder(tmp_path / "b", {"train": (0, 1, 2), "test": (3,)}, 4)
+    with pytest.raises(DataError, match="only images of the held-out class 3"):
+        eval_anomaly.run(EvalAnomalyConfig(backbone=backbone, data=only_positives, out=tmp_path / "b-eval", device="cpu"))
+    no_positives = _digit_folder(tmp_path / "c", {"train": (0, 1, 2, 3), "test": (0, 1, 2)}, 4)
+    with pytest.raises(DataError, match="no image of the held-out class 3"):
+        eval_anomaly.run(EvalAnomalyConfig(backbone=backbone, data=no_positives, heldout=3, out=tmp_path / "c-eval", device="cpu"))
+    with pytest.raises(LineageError, match="--split train"):
+        eval_anomaly.run(EvalAnomalyConfig(backbone=backbone, split="train", out=tmp_path / "d-eval", device="cpu"))
 
 
 def test_probe_reports_every_layer(tmp_path, tiny_backbone, single_thread):
