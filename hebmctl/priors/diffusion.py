@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from hebmctl.models.backbone import Backbone
-from hebmctl.models.ebm_losses import diffusion_ebm_loss, energy_gap
+from hebmctl.models.ebm_losses import diffusion_ebm_loss
 from hebmctl.models.energy import JointEnergy
 from hebmctl.priors.base import NegEnergyOfZ, SamplingOptions, TrainingOutcome, Trajectory
 from hebmctl.priors.energy_prior import EnergyPrior
@@ -87,4 +87,10 @@ class DiffusionPrior(EnergyPrior):
         s_sq = self.step_sizes_sq[t]
         u_neg, stats = langevin(log_p, u_tp1, self.n_steps, s_sq.sqrt(), generator)
         pos, neg = self.neg_energy_on_u(u_t, t), self.neg_energy_on_u(u_neg, t)
-        return TrainingOutcome(diffusion_ebm_loss(pos, neg, s_sq), pos, neg, stats, energy_gap(pos, neg))
+        return TrainingOutcome(diffusion_ebm_loss(pos, neg, s_sq), pos, neg, stats, scaled_gap(pos, neg, s_sq))
+
+
+def scaled_gap(pos: Tensor, neg: Tensor, step_size_sq: Tensor) -> float:
+    """mean((G(pos, t) - G(neg, t)) / s_t^2) `[B]`, `[B]`, `[B]` -> float: the gap in the units of the diffusion
+    loss (the loss is its negative), which the runaway guard compares; the raw G gap is ~s_t^2 times smaller."""
+    return float(((pos.detach() - neg.detach()) / step_size_sq).mean())

@@ -7,8 +7,9 @@ negative energy F; density is proportional to exp(F)):
 - `diffusion` (Diff-EBM): level t ~ U{0..T-1} per example, (u_t, u_{t+1}) from the forward process
   started at cached u_0, K Langevin steps of log p(u_t | u_{t+1}) initialised at u_{t+1};
   loss mean(-(G(pos, t) - G(neg, t)) / s_t^2).
-Divergence (a non-finite loss or energy, or an energy gap beyond `max_energy_gap`, the sign that the
-Langevin chains have stopped reaching the model's high-density region) rolls back to the last checkpoint with the learning rate
+Divergence (a non-finite loss or energy, or a positive-negative gap beyond `max_energy_gap` in the units
+of the prior's loss (`TrainingOutcome.gap`), the sign that the Langevin chains have stopped reaching the
+model's high-density region) rolls back to the last checkpoint with the learning rate
 halved, at most `max_rollbacks` times, then stops with DivergenceError.
 """
 
@@ -130,9 +131,10 @@ class _PriorTrainer:
         if cfg.energy_l2 > 0:
             loss = loss + cfg.energy_l2 * (pos.pow(2) + neg.pow(2)).mean()
         record = {"loss": loss.item(), "energy_gap": energy_gap(pos.detach(), neg.detach()), "neg_energy_pos": pos.mean().item(),
-                  "neg_energy_neg": neg.mean().item(), "langevin_grad_norm": float(stats.grad_norm[-1]) if stats.n_steps else 0.0}
+                  "neg_energy_neg": neg.mean().item(), "langevin_grad_norm": float(stats.grad_norm[-1]) if stats.n_steps else 0.0,
+                  "loss_gap": outcome.gap}
         finite = torch.isfinite(loss) and torch.isfinite(pos).all() and torch.isfinite(neg).all() and stats.is_finite()
-        runaway = abs(record["energy_gap"]) > cfg.max_energy_gap
+        runaway = abs(outcome.gap) > cfg.max_energy_gap  # the gap in the loss's units (diffusion: G / s_t^2)
         return (loss if finite and not runaway else None), record
 
     def train_step(self) -> dict | None:

@@ -40,7 +40,14 @@ def train_toy(scheme: str, steps: int = 250) -> priors.EnergyPrior:
 
 @pytest.fixture(scope="module")
 def toy_priors() -> dict[str, priors.Prior]:
-    return {"gaussian": priors.gaussian(IdentityBackbone(), CPU), "joint": train_toy("joint"), "diffusion": train_toy("diffusion")}
+    # Module fixtures run before the function-scoped single_thread: one thread here too (2 threads on tiny tensors
+    # made this training 10-15x slower on the shared cores, tests/conftest.py).
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return {"gaussian": priors.gaussian(IdentityBackbone(), CPU), "joint": train_toy("joint"), "diffusion": train_toy("diffusion")}
+    finally:
+        torch.set_num_threads(old)
 
 
 @pytest.mark.parametrize("scheme", ["joint", "diffusion"])
@@ -110,3 +117,14 @@ def test_factory_rebuilds_each_kind_from_a_train_prior_artifact(tiny_backbone, t
         assert torch.equal(a, b) and not torch.equal(a, torch.randn(4, a.shape[1], generator=torch.Generator().manual_seed(0)))
     diffusion, _ = open_prior(tiny_priors["diffusion"], backbone, CPU, priors.SamplingOptions(langevin_steps=1))
     assert diffusion.step_size == pytest.approx(3**0.5)  # CDRL's sqrt(K_train / K)
+
+
+def test_each_prior_reports_its_gap_in_its_loss_units(toy_priors):
+    """The runaway guard's quantity: joint mean F(pos) - mean F(neg); diffusion mean((G_pos - G_neg) / s_t^2) = -loss."""
+    g = torch.Generator().manual_seed(7)
+    joint = toy_priors["joint"].training_outcome(mixture(64, g), g)
+    assert joint.gap == pytest.approx(float(joint.pos.mean() - joint.neg.mean())) == pytest.approx(-float(joint.loss))
+    diffusion = toy_priors["diffusion"].training_outcome(mixture(64, g), g)
+    assert diffusion.gap == pytest.approx(-float(diffusion.loss), rel=1e-5)
+    raw = float(diffusion.pos.mean() - diffusion.neg.mean())
+    assert abs(diffusion.gap) > 10 * abs(raw)  # s_t^2 <= 0.1 on the toy (b2 = 1e-3)
