@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from hebmctl import priors
 from hebmctl.errors import DataError
 from hebmctl.io.manifest import check_lineage, read_manifest, require_intact
 from hebmctl.io.state import load_module_state
@@ -16,8 +17,9 @@ from hebmctl.models.energy import JointEnergy
 from hebmctl.models.hvae import HierarchicalVAE
 from hebmctl.models.nvae import NVAE
 from hebmctl.models.vlae import VLAE
+from hebmctl.schemas.common import InputRef
 from hebmctl.schemas.pretrain import BackboneManifest, PretrainConfig
-from hebmctl.schemas.prior import DEFAULT_CONV_CHANNELS, DEFAULT_CONV_DEPTH, PriorManifest, TrainPriorConfig
+from hebmctl.schemas.prior import PriorManifest
 
 WEIGHTS_NAME = "weights.safetensors"
 
@@ -62,22 +64,6 @@ def load_backbone(folder: Path, device: torch.device) -> LoadedBackbone:
 ENERGY_NAME = "energy.safetensors"
 
 
-def build_energy(config: TrainPriorConfig, group_shapes: tuple[tuple[int, ...], ...]) -> JointEnergy:
-    """A freshly initialised energy network with the architecture a train-prior config describes
-    (an MLP per vector group, a small conv net per spatial group)."""
-    return JointEnergy(
-        group_shapes=group_shapes,
-        width=config.width,
-        depth=config.depth,
-        activation=config.activation,
-        spectral_norm=config.spectral_norm,
-        n_levels=config.T if config.scheme == "diffusion" else 0,
-        time_embed_dim=config.time_embed_dim,
-        conv_channels=config.conv_channels or DEFAULT_CONV_CHANNELS,
-        conv_depth=config.conv_depth or DEFAULT_CONV_DEPTH,
-    )
-
-
 @dataclass(frozen=True)
 class LoadedPrior:
     energy: JointEnergy
@@ -91,7 +77,18 @@ def load_prior(folder: Path, backbone: LoadedBackbone, device: torch.device) -> 
     manifest, sha = read_manifest(folder, PriorManifest)
     check_lineage(f"The prior {folder}", manifest.input("backbone").sha256, backbone.folder, backbone.manifest_sha256, folder)
     require_intact(folder, manifest)
-    energy = build_energy(manifest.config, manifest.resolved_group_shapes()).to(device)
+    energy = priors.energy_network(manifest.config, manifest.resolved_group_shapes()).to(device)
     load_module_state(energy, Path(folder) / ENERGY_NAME)
     energy.eval().requires_grad_(False)
     return LoadedPrior(energy=energy, manifest=manifest, manifest_sha256=sha, folder=Path(folder))
+
+
+def open_prior(folder: Path | None, backbone: LoadedBackbone, device: torch.device,
+               options: priors.SamplingOptions = priors.SamplingOptions()) -> tuple[priors.Prior, list[InputRef]]:
+    """The prior object of a prior folder (None: the Gaussian prior) on this backbone, and its lineage entry
+    (empty for the Gaussian prior)."""
+    if folder is None:
+        return priors.gaussian(backbone.model, device), []
+    loaded = load_prior(folder, backbone, device)
+    prior = priors.from_energy(loaded.manifest.config, loaded.energy, backbone.model, device, options)
+    return prior, [InputRef(role="prior", path=str(folder), kind="prior", sha256=loaded.manifest_sha256)]

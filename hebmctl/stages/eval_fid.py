@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hebmctl import dist
+from hebmctl import dist, priors
 from hebmctl.data import ImageSet, from_unit_range, load_split, to_unit_range
 from hebmctl.errors import DataError
 from hebmctl.io.console import console, progress_bar
@@ -37,9 +37,7 @@ from hebmctl.metrics.fid import DEFAULT_BATCH_SIZE, InceptionFeatures, feature_s
 from hebmctl.runtime import resolve_device
 from hebmctl.schemas.common import SCHEMA_VERSION, InputRef
 from hebmctl.schemas.eval import EvalFidConfig, EvalFidManifest, FidStatsManifest
-from hebmctl.schemas.sample import SampleConfig
-from hebmctl.stages import sample as sample_stage
-from hebmctl.stages.artifacts import LoadedBackbone, load_backbone, load_prior
+from hebmctl.stages.artifacts import LoadedBackbone, load_backbone, open_prior
 from hebmctl.stages.eval_common import RunControl, backbone_manifest, finish, load_data, print_table, up_to_date
 
 STATS_NAME = "stats.safetensors"
@@ -96,10 +94,9 @@ class _Source:
         self.backbone = load_backbone(config.backbone, device)
         self.inputs.append(InputRef(role="backbone", path=str(config.backbone), kind="backbone", sha256=self.backbone.manifest_sha256))
         self.label = config.prior if config.prior in ("gaussian", "recon") else f"prior:{Path(config.prior).name}"
-        prior_dir = config.prior_dir()
-        self.prior = load_prior(prior_dir, self.backbone, device) if prior_dir is not None else None
-        if self.prior is not None:
-            self.inputs.append(InputRef(role="prior", path=str(prior_dir), kind="prior", sha256=self.prior.manifest_sha256))
+        options = priors.SamplingOptions(config.langevin_steps, config.step_size, config.step_scale)
+        self.prior, prior_inputs = open_prior(config.prior_dir(), self.backbone, device, options)
+        self.inputs += prior_inputs
         if config.prior == "recon" and len(ref_images) < config.n:
             raise DataError(f"--prior recon needs N = {config.n} reference images, but the {config.split} split has {len(ref_images)}. Lower --n.")
 
@@ -115,12 +112,14 @@ class _Source:
         return images, time.perf_counter() - t0
 
     def _sample(self) -> np.ndarray:
-        c = self.config
-        sample_config = SampleConfig(run=c.run, backbone=c.backbone, prior=c.prior if self.prior is not None else "gaussian",
-                                     out=c.out / "unused", n=c.n, temperature=c.temperature, langevin_steps=c.langevin_steps,
-                                     step_size=c.step_size, step_scale=c.step_scale, batch_size=c.batch_size, seed=c.seed, device=c.device)
-        sampler = sample_stage.make_sampler(sample_config, self.backbone, self.prior, self.device)
-        return sample_stage.generate(sample_config, sampler)[2]
+        """uint8 `[N, H, W, C]` sampled exactly as `hebmctl sample` with the same options."""
+        c, parts = self.config, []
+        with progress_bar() as bar:
+            task = bar.add_task(f"sample {self.prior.kind}", total=c.n, unit="img", info="")
+            for batch in priors.sample_batches(self.prior, c.n, c.batch_size, c.seed, c.temperature):
+                parts.append(from_unit_range(batch.x))
+                bar.update(task, advance=batch.x.shape[0])
+        return np.concatenate(parts)
 
 
 def _read_images(path: Path, n: int) -> ImageSet:

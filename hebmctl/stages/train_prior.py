@@ -1,13 +1,15 @@
 """Stage `train-prior`: an energy-based prior in u-space on a frozen backbone (DESIGN §3, issue 3).
 
-Schemes (the network outputs a negative energy F; density is proportional to exp(F)):
+Schemes (each a prior class in `hebmctl.priors`, which owns its negatives and loss; the network outputs a
+negative energy F; density is proportional to exp(F)):
 - `joint` (Joint-EBM): log p(u) = F(T(u)) - |u|^2/2; negatives by K Langevin steps from N(0, I);
   loss mean F(T(u_neg)) - mean F(T(u_pos)).
 - `diffusion` (Diff-EBM): level t ~ U{0..T-1} per example, (u_t, u_{t+1}) from the forward process
   started at cached u_0, K Langevin steps of log p(u_t | u_{t+1}) initialised at u_{t+1};
   loss mean(-(G(pos, t) - G(neg, t)) / s_t^2).
-Divergence (a non-finite loss or energy, or an energy gap beyond `max_energy_gap`, the sign that the
-Langevin chains have stopped reaching the model's high-density region) rolls back to the last checkpoint with the learning rate
+Divergence (a non-finite loss or energy, or a positive-negative gap beyond `max_energy_gap` in the units
+of the prior's loss (`TrainingOutcome.gap`), the sign that the Langevin chains have stopped reaching the
+model's high-density region) rolls back to the last checkpoint with the learning rate
 halved, at most `max_rollbacks` times, then stops with DivergenceError.
 """
 
@@ -16,12 +18,12 @@ from __future__ import annotations
 import copy
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
+from hebmctl import priors
 from hebmctl.errors import DivergenceError
 from hebmctl.io.checkpoints import TrainingState, latest_checkpoint, load_checkpoint, save_checkpoint
 from hebmctl.io.console import append_jsonl, console, progress_bar, truncate_jsonl
@@ -38,42 +40,19 @@ from hebmctl.io.manifest import (
 )
 from hebmctl.io.output import writes_artifact
 from hebmctl.io.state import save_tensors
-from hebmctl.models.ebm_losses import diffusion_ebm_loss, energy_gap, joint_ebm_loss
+from hebmctl.models.ebm_losses import energy_gap
 from hebmctl.models.ema import ema_update
-from hebmctl.models.energy import JointEnergy
 from hebmctl.runtime import peak_cuda_mb, peak_rss_mb, resolve_device
-from hebmctl.samplers import anchor_step_sizes_sq, conditional_log_density, forward_pairs, langevin, make_schedule, sample_joint_prior
-from hebmctl.samplers.schedules import DiffusionSchedule
 from hebmctl.schemas.common import InputRef
 from hebmctl.schemas.latents import LatentsManifest
 from hebmctl.schemas.prior import PriorManifest, TrainPriorConfig
-from hebmctl.stages.artifacts import ENERGY_NAME, LoadedBackbone, build_energy, load_backbone
+from hebmctl.stages.artifacts import ENERGY_NAME, LoadedBackbone, load_backbone
 
 
 @dataclass(frozen=True)
 class RunControl:
     force: bool = False
     stop_after: int | None = None
-
-
-@dataclass(frozen=True)
-class PriorGeometry:
-    """Schedule and Langevin step sizes of a prior: everything the samplers need besides the networks."""
-
-    scheme: str
-    schedule: DiffusionSchedule | None
-    step_sizes_sq: Tensor  # [T] (diffusion) or [1] (joint)
-
-    @property
-    def step_sizes(self) -> list[float]:
-        return [float(s) for s in self.step_sizes_sq.sqrt()]
-
-
-def prior_geometry(config: TrainPriorConfig, device: torch.device) -> PriorGeometry:
-    if config.scheme == "joint":
-        return PriorGeometry("joint", None, torch.tensor([config.step_size**2], device=device))
-    schedule = make_schedule(config.schedule, config.T).to(device)
-    return PriorGeometry("diffusion", schedule, anchor_step_sizes_sq(schedule, config.b2).to(device))
 
 
 @writes_artifact
@@ -101,12 +80,6 @@ def run(config: TrainPriorConfig, control: RunControl = RunControl()) -> PriorMa
     return _finalize(config, trainer, backbone, inputs, fingerprint, device)
 
 
-def neg_energy_on_u(energy: JointEnergy, backbone: LoadedBackbone) -> Callable[[Tensor, Tensor | None], Tensor]:
-    """G(u, t) = F(T(u), t): the energy network composed with the backbone's u -> z map (DESIGN §3)."""
-    to_z = backbone.model.u_to_z
-    return lambda u, t=None: energy(to_z(u), t)
-
-
 @dataclass
 class _Progress:
     rollbacks: list[dict] = field(default_factory=list)
@@ -116,13 +89,11 @@ class _Progress:
 class _PriorTrainer:
     def __init__(self, config: TrainPriorConfig, backbone: LoadedBackbone, data: LatentBatches, device: torch.device, fingerprint: str) -> None:
         self.config, self.backbone, self.data, self.device, self.fingerprint = config, backbone, data, device, fingerprint
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed)
-            self.energy = build_energy(config, backbone.model.group_shapes).to(device)
+        self.prior = priors.for_training(config, backbone.model, device)
+        self.energy = self.prior.energy
         self.ema = copy.deepcopy(self.energy).requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.energy.parameters(), lr=config.lr, betas=(config.beta1, 0.999))
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
-        self.geometry = prior_geometry(config, device)
         self.step, self.wall_s, self.progress = 0, 0.0, _Progress()
 
     @property
@@ -151,29 +122,19 @@ class _PriorTrainer:
         truncate_jsonl(self.config.out / "metrics.jsonl", self.step)
         console().print(f"train-prior: resuming from {found.name} (step {self.step})")
 
-    def negatives_and_loss(self, u0: Tensor) -> tuple[Tensor, dict]:
-        """One EBM loss on a batch of cached u0 `[B, D]`; returns (loss, log record)."""
-        cfg, g, G = self.config, self.generator, neg_energy_on_u(self.energy, self.backbone)
-        if cfg.scheme == "joint":
-            u_init = torch.randn(u0.shape, generator=g, device=self.device)
-            u_neg, stats = sample_joint_prior(lambda u: G(u, None), u_init, cfg.langevin_steps, cfg.step_size, g)
-            pos, neg = G(u0, None), G(u_neg, None)
-            loss = joint_ebm_loss(pos, neg)
-        else:
-            geometry = self.geometry
-            t = torch.randint(cfg.T, (u0.shape[0],), generator=g, device=self.device)
-            u_t, u_tp1 = forward_pairs(u0, t, geometry.schedule, g)
-            log_p = conditional_log_density(G, u_tp1, t, geometry.schedule, geometry.step_sizes_sq)
-            s_sq = geometry.step_sizes_sq[t]
-            u_neg, stats = langevin(log_p, u_tp1, cfg.langevin_steps, s_sq.sqrt(), g)
-            pos, neg = G(u_t, t), G(u_neg, t)
-            loss = diffusion_ebm_loss(pos, neg, s_sq)
+    def negatives_and_loss(self, u0: Tensor) -> tuple[Tensor | None, dict]:
+        """One EBM loss on a batch of cached u0 `[B, D]` (the prior's own negatives and loss, plus the energy
+        regulariser); returns (loss, log record), loss None on divergence."""
+        cfg = self.config
+        outcome = self.prior.training_outcome(u0, self.generator)
+        pos, neg, stats, loss = outcome.pos, outcome.neg, outcome.stats, outcome.loss
         if cfg.energy_l2 > 0:
             loss = loss + cfg.energy_l2 * (pos.pow(2) + neg.pow(2)).mean()
         record = {"loss": loss.item(), "energy_gap": energy_gap(pos.detach(), neg.detach()), "neg_energy_pos": pos.mean().item(),
-                  "neg_energy_neg": neg.mean().item(), "langevin_grad_norm": float(stats.grad_norm[-1]) if stats.n_steps else 0.0}
+                  "neg_energy_neg": neg.mean().item(), "langevin_grad_norm": float(stats.grad_norm[-1]) if stats.n_steps else 0.0,
+                  "loss_gap": outcome.gap}
         finite = torch.isfinite(loss) and torch.isfinite(pos).all() and torch.isfinite(neg).all() and stats.is_finite()
-        runaway = abs(record["energy_gap"]) > cfg.max_energy_gap
+        runaway = abs(outcome.gap) > cfg.max_energy_gap  # the gap in the loss's units (diffusion: G / s_t^2)
         return (loss if finite and not runaway else None), record
 
     def train_step(self) -> dict | None:
@@ -243,7 +204,6 @@ def _finalize(config: TrainPriorConfig, trainer: _PriorTrainer, backbone: Loaded
         "peak_cuda_mb": peak_cuda_mb(device),
         "device": str(device),
     }
-    geometry = trainer.geometry
     manifest = PriorManifest(
         **common_fields(fingerprint),
         config=config,
@@ -252,8 +212,7 @@ def _finalize(config: TrainPriorConfig, trainer: _PriorTrainer, backbone: Loaded
         metrics=metrics,
         group_dims=backbone.model.group_dims,
         group_shapes=backbone.model.group_shapes,
-        schedule=geometry.schedule.to_dict() if geometry.schedule is not None else None,
-        step_sizes=geometry.step_sizes,
+        **trainer.prior.manifest_fields(),
     )
     write_manifest(out, manifest)
     console().print(f"[green]train-prior: done[/green] {config.scheme}, energy gap {metrics['final_energy_gap']:+.4f}, {metrics['steps_per_s']:.2f} steps/s -> {out}")

@@ -59,24 +59,16 @@ def test_hierarchical_and_trajectory_figures(tiny_backbone, tiny_priors, tmp_pat
 
 
 def test_hierarchical_resampling_changes_only_its_layer(tiny_backbone, tiny_priors):
-    """The conditional samplers keep every other layer fixed exactly."""
-    from hebmctl.samplers.conditional import resample_masked_diffusion, resample_masked_joint
-    from hebmctl.stages.artifacts import load_prior
-    from hebmctl.stages.train_prior import neg_energy_on_u, prior_geometry
+    """Every prior's masked sampler keeps every other layer fixed exactly."""
+    from hebmctl.stages.artifacts import open_prior
 
     backbone = load_backbone(tiny_backbone, torch.device("cpu"))
     u_fixed = torch.randn(6, backbone.model.latent_dim, generator=torch.Generator().manual_seed(0))
     mask = torch.zeros(backbone.model.latent_dim)
     mask[8:12] = 1.0  # layer z2
-    for scheme in ("joint", "diffusion"):
-        prior = load_prior(tiny_priors[scheme], backbone, torch.device("cpu"))
-        G = neg_energy_on_u(prior.energy, backbone)
-        g = torch.Generator().manual_seed(1)
-        if scheme == "joint":
-            u, _ = resample_masked_joint(lambda u: G(u, None), u_fixed, mask, 3, 0.4, g)
-        else:
-            geo = prior_geometry(prior.manifest.config, torch.device("cpu"))
-            u, _ = resample_masked_diffusion(G, u_fixed, mask, geo.schedule, geo.step_sizes_sq, 3, g)
+    for folder in (None, tiny_priors["joint"], tiny_priors["diffusion"]):
+        prior, _ = open_prior(folder, backbone, torch.device("cpu"))
+        u = prior.resample_masked(u_fixed, mask, torch.Generator().manual_seed(1))
         assert torch.equal(u[:, mask == 0], u_fixed[:, mask == 0])
         assert not torch.allclose(u[:, mask == 1], u_fixed[:, mask == 1])
 
@@ -108,7 +100,7 @@ def test_long_run_stops_at_divergence_and_says_when():
     """log p(u) = |u|^4 pushes chains to infinity: the profile stops at the first non-finite state."""
     from hebmctl.stages.sample import _long_run
 
-    G = lambda u, t: u.pow(2).sum(1)  # noqa: E731
-    u_end, profile = _long_run(G, lambda u: u.pow(4).sum(1), torch.ones(4, 3), 500, 0.5, torch.Generator().manual_seed(0), False)
+    F = lambda u: u.pow(2).sum(1)  # noqa: E731
+    u_end, profile = _long_run(F, lambda u: u.pow(4).sum(1), torch.ones(4, 3), 500, 0.5, torch.Generator().manual_seed(0))
     assert profile["diverged_at_step"] is not None and profile["diverged_at_step"] <= 500
     assert torch.isfinite(u_end).all() and len(profile["step"]) == len(profile["neg_energy"])

@@ -73,3 +73,18 @@ def test_runaway_energy_gap_counts_as_divergence(tiny_backbone, tiny_latents, tm
     config = tiny_prior_config(tiny_backbone, tiny_latents, tmp_path / "p", scheme="joint", max_energy_gap=1e-9, max_rollbacks=1)
     with pytest.raises(DivergenceError, match="max-energy-gap"):
         train_prior.run(config)
+
+
+def test_runaway_guard_compares_the_gap_in_the_diffusion_loss_units(tiny_backbone, tiny_latents, tmp_path):
+    """Diffusion: the guard compares mean((G_pos - G_neg) / s_t^2), the quantity the loss uses; the raw G gap is
+    s_t^2 (1e-5 .. 3e-3) times smaller, so a threshold between the two fires now and never fired before."""
+    probe = tiny_prior_config(tiny_backbone, tiny_latents, tmp_path / "probe", scheme="diffusion", max_energy_gap=1e30)
+    assert train_prior.run(probe, train_prior.RunControl(stop_after=1)) is None
+    record = json.loads((tmp_path / "probe" / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["loss_gap"] == pytest.approx(-record["loss"], rel=1e-5)  # no energy L2 for diffusion: loss = -gap
+    raw, scaled = abs(record["energy_gap"]), abs(record["loss_gap"])
+    assert scaled > 100 * raw
+    config = tiny_prior_config(tiny_backbone, tiny_latents, tmp_path / "p", scheme="diffusion", max_energy_gap=(raw * scaled) ** 0.5,
+                               max_rollbacks=0)
+    with pytest.raises(DivergenceError, match="max-energy-gap"):
+        train_prior.run(config)

@@ -1,0 +1,34 @@
+"""Prior objects (DESIGN §2 "priors/"): one class per prior kind, built by one factory.
+
+Each prior samples u_0, resamples masked coordinates, gives the score's energy term and describes
+itself for manifests; trained kinds also give one training loss. Dependency direction: stages ->
+priors -> (models, samplers); never imports stages or io.
+"""
+
+from hebmctl.priors.base import NegEnergyOfZ, Prior, SamplingOptions, TrainingOutcome, Trajectory
+from hebmctl.priors.diffusion import DiffusionPrior
+from hebmctl.priors.energy_prior import EnergyPrior
+from hebmctl.priors.factory import PRIOR_CLASSES, energy_network, for_training, from_energy, gaussian, load
+from hebmctl.priors.gaussian import GaussianPrior
+from hebmctl.priors.generation import SampleBatch, sample_batches
+from hebmctl.priors.joint import JointPrior
+
+__all__ = [
+    "PRIOR_CLASSES",
+    "DiffusionPrior",
+    "EnergyPrior",
+    "GaussianPrior",
+    "JointPrior",
+    "NegEnergyOfZ",
+    "Prior",
+    "SampleBatch",
+    "SamplingOptions",
+    "TrainingOutcome",
+    "Trajectory",
+    "energy_network",
+    "for_training",
+    "from_energy",
+    "gaussian",
+    "load",
+    "sample_batches",
+]

@@ -1,0 +1,95 @@
+"""What every prior kind offers (DESIGN §2 "priors/", §3): sampling, masked sampling, the score's
+energy term, a description for manifests, and (for trained priors) one training loss.
+
+All sampling happens in u-space: a prior draws u_0 `[B, D]`; the caller maps z = T(tau * u_0).
+Randomness only through the caller's `torch.Generator`, in a fixed order, so that a seed gives the
+same samples whatever prior object wraps the networks.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from hebmctl.models.backbone import Backbone
+from hebmctl.samplers import ChainStats, LogDensity
+
+NegEnergyOfZ = Callable[[Tensor], Tensor]
+"""z `[B, D]` -> the score's energy term `[B]`."""
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """Overrides of the prior's training values (None = keep the training value)."""
+
+    langevin_steps: int | None = None
+    step_size: float | None = None  # joint: s
+    step_scale: float | None = None  # diffusion: multiplies every s_t
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    """One batch of the EBM loss: loss `[]`, negative energies on positives and negatives `[B]`, the chain's
+    statistics, and `gap`, the positive-negative gap in the units the loss uses (the runaway guard's quantity)."""
+
+    loss: Tensor
+    pos: Tensor
+    neg: Tensor
+    stats: ChainStats
+    gap: float
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """`sample --trajectory`: the chain's states to show (`rows`, each `[B, D]`), its end state u_end
+    `[B, D]`, and the long run's target: `log_density` (u -> `[B]`), `profile_energy` (u -> the negative
+    energy recorded along it, `[B]`) and the Langevin `step`."""
+
+    rows: list[Tensor]
+    u_end: Tensor
+    log_density: LogDensity
+    profile_energy: Callable[[Tensor], Tensor]
+    step: float
+
+
+class Prior(ABC):
+    """A prior over u `[B, D]` on a frozen backbone (`backbone`, the model)."""
+
+    kind: ClassVar[str]
+    energy_in_score: ClassVar[str] = "none"
+
+    def __init__(self, backbone: Backbone, device: torch.device, n_steps: int = 0, step_size: float = 0.0) -> None:
+        self.backbone, self.device = backbone, device
+        self.n_steps = n_steps  # K per chain (per level for diffusion)
+        self.step_size = step_size  # joint: s; diffusion: the scale applied to every s_t
+
+    def draw(self, n: int, generator: torch.Generator) -> tuple[Tensor, list[ChainStats]]:
+        """u_0 `[n, D]` and the chain statistics (one per diffusion level, one for joint, none for Gaussian).
+        The first draw is always u_top ~ N(0, I) `[n, D]`, the chains' start."""
+        u_top = torch.randn((n, self.backbone.latent_dim), generator=generator, device=self.device)
+        return self.from_noise(u_top, generator)
+
+    @abstractmethod
+    def from_noise(self, u_top: Tensor, generator: torch.Generator) -> tuple[Tensor, list[ChainStats]]:
+        """u_0 `[B, D]` from the chains' start u_top `[B, D]` ~ N(0, I)."""
+
+    @abstractmethod
+    def resample_masked(self, u_fixed: Tensor, mask: Tensor, generator: torch.Generator) -> Tensor:
+        """u `[B, D]` with the coordinates where mask `[D]` is 1 redrawn from p(u_free | u_fixed), the rest exactly u_fixed."""
+
+    def neg_energy_of_z(self) -> NegEnergyOfZ | None:
+        """The energy term of the likelihood scores L^{>k} (DESIGN §3 "Scores"); None for the Gaussian prior."""
+        return None
+
+    def describe(self, temperature: float, seed: int) -> dict:
+        """Every number of the sampler, for manifests."""
+        return {"kind": self.kind, "temperature": temperature, "seed": seed, "langevin_steps": self.n_steps}
+
+    def trajectory(self, u_top: Tensor, generator: torch.Generator) -> Trajectory | None:
+        """The chain from u_top `[B, D]` with its intermediate states, and the long run's target; None without an EBM."""
+        return None

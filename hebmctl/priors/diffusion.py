@@ -1,0 +1,96 @@
+"""Diff-EBM prior in u-space (DESIGN §3 "Diffusion scheme"): conditional EBMs log p(u_t | u_{t+1}) along a
+short diffusion, sampled by reverse diffusion from u_T ~ N(0, I)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from hebmctl.models.backbone import Backbone
+from hebmctl.models.ebm_losses import diffusion_ebm_loss
+from hebmctl.models.energy import JointEnergy
+from hebmctl.priors.base import NegEnergyOfZ, SamplingOptions, TrainingOutcome, Trajectory
+from hebmctl.priors.energy_prior import EnergyPrior
+from hebmctl.samplers import (
+    ChainStats,
+    anchor_step_sizes_sq,
+    conditional_log_density,
+    forward_pairs,
+    langevin,
+    make_schedule,
+    reverse_diffusion_sample,
+)
+from hebmctl.samplers.conditional import resample_masked_diffusion
+from hebmctl.schemas.prior import TrainPriorConfig
+
+
+class DiffusionPrior(EnergyPrior):
+    kind = "diffusion"
+    energy_in_score = "G(z, 0) / s_0^2"
+
+    def __init__(self, config: TrainPriorConfig, energy: JointEnergy, backbone: Backbone, device: torch.device,
+                 options: SamplingOptions) -> None:
+        super().__init__(config, energy, backbone, device, options)
+        self.schedule = make_schedule(config.schedule, config.T).to(device)
+        self.step_sizes_sq = anchor_step_sizes_sq(self.schedule, config.b2).to(device)  # training s_t^2 `[T]`
+
+    @classmethod
+    def resolve_step(cls, config: TrainPriorConfig, n_steps: int, options: SamplingOptions) -> float:
+        """The scale of every s_t: --step-scale, else sqrt(K_train / K) (CDRL's fewer-steps adjustment)."""
+        return options.step_scale if options.step_scale is not None else math.sqrt(config.langevin_steps / max(n_steps, 1))
+
+    @classmethod
+    def n_levels(cls, config: TrainPriorConfig) -> int:
+        return config.T
+
+    def from_noise(self, u_top: Tensor, generator: torch.Generator) -> tuple[Tensor, list[ChainStats]]:
+        """Reverse diffusion u_T = u_top -> u_0, K Langevin steps per level (Diff-EBM Alg. 2)."""
+        return reverse_diffusion_sample(self.neg_energy_on_u, u_top, self.schedule, self.step_sizes_sq, self.n_steps, generator,
+                                        step_scale=self.step_size)
+
+    def resample_masked(self, u_fixed: Tensor, mask: Tensor, generator: torch.Generator) -> Tensor:
+        return resample_masked_diffusion(self.neg_energy_on_u, u_fixed, mask, self.schedule, self.step_sizes_sq, self.n_steps, generator,
+                                         self.step_size)[0]
+
+    def neg_energy_of_z(self) -> NegEnergyOfZ:
+        """The level-0 term G(z, 0) / s_0^2 (what the scores use today; DESIGN §3 "Scores")."""
+        s0_sq = float(self.step_sizes_sq[0])
+        return lambda z: self.energy(z, torch.zeros(z.shape[0], dtype=torch.long, device=z.device)) / s0_sq
+
+    def describe(self, temperature: float, seed: int) -> dict:
+        step_sizes = self.manifest_fields()["step_sizes"]
+        return super().describe(temperature, seed) | {"step_scale": self.step_size, "schedule": self.schedule.to_dict(),
+                                                      "step_sizes": [s * self.step_size for s in step_sizes]}
+
+    def manifest_fields(self) -> dict:
+        return {"schedule": self.schedule.to_dict(), "step_sizes": [float(s) for s in self.step_sizes_sq.sqrt()]}
+
+    def _levels(self, level: int, like: Tensor) -> Tensor:
+        return torch.full((like.shape[0],), level, dtype=torch.long, device=like.device)
+
+    def trajectory(self, u_top: Tensor, generator: torch.Generator) -> Trajectory:
+        """Rows u_T, ..., u_0; the long run continues the t = 0 chain given the chain's own u_1."""
+        u0, _, levels = reverse_diffusion_sample(self.neg_energy_on_u, u_top, self.schedule, self.step_sizes_sq, self.n_steps, generator,
+                                                 step_scale=self.step_size, return_trajectory=True)
+        log_density = conditional_log_density(self.neg_energy_on_u, levels[-2], self._levels(0, u0), self.schedule, self.step_sizes_sq)
+        step = float(self.step_sizes_sq[0].sqrt()) * self.step_size
+        return Trajectory(levels, u0, log_density, lambda u: self.neg_energy_on_u(u, self._levels(0, u)), step)
+
+    def training_outcome(self, u0: Tensor, generator: torch.Generator) -> TrainingOutcome:
+        """t ~ U{0..T-1} per example, (u_t, u_{t+1}) forward from u_0, K Langevin steps of log p(u_t | u_{t+1}) from
+        u_{t+1}; loss mean(-(G(pos, t) - G(neg, t)) / s_t^2) (Diff-EBM eq. 12-13, scaled parametrisation)."""
+        t = torch.randint(self.config.T, (u0.shape[0],), generator=generator, device=self.device)
+        u_t, u_tp1 = forward_pairs(u0, t, self.schedule, generator)
+        log_p = conditional_log_density(self.neg_energy_on_u, u_tp1, t, self.schedule, self.step_sizes_sq)
+        s_sq = self.step_sizes_sq[t]
+        u_neg, stats = langevin(log_p, u_tp1, self.n_steps, s_sq.sqrt(), generator)
+        pos, neg = self.neg_energy_on_u(u_t, t), self.neg_energy_on_u(u_neg, t)
+        return TrainingOutcome(diffusion_ebm_loss(pos, neg, s_sq), pos, neg, stats, scaled_gap(pos, neg, s_sq))
+
+
+def scaled_gap(pos: Tensor, neg: Tensor, step_size_sq: Tensor) -> float:
+    """mean((G(pos, t) - G(neg, t)) / s_t^2) `[B]`, `[B]`, `[B]` -> float: the gap in the units of the diffusion
+    loss (the loss is its negative), which the runaway guard compares; the raw G gap is ~s_t^2 times smaller."""
+    return float(((pos.detach() - neg.detach()) / step_size_sq).mean())

@@ -1,0 +1,60 @@
+"""Joint-EBM prior in u-space (DESIGN §3 "Joint scheme"): log p(u) = F(T(u)) - |u|^2/2, Langevin from N(0, I)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from hebmctl.models.ebm_losses import energy_gap, joint_ebm_loss
+from hebmctl.priors.base import NegEnergyOfZ, SamplingOptions, TrainingOutcome, Trajectory
+from hebmctl.priors.energy_prior import EnergyPrior
+from hebmctl.samplers import ChainStats, joint_prior_log_density, sample_joint_prior
+from hebmctl.samplers.conditional import resample_masked_joint
+from hebmctl.schemas.prior import TrainPriorConfig
+
+TRAJECTORY_ROWS = 4
+
+
+class JointPrior(EnergyPrior):
+    kind = "joint"
+    energy_in_score = "F(z)"
+
+    @classmethod
+    def resolve_step(cls, config: TrainPriorConfig, n_steps: int, options: SamplingOptions) -> float:
+        return options.step_size or config.step_size
+
+    def _neg_energy(self, u: Tensor) -> Tensor:
+        return self.neg_energy_on_u(u, None)
+
+    def from_noise(self, u_top: Tensor, generator: torch.Generator) -> tuple[Tensor, list[ChainStats]]:
+        """K Langevin steps of log p(u) from u_top (Joint-EBM short run)."""
+        u0, stats = sample_joint_prior(self._neg_energy, u_top, self.n_steps, self.step_size, generator)
+        return u0, [stats]
+
+    def resample_masked(self, u_fixed: Tensor, mask: Tensor, generator: torch.Generator) -> Tensor:
+        return resample_masked_joint(self._neg_energy, u_fixed, mask, self.n_steps, self.step_size, generator)[0]
+
+    def neg_energy_of_z(self) -> NegEnergyOfZ:
+        return lambda z: self.energy(z, None)
+
+    def describe(self, temperature: float, seed: int) -> dict:
+        return super().describe(temperature, seed) | {"step_size": self.step_size}
+
+    def manifest_fields(self) -> dict:
+        return {"schedule": None, "step_sizes": [float(s) for s in torch.tensor([self.config.step_size**2]).sqrt()]}
+
+    def trajectory(self, u_top: Tensor, generator: torch.Generator) -> Trajectory:
+        """The chain in TRAJECTORY_ROWS chunks of K / TRAJECTORY_ROWS steps; the long run continues it."""
+        rows, u = [u_top], u_top
+        chunk = max(1, self.n_steps // TRAJECTORY_ROWS)
+        for _ in range(TRAJECTORY_ROWS):
+            u, _ = sample_joint_prior(self._neg_energy, u, chunk, self.step_size, generator)
+            rows.append(u)
+        return Trajectory(rows, u, joint_prior_log_density(self._neg_energy), self._neg_energy, self.step_size)
+
+    def training_outcome(self, u0: Tensor, generator: torch.Generator) -> TrainingOutcome:
+        """Negatives: K Langevin steps from N(0, I); loss mean F(T(u_neg)) - mean F(T(u_pos)) (Joint-EBM eq. 17)."""
+        u_init = torch.randn(u0.shape, generator=generator, device=self.device)
+        u_neg, stats = sample_joint_prior(self._neg_energy, u_init, self.n_steps, self.step_size, generator)
+        pos, neg = self._neg_energy(u0), self._neg_energy(u_neg)
+        return TrainingOutcome(joint_ebm_loss(pos, neg), pos, neg, stats, energy_gap(pos, neg))
