@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from hebmctl.schemas.common import ManifestBase, StageConfig, prior_folder
+from hebmctl.schemas.common import ManifestBase, StageConfig, prior_folder, split_csv
 
 
 class SampleConfig(StageConfig):
@@ -15,6 +15,8 @@ class SampleConfig(StageConfig):
 
     run_defaults: ClassVar[dict[str, str]] = {"backbone": "backbone", "out": "samples/{prior.name}"}
     unhashed: ClassVar[frozenset[str]] = frozenset({"run", "device", "out", "prior"})  # the prior is an input (hashed by manifest)
+    hashed_when_set: ClassVar[frozenset[str]] = frozenset({"traverse", "traverse_dims"})
+    """Added with latent traversals: hashed only when set, so earlier samples keep their fingerprints."""
 
     backbone: Path = Field(None, description="Backbone folder (default: RUN/backbone).")
     prior: str = Field("gaussian", description="'gaussian' (the backbone alone), a prior folder, or a prior name under RUN/priors/.")
@@ -30,10 +32,24 @@ class SampleConfig(StageConfig):
                                                   "4-6).")
     trajectory: bool = Field(False, description="Also write the images along the chain at every level and the energy profile of "
                                                 "a long run.")
+    traverse: tuple[int, ...] | None = Field(None, description="Also write traverse_zI.png for each listed layer I (1 = bottom, "
+        "comma-separated): the first sample with one u-coordinate of layer I swept over -3..3 (its prior std units) per row, every "
+        "other coordinate fixed (Hier-EBM Fig. 11). Rows: the layer's coordinates that change the image most.")
+    traverse_dims: int | None = Field(None, ge=1, description="Rows per traversal grid: the coordinates of the layer with the largest "
+                                                              "image change over the sweep (default 10).")
     trajectory_steps: int = Field(2500, ge=1, description="Length of the long run for the energy profile (--trajectory).")
     batch_size: int = Field(500, ge=1, description="Images per sampling batch.")
     seed: int = Field(0, description="Seed of the sampling noise.")
     device: str = Field("auto", description="Torch device: 'auto' (CUDA when present, else CPU), 'cpu', 'cuda', ...")
+
+    _csv = field_validator("traverse", mode="before")(lambda cls, v: split_csv(v))
+
+    @field_validator("traverse")
+    @classmethod
+    def _layers_from_one(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if value is not None and (not value or min(value) < 1):
+            raise ValueError("--traverse takes layer numbers from 1 (the bottom layer z1), comma-separated, e.g. 3 or 1,2,3")
+        return value
 
     @classmethod
     def _derived_defaults(cls, data: dict[str, Any]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from hebmctl import priors
 from hebmctl.data import from_unit_range
+from hebmctl.errors import ConfigError
 from hebmctl.io.atomic import write_text, write_with
 from hebmctl.io.console import console, progress_bar
 from hebmctl.io.images import save_grid, save_png
@@ -35,6 +36,7 @@ from hebmctl.schemas.sample import SampleConfig, SamplesManifest
 from hebmctl.stages.artifacts import load_backbone, open_prior
 
 GRID_COLUMNS = 8
+TRAVERSE_STEPS, TRAVERSE_RANGE, DEFAULT_TRAVERSE_DIMS = 9, 3.0, 10
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ def sampling_options(config: SampleConfig) -> priors.SamplingOptions:
 def run(config: SampleConfig, control: RunControl = RunControl()) -> SamplesManifest:
     device = resolve_device(config.device)
     backbone = load_backbone(config.backbone, device)
+    _check_traverse(config, backbone.model.num_layers)
     prior, prior_inputs = open_prior(config.prior_dir(), backbone, device, sampling_options(config))
     inputs = [InputRef(role="backbone", path=str(config.backbone), kind="backbone", sha256=backbone.manifest_sha256), *prior_inputs]
     fingerprint = stage_fingerprint(config, inputs)
@@ -66,6 +69,9 @@ def run(config: SampleConfig, control: RunControl = RunControl()) -> SamplesMani
     if config.hierarchical:
         names += _write_hierarchical(out, config, prior, u0[:GRID_COLUMNS])
     long_run: dict = {}
+    if config.traverse:
+        traverse_names, long_run["traverse"] = _write_traversals(out, config, prior, u0[:1])
+        names += traverse_names
     if config.trajectory:
         trajectory_names, long_run = _write_trajectory(out, config, prior)
         names += trajectory_names
@@ -123,6 +129,49 @@ def _write_hierarchical(out: Path, config: SampleConfig, prior: priors.Prior, ba
         save_grid(out / name, images.reshape(n_base * GRID_COLUMNS, *images.shape[1:]), GRID_COLUMNS)
         names.append(name)
     return names
+
+
+def _check_traverse(config: SampleConfig, num_layers: int) -> None:
+    if config.traverse and max(config.traverse) > num_layers:
+        raise ConfigError(f"--traverse {max(config.traverse)}: the backbone has {num_layers} latent layers (z1 = bottom ... z{num_layers} = top).")
+
+
+def _write_traversals(out: Path, config: SampleConfig, prior: priors.Prior, base_u: Tensor) -> tuple[list[str], dict]:
+    """traverse_zI.png per layer I of --traverse: rows = the layer's u-coordinates that move the image most,
+    columns = that coordinate set to TRAVERSE_STEPS values in [-3, 3], every other coordinate of base_u `[1, D]`
+    (the first sample) fixed. u-space units are the Gaussian prior's std, so +-3 spans its range
+    (Hier-EBM Fig. 11 traverses the same way). Returns the file names and, per layer, the chosen
+    coordinates (index within the flattened layer) with their image change (mean |x(+3) - x(-3)| in [-1, 1] units)."""
+    model, names, record = prior.backbone, [], {}
+    values = torch.linspace(-TRAVERSE_RANGE, TRAVERSE_RANGE, TRAVERSE_STEPS, device=base_u.device)
+    n_rows = config.traverse_dims or DEFAULT_TRAVERSE_DIMS
+    for layer in sorted(set(config.traverse)):
+        columns = torch.nonzero(model.layer_mask({layer - 1}, base_u.device)).flatten()  # this layer's coordinates in [D]
+        change = _sweep_change(prior, base_u, columns, config.temperature)
+        order = torch.argsort(change, descending=True)[:n_rows]
+        u = base_u.repeat(len(order) * TRAVERSE_STEPS, 1)
+        rows = torch.arange(len(order), device=u.device).repeat_interleave(TRAVERSE_STEPS)
+        u[torch.arange(u.shape[0]), columns[order][rows]] = values.repeat(len(order))
+        name = f"traverse_z{layer}.png"
+        save_grid(out / name, _decode(prior, u, config.temperature), TRAVERSE_STEPS)
+        names.append(name)
+        first = int(columns[0])
+        record[f"z{layer}"] = [{"coordinate": int(columns[k]) - first, "image_change": round(float(change[k]), 5)} for k in order]
+    return names, record
+
+
+@torch.no_grad()
+def _sweep_change(prior: priors.Prior, base_u: Tensor, columns: Tensor, temperature: float, batch: int = 256) -> Tensor:
+    """Mean |x(u_j = +3) - x(u_j = -3)| `[len(columns)]` for each coordinate j in columns, base_u `[1, D]` otherwise."""
+    model, parts = prior.backbone, []
+    for start in range(0, len(columns), batch):
+        chosen = columns[start : start + batch]
+        u = base_u.repeat(2 * len(chosen), 1)
+        index = torch.arange(len(chosen), device=u.device)
+        u[index, chosen], u[index + len(chosen), chosen] = -TRAVERSE_RANGE, TRAVERSE_RANGE
+        x = model.decode(model.u_to_z(temperature * u))
+        parts.append((x[len(chosen):] - x[: len(chosen)]).abs().flatten(1).mean(1))
+    return torch.cat(parts)
 
 
 def _write_trajectory(out: Path, config: SampleConfig, prior: priors.Prior) -> tuple[list[str], dict]:

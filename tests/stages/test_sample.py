@@ -104,3 +104,33 @@ def test_long_run_stops_at_divergence_and_says_when():
     u_end, profile = _long_run(F, lambda u: u.pow(4).sum(1), torch.ones(4, 3), 500, 0.5, torch.Generator().manual_seed(0))
     assert profile["diverged_at_step"] is not None and profile["diverged_at_step"] <= 500
     assert torch.isfinite(u_end).all() and len(profile["step"]) == len(profile["neg_energy"])
+
+
+def test_traversal_sweeps_one_coordinate_per_row_ordered_by_image_change(tiny_backbone, tmp_path):
+    manifest = sample.run(_config(tiny_backbone, tmp_path / "s", n=4, traverse=(1, 3), traverse_dims=3))
+    names = {o.name for o in manifest.outputs}
+    assert {"traverse_z1.png", "traverse_z3.png"} <= names and "traverse_z2.png" not in names
+    record = manifest.metrics["traverse"]
+    assert len(record["z1"]) == 3 and len({r["coordinate"] for r in record["z1"]}) == 3
+    changes = [r["image_change"] for r in record["z1"]]
+    assert changes == sorted(changes, reverse=True) and changes[0] > 0
+    # The grid: 3 rows x 9 columns of 28x28 tiles; within a row only the swept coordinate moves, so the
+    # row's end tiles differ by the recorded change (mean |x(+3) - x(-3)| in [-1, 1] units, up to uint8 rounding).
+    grid = np.asarray(Image.open(tmp_path / "s" / "traverse_z1.png").convert("L"), dtype=np.float64)[::2, ::2]  # saved at 2x
+    tile, pad = 28, 2
+    assert grid.shape == (3 * tile + 4 * pad, 9 * tile + 10 * pad)
+
+    def cell(row, col):
+        top, left = pad + row * (tile + pad), pad + col * (tile + pad)
+        return grid[top : top + tile, left : left + tile] / 127.5 - 1
+
+    for row, entry in enumerate(record["z1"]):
+        assert np.abs(cell(row, 8) - cell(row, 0)).mean() == pytest.approx(entry["image_change"], abs=0.02)
+
+
+def test_traversal_of_a_missing_layer_is_refused_before_writing(tiny_backbone, tmp_path):
+    with pytest.raises(ConfigError, match="--traverse 4: the backbone has 3 latent layers"):
+        sample.run(_config(tiny_backbone, tmp_path / "s", traverse=(4,)))
+    assert not (tmp_path / "s" / "manifest.json").exists()
+    with pytest.raises(ValueError, match="layer numbers from 1"):
+        _config(tiny_backbone, tmp_path / "s", traverse="0,1")
