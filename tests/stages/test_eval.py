@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 from typer.testing import CliRunner
 
 from hebmctl.cli import app
@@ -121,6 +121,17 @@ def test_ood_scores_metrics_and_plots(tmp_path, tiny_backbone, tiny_priors, prio
     assert loaded == manifest and manifest.metrics["n_in"] == manifest.metrics["n_out"] == 48
 
 
+def test_ood_known_answer_on_blank_images(tmp_path, tiny_backbone, single_thread):
+    """White 28x28 images are OOD for any digit backbone (even a barely trained one decodes dark digits): -L>0 (full terms),
+    with OOD as the positive class, ranks every one of them above every digit. A flipped sign, swapped sets or
+    a score that ignores the pixels gives an AUROC near 0 or 0.5."""
+    np.savez(tmp_path / "white.npz", images=np.full((20, 28, 28), 255, np.uint8), labels=np.zeros(20, np.int64))
+    manifest = eval_ood.run(EvalOodConfig(backbone=tiny_backbone, ood=f"npz:{tmp_path / 'white.npz'}", split="all", k=(0, 1), limit=16,
+                                          terms="full", batch_size=16, out=tmp_path / "ood", device="cpu"))
+    best = manifest.metrics["scores"]["-L>0"]
+    assert best["auroc"] == 1.0 and best["fpr80"] == 0.0 and best["mean_out"] > best["mean_in"]
+
+
 def test_ood_rejects_bad_k_and_mismatched_images(tmp_path, tiny_backbone):
     with pytest.raises(DataError, match="--k"):
         eval_ood.run(EvalOodConfig(backbone=tiny_backbone, ood="builtin:mnist-10k", k=(3,), limit=8, out=tmp_path / "a", device="cpu"))
@@ -142,6 +153,11 @@ def test_anomaly_uses_the_held_out_class(tmp_path, heldout_backbone, single_thre
     assert manifest.metrics["heldout"] == 1 and manifest.metrics["n_positive"] == int((labels == 1).sum())
     assert manifest.metrics["positive_fraction"] == pytest.approx((labels == 1).mean())
     assert 0 <= manifest.metrics["auprc"] <= 1
+    saved = load_file(str(tmp_path / "anomaly" / "scores.safetensors"))  # issue 14: check against the saved scores
+    assert np.array_equal(saved["labels"].numpy(), labels)
+    score = saved["neg_L>0"].numpy()  # higher = more anomalous; the held-out digit is the positive class
+    assert manifest.metrics["auprc"] == pytest.approx(average_precision_score(labels == 1, score), abs=1e-6)
+    assert abs(average_precision_score(labels == 1, -score) - manifest.metrics["auprc"]) > 0.01  # a flipped sign would be seen
     assert (tmp_path / "anomaly" / "pr_curve.png").stat().st_size > 0
 
 
