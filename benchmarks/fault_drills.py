@@ -196,18 +196,16 @@ def run_cli(args: list[str], fault: str = "none", kill_after_s: float | None = N
     env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "COLUMNS": "200", "NO_COLOR": "1"}
     command = [sys.executable, str(Path(__file__).resolve()), "child", "--fault", fault, "--", *args]
     t0 = time.perf_counter()
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=REPO)
-        signalled = False
-        try:
-            process.wait(timeout=kill_after_s if kill_after_s is not None else CHILD_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, sig if kill_after_s is not None else signal.SIGKILL)
-            process.wait()
-            signalled = True
-        log.seek(0)
-        output = log.read().decode("utf-8", "replace")
-    return Run(process.returncode, output, time.perf_counter() - t0, signalled)
+    # A pipe, not a file: RLIMIT_FSIZE (the fsize drills) would also cut a log file the child writes to.
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=REPO)
+    signalled = False
+    try:
+        raw, _ = process.communicate(timeout=kill_after_s if kill_after_s is not None else CHILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, sig if kill_after_s is not None else signal.SIGKILL)
+        raw, _ = process.communicate()
+        signalled = True
+    return Run(process.returncode, raw.decode("utf-8", "replace"), time.perf_counter() - t0, signalled)
 
 
 def stage_args(stage: Stage, run: Path, force: bool = False) -> list[str]:
