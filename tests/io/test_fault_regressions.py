@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -14,6 +16,8 @@ from hebmctl.io import state
 from hebmctl.io.console import truncate_jsonl
 from hebmctl.io.manifest import read_manifest
 from hebmctl.schemas import BackboneManifest
+
+from tests.conftest import REPO
 
 
 def test_a_manifest_with_a_damaged_byte_is_an_artifact_error(tmp_path, tiny_backbone):
@@ -39,3 +43,22 @@ def test_a_full_disk_in_the_safetensors_writer_is_an_os_error(tmp_path, monkeypa
     with pytest.raises(OSError) as info:
         state.save_tensors(tmp_path / "w.safetensors", {"a": torch.zeros(3)})
     assert info.value.errno == errno.EFBIG and not list(tmp_path.iterdir())  # no temporary file left behind
+
+
+def test_a_full_disk_in_the_hdf5_writer_is_an_os_error(tmp_path):
+    """HDF5 reports a refused write as RuntimeError("... errno = 27 ..."): the latent writer raises OSError(EFBIG)."""
+    script = f"""
+import errno, resource, signal
+import numpy as np
+from hebmctl.io.latent_store import LatentLayout, LatentWriter
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+layout = LatentLayout(n_rows=512, samples_per_image=1, group_dims=(64,), group_names=("z1",))
+try:
+    with LatentWriter({str(tmp_path / 'a.h5')!r}, layout, "b" * 64, "f") as w:
+        w.write(0, np.ones((512, 1, 64), np.float32), np.zeros(512, np.int64), np.arange(512))
+except OSError as exc:
+    print("errno", exc.errno)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert f"errno {errno.EFBIG}" in result.stdout, result.stdout + result.stderr
