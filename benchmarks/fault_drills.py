@@ -82,7 +82,7 @@ def stages(data: str, ood: str) -> dict[str, Stage]:
               ("latents",), ("backbone",), "train-prior", ("train.h5", "test.h5", "manifest.json")),
         Stage("train-prior", ("train-prior", "--run", "{run}", "--scheme", "joint", "--width", "16", "--depth", "1", "--steps", "12",
                               "--batch-size", "32", "--langevin-steps", "3", "--checkpoint-every", "3", "--log-every", "1", *cpu),
-              ("priors/joint",), ("backbone", "latents"), "sample", ("weights.safetensors", "manifest.json")),
+              ("priors/joint",), ("backbone", "latents"), "sample", ("energy.safetensors", "manifest.json")),
         Stage("sample", ("sample", "--run", "{run}", "--prior", "joint", "--n", "16", "--batch-size", "8", "--langevin-steps", "3", *cpu),
               ("samples/joint",), ("backbone", "latents", "priors/joint")),
         Stage("eval-recon", ("eval", "recon", "--run", "{run}", "--limit", "64", "--out", "{run}/eval/recon", *cpu),
@@ -298,6 +298,20 @@ class Drills:
         self.results: list[Drill] = []
         self.count = 0
 
+    def reuse_golden(self, log: Path) -> int:
+        """Continue an interrupted invocation on the same --root: its golden runs (timings from its log) and its
+        finished drills (the log's JSON lines); returns how many planned drills to skip."""
+        for line in log.read_text().splitlines():
+            if line.startswith("golden "):
+                name, seconds = line[len("golden "):].split(": ")
+                self.golden_s[name] = float(seconds.split()[0])
+            elif line.startswith('{"kind"'):
+                self.results.append(Drill(**json.loads(line)))
+        for stage in self.stages.values():
+            self.golden[stage.name] = digests(self.golden_run if stage.name != "pipeline" else self.root / "golden-pipe", stage.outputs)
+        self.count = max([int(p.name.split("-")[1]) for p in self.root.glob("drill-*") if p.is_dir()] + [0]) + 1000
+        return len(self.results)
+
     def make_golden(self) -> None:
         (self.root / "golden.toml").write_text(pipeline_toml(self.root / "golden-pipe", self.data))
         for stage in self.stages.values():
@@ -451,6 +465,7 @@ def table(results: list[Drill], seconds: float) -> dict:
         "tracebacks": sum(d.traceback for d in results),
         "silent_acceptances": sum(d.silent_accept for d in results),
         "data_lost": sum(d.data_lost for d in results),
+        "script_errors": sum(d.kind == "script-error" for d in results),
         "by_kind": dict(sorted(by_kind.items())),
         "by_stage": dict(sorted(by_stage.items())),
         "failures": [asdict(d) for d in results if d.traceback or d.data_lost or d.silent_accept],
@@ -465,24 +480,34 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="pretrain only: one kill -9, one ENOSPC, one corrupted weight file")
     parser.add_argument("--root", type=Path, default=None, help="work folder (default: a temporary one, removed at the end)")
     parser.add_argument("--out", type=Path, default=RESULT_PATH)
+    parser.add_argument("--resume-log", type=Path, default=None, help="the log (stdout) of an interrupted invocation on the same --root: "
+                        "reuse its golden runs and results, run the remaining drills")
     options = parser.parse_args()
     t0 = time.perf_counter()
     data, ood = "builtin:mnist-10k", f"fashion-mnist:{SHARED_DATA / 'fashion-mnist'}"
     with tempfile.TemporaryDirectory(prefix="hebmctl-drills-") as tmp:
         root = options.root or Path(tmp)
         drills = Drills(root, options.seed, data, ood)
+        skip = 0
         if options.quick:
             drills.stages = {"pretrain": drills.stages["pretrain"]}
             drills.make_golden()
             stage = drills.stages["pretrain"]
             items = [(drills.signal_drill, (stage, signal.SIGKILL)), (drills.disk_drill, (stage, "enospc", True)),
                      (drills.corrupt_drill, (stage, "backbone", "weights.safetensors", False))]
+        elif options.resume_log is not None:
+            skip = drills.reuse_golden(options.resume_log)
+            items = plan(drills, options.per_stage)
         else:
             drills.make_golden()
             items = plan(drills, options.per_stage)
         print(f"{len(items)} drills planned", flush=True)
-        for method, args in items:
-            method(*args)
+        for method, args in items[skip:]:
+            try:
+                method(*args)
+            except Exception as exc:  # a bug of this script, not of hebmctl: record it and go on
+                drills.results.append(Drill("script-error", args[0].name, repr(exc)[:300]))
+                print(json.dumps(asdict(drills.results[-1])), flush=True)
         result = table(drills.results, time.perf_counter() - t0)
     result["command"] = "OMP_NUM_THREADS=1 python " + " ".join(["benchmarks/fault_drills.py", *sys.argv[1:]])
     summary = {k: v for k, v in result.items() if k != "failures"}
