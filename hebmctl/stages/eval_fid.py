@@ -22,7 +22,7 @@ import torch
 
 from hebmctl.data import ImageSet, from_unit_range, load_split, to_unit_range
 from hebmctl.data.subsets import subset_positions, subset_record
-from hebmctl.errors import DataError
+from hebmctl.errors import ArtifactError, DataError
 from hebmctl.io.console import console, progress_bar
 from hebmctl.io.hashing import sha256_file, sha256_json
 from hebmctl.io.images import save_grid
@@ -167,8 +167,11 @@ def reference_statistics(
                        "mode": "clean", "schema": SCHEMA_VERSION})
     folder = config.stats_dir / f"{_slug(ref_data.path)}-{config.split}-{len(ref_images)}-{key[:12]}"
     if has_manifest(folder):
-        manifest, sha = read_manifest(folder, FidStatsManifest)
-        if manifest.fingerprint == key and not verify_outputs(folder, manifest):
+        try:
+            manifest, sha = read_manifest(folder, FidStatsManifest)
+        except ArtifactError:  # a damaged manifest: this cache is recomputed like one with damaged files
+            manifest = None
+        if manifest is not None and manifest.fingerprint == key and not verify_outputs(folder, manifest):
             tensors, _ = load_tensors(folder / STATS_NAME)
             console().print(f"eval fid: reference statistics from {folder}")
             return folder, sha, (tensors["mu"].numpy(), tensors["sigma"].numpy())

@@ -60,6 +60,12 @@ def test_fid_of_a_split_against_itself_is_zero_and_noise_is_far(tmp_path, digits
     assert stats_manifest.n_images == N_FID and stats_manifest.split == "test"
     assert far.input("reference").sha256 == same.input("reference").sha256 == stats_sha
     assert not inspect_run(tmp_path / "noise").problems
+    # A damaged byte in the cached statistics' manifest (invalid UTF-8): recomputed, not an error (fault drills, issue 14).
+    raw = bytearray((stats / "manifest.json").read_bytes())
+    raw[40] = 0xDF
+    (stats / "manifest.json").write_bytes(bytes(raw))
+    again = eval_fid.run(EvalFidConfig(images=tmp_path / "same.npz", out=tmp_path / "again", **common))
+    assert again.metrics["fid"] == pytest.approx(same.metrics["fid"], abs=1e-6) and read_manifest(stats, FidStatsManifest)[1] != ""
 
 
 @needs_weights
