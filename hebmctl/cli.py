@@ -80,7 +80,7 @@ def guarded(func: Callable[..., Any], model: type[BaseModel] | None = None, name
             table = TABLE_OF_MODEL.get(exc.title) if from_file else None
             fail(describe_validation_error(exc, model or CONFIG_TYPES.get(table or ""), table))
         except OSError as exc:
-            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR):
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.ENOTDIR):
                 raise
             fail(f"Cannot write {exc.filename or 'a file'}: {exc.strerror}. Make the folder writable (or free space), or write "
                  "somewhere else with --run / --out, then re-run the same command.")

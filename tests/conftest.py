@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,28 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+REQUIRE_DATA_ENV = "HEBMCTL_REQUIRE_DATA"
+"""Set to 1 by .ci/run: a test whose real data set is missing then fails instead of skipping."""
+
+
+def shared_data(*parts: str) -> Path:
+    """The path ``../shared/data/<parts>`` for a test that needs a real data set.
+
+    Missing: the test fails when ``HEBMCTL_REQUIRE_DATA=1`` (CI), else it is skipped with a reason
+    that names the path (listed in the report header and by ``pytest -rs``).
+    """
+    path = SHARED_DATA.joinpath(*parts)
+    if path.exists():
+        return path
+    message = f"real data set {path} not found (expected ../shared/data next to the repo, see its README)"
+    if os.environ.get(REQUIRE_DATA_ENV) == "1":
+        pytest.fail(f"{message}; {REQUIRE_DATA_ENV}=1 requires it", pytrace=False)
+    pytest.skip(message)
+
+
+def pytest_report_header(config) -> str:
+    state = "found" if SHARED_DATA.is_dir() else "MISSING: tests that need it are skipped (set HEBMCTL_REQUIRE_DATA=1 to fail instead)"
+    return f"hebmctl real data sets at {SHARED_DATA}: {state}; {REQUIRE_DATA_ENV}={os.environ.get(REQUIRE_DATA_ENV, 'unset')}"
 
 torch.set_num_threads(2)
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hebmctl.schemas.common import SubsetRecord
+
 
 @dataclass(frozen=True, eq=False)
 class ImageSet:
@@ -25,6 +27,7 @@ class ImageSet:
             None for every other data set.
         factor_names: name of each factor column (K names; empty without factors).
         factor_sizes: number of values of each factor (K sizes; empty without factors).
+        subset: the seeded random subset this set is, when loaded with a limit below its size (None: every row).
 
     Equality is identity (``eq=False``: arrays have no single truth value); compare two sets
     with ``fingerprint()``.
@@ -39,6 +42,7 @@ class ImageSet:
     factors: np.ndarray | None = None
     factor_names: tuple[str, ...] = ()
     factor_sizes: tuple[int, ...] = ()
+    subset: SubsetRecord | None = None
 
     def __post_init__(self) -> None:
         if self.images.dtype != np.uint8 or self.images.ndim != 4:

@@ -16,6 +16,7 @@ from hebmctl.data.protocols import pooled_of, pooled_split, split_record
 from hebmctl.data.raw import RawSplit
 from hebmctl.data.shapes import RESOLUTIONS, shapes_split
 from hebmctl.data.specs import check_split, parse_spec
+from hebmctl.data.subsets import SUBSET_SEED, subset_positions, subset_record
 from hebmctl.errors import DataError
 
 _READERS: dict[str, Callable[[str, str], RawSplit]] = {
@@ -57,15 +58,17 @@ def _check_excluded(labels: np.ndarray, excluded: list[int], where: str, num_cla
     )
 
 
-def select_rows(labels: np.ndarray, exclude_classes: Sequence[int], limit: int | None, where: str, num_classes: int = 0) -> np.ndarray:
-    """Rows (int64) kept: labels not in ``exclude_classes``, then the first ``limit`` of them."""
+def select_rows(labels: np.ndarray, exclude_classes: Sequence[int], limit: int | None, where: str, num_classes: int = 0,
+                seed: int = SUBSET_SEED) -> np.ndarray:
+    """Rows (int64, ascending) kept: labels not in ``exclude_classes`` (each one of the split's labels or
+    below ``num_classes``), then a seeded class-stratified random subset of ``limit`` of them (``hebmctl.data.subsets``)."""
     excluded = [int(c) for c in exclude_classes]
     _check_excluded(labels, excluded, where, num_classes)
     rows = np.flatnonzero(~np.isin(labels, excluded)).astype(np.int64)
     if limit is not None:
         if int(limit) < 1:
             raise DataError(f"limit must be a positive number of images, got {limit}. Leave it unset to load everything.")
-        rows = rows[: int(limit)]
+        rows = rows[subset_positions(labels[rows], int(limit), seed)]
     if rows.size == 0:
         reason = (
             f"after excluding classes {excluded}"
@@ -76,7 +79,7 @@ def select_rows(labels: np.ndarray, exclude_classes: Sequence[int], limit: int |
     return rows
 
 
-def load_split(spec: str, split: str, exclude_classes: Sequence[int] = (), limit: int | None = None) -> ImageSet:
+def load_split(spec: str, split: str, exclude_classes: Sequence[int] = (), limit: int | None = None, seed: int = SUBSET_SEED) -> ImageSet:
     """Load one split of a data set as uint8 images ``[N, H, W, C]`` with int64 labels and index.
 
     Args:
@@ -96,8 +99,9 @@ def load_split(spec: str, split: str, exclude_classes: Sequence[int] = (), limit
               29, ... in sorted order) is "test", the rest "train"; "all" = everything.
         exclude_classes: label ids to drop; each must occur among the split's labels or be one of the data
             set's classes (a class only another split holds, e.g. the anomaly of a user's own train/ + test/ split).
-        limit: keep only the first ``limit`` rows after exclusion (image files beyond them are not
-            decoded).
+        limit: keep a seeded, class-stratified random subset of ``limit`` rows after exclusion, in
+            split order (image files outside it are not decoded); recorded in ``ImageSet.subset``.
+        seed: the subset's seed (``hebmctl.data.subsets.SUBSET_SEED`` unless a caller needs another).
 
     Returns:
         ImageSet (with ``factors`` for ``builtin:shapes``, else None) whose ``index`` holds each row's position in the
@@ -112,8 +116,9 @@ def load_split(spec: str, split: str, exclude_classes: Sequence[int] = (), limit
     """
     raw = _read_raw(spec, split)
     try:
-        rows = select_rows(raw.labels, exclude_classes, limit, f"split {split!r} of {spec!r}", len(raw.class_names))
+        rows = select_rows(raw.labels, exclude_classes, limit, f"split {split!r} of {spec!r}", len(raw.class_names), seed)
         images = raw.decode(rows)
+        population = int(np.count_nonzero(~np.isin(raw.labels, [int(c) for c in exclude_classes])))
     finally:
         raw.close()
     return ImageSet(
@@ -126,6 +131,7 @@ def load_split(spec: str, split: str, exclude_classes: Sequence[int] = (), limit
         factors=None if raw.factors is None else np.ascontiguousarray(raw.factors[rows]),
         factor_names=raw.factor_names,
         factor_sizes=raw.factor_sizes,
+        subset=subset_record(raw.labels[rows], raw.index[rows], population, seed) if len(rows) < population else None,
     )
 
 

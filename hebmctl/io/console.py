@@ -57,5 +57,14 @@ def truncate_jsonl(path: Path, max_step: int) -> None:
     path = Path(path)
     if not is_main_process() or not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= max_step]
+    kept = [line for line in path.read_text(errors="replace").splitlines() if _step_of(line) is not None and _step_of(line) <= max_step]
     path.write_text("".join(line + "\n" for line in kept))
+
+
+def _step_of(line: str) -> int | None:
+    """The step of one log line (0 when it has none); None for a blank or damaged line, which is dropped."""
+    try:
+        record = json.loads(line)
+        return int(record.get("step", 0))
+    except (ValueError, TypeError, AttributeError):
+        return None

@@ -10,6 +10,10 @@ incomplete, `rows_written` says how far it got, so an interrupted run continues 
 from __future__ import annotations
 
 import json
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -40,6 +44,20 @@ class LatentLayout:
         return sum(self.group_dims)
 
 
+@contextmanager
+def _disk_errors(path: Path) -> Iterator[None]:
+    """HDF5 reports a failed write (full disk, file size limit) as a RuntimeError or an errno-less OSError whose
+    text holds "errno = N": raise it as OSError(N) naming the file, which the CLI explains (found by the fault drills)."""
+    try:
+        yield
+    except (RuntimeError, OSError) as exc:
+        found = re.search(r"errno = (\d+)", str(exc))
+        if found is None or (isinstance(exc, OSError) and exc.errno):
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from exc
+
+
 class LatentWriter:
     """Writes one split's latents, resumable. Use as a context manager; call `commit()` at the end."""
 
@@ -50,9 +68,10 @@ class LatentWriter:
         if self.tmp.exists() and not self._can_resume(backbone_sha256, fingerprint):
             self.tmp.unlink()
         fresh = not self.tmp.exists()
-        self.file = h5py.File(self.tmp, "a")
-        if fresh:
-            self._create(backbone_sha256, fingerprint)
+        with _disk_errors(self.tmp):
+            self.file = h5py.File(self.tmp, "a")
+            if fresh:
+                self._create(backbone_sha256, fingerprint)
 
     def _can_resume(self, backbone_sha256: str, fingerprint: str) -> bool:
         """True if the partial file belongs to this run; refuses one made from another backbone."""
@@ -97,23 +116,29 @@ class LatentWriter:
     def write(self, start: int, u0: np.ndarray, labels: np.ndarray, index: np.ndarray, z: np.ndarray | None = None) -> None:
         """Write rows [start, start + b): u0 (and z) `[b, S, D]`, labels and index `[b]`; then mark them written."""
         stop = start + len(u0)
-        self.file["u0"][start:stop] = u0
-        if z is not None:
-            self.file["z"][start:stop] = z
-        self.file["labels"][start:stop] = labels
-        self.file["index"][start:stop] = index
-        self.file.attrs["rows_written"] = stop
-        self.file.flush()
+        with _disk_errors(self.tmp):
+            self.file["u0"][start:stop] = u0
+            if z is not None:
+                self.file["z"][start:stop] = z
+            self.file["labels"][start:stop] = labels
+            self.file["index"][start:stop] = index
+            self.file.attrs["rows_written"] = stop
+            self.file.flush()
 
     def commit(self) -> None:
         if self.rows_written != self.layout.n_rows:
             raise RuntimeError(f"commit with {self.rows_written} of {self.layout.n_rows} rows written")
-        self.file.close()
+        with _disk_errors(self.tmp):
+            self.file.close()
         commit(self.tmp, self.path)
 
     def close(self) -> None:
+        """Close after an error too: a failed close (the disk is full) leaves a partial file that the next run resumes or restarts."""
         if self.file.id.valid:
-            self.file.close()
+            try:
+                self.file.close()
+            except (RuntimeError, OSError):
+                pass  # the write error itself was raised already; HDF5 may still print its own close failures at exit
 
     def __enter__(self) -> "LatentWriter":
         return self

@@ -52,7 +52,7 @@ def read_manifest(folder: Path, model: type[M]) -> tuple[M, str]:
     raw = path.read_bytes()
     try:
         data = json.loads(raw)
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # invalid JSON or invalid UTF-8 (a damaged byte)
         raise ArtifactError(f"{path} is not valid JSON ({exc}); the artifact is corrupt. Delete {folder} and re-run its stage.") from exc
     expected_kind = model.model_fields["kind"].default
     if isinstance(data, dict) and data.get("kind") != expected_kind:

@@ -144,8 +144,14 @@ def run_marker_fingerprint(folder: Path) -> str | None:
 
 
 def _rename(src: Path, dst: Path) -> None:
+    """Rename, then fsync the parent folder for durability; a failed fsync (a full disk) does not undo
+    the rename, so it must not abort the step either: a roll-back that stopped there would leave the old
+    artifact aside (found by benchmarks/fault_drills.py)."""
     os.rename(src, dst)
-    fsync_dir(dst.parent)
+    try:
+        fsync_dir(dst.parent)
+    except OSError as exc:
+        console().print(f"[yellow]warning: could not flush the folder {dst.parent} after a rename ({exc.strerror}).[/yellow]")
 
 
 def _remove_tree(path: Path, what: str) -> None:
@@ -280,11 +286,10 @@ class OutputSession:
         """Commit when the stage wrote its manifest (the commit marker, even if something failed after
         it), else put a replaced artifact back; then unlock."""
         try:
-            if self.computing:
-                if (self.folder / "manifest.json").is_file():
-                    self._commit()
-                elif self.replacing:
-                    self._roll_back()
+            if self.computing and (self.folder / "manifest.json").is_file():
+                self._commit()
+            elif self.replacing:  # also when `begin` itself failed (a full disk refused the run marker)
+                self._roll_back()
         finally:
             self.lock.release()
 

@@ -7,6 +7,8 @@ tensor (param groups, scalar entries) goes to the file's JSON metadata under `op
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,19 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
     """Atomically write tensors (moved to CPU, made contiguous) to a safetensors file."""
     cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
     with atomic_path(Path(path)) as tmp:
-        save_file(cpu, str(tmp), metadata=metadata)
+        try:
+            save_file(cpu, str(tmp), metadata=metadata)
+        except SafetensorError as exc:  # the Rust writer reports a full disk as "I/O error: ... (os error 28)"
+            raise _as_os_error(exc, tmp) from exc
+
+
+def _as_os_error(exc: Exception, path: Path) -> Exception:
+    """A safetensors I/O failure as the OSError it wraps (errno from "(os error N)"), so the CLI can explain it."""
+    found = re.search(r"os error (\d+)", str(exc))
+    if found is None:
+        return exc
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code), str(path))
 
 
 def load_tensors(path: Path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -107,6 +107,17 @@ class StageConfig(StrictModel):
         return {k: v for k, v in values.items() if not (k in self.hashed_when_set and v is None)}
 
 
+class SubsetRecord(StrictModel):
+    """Which rows of a split a limited input used: a seeded, class-stratified random subset (`hebmctl.data.subsets`)."""
+
+    method: str = Field(description="Name of the drawing rule, e.g. 'stratified-random-v1'.")
+    seed: int = Field(description="Seed of the draw.")
+    n: int = Field(description="Number of rows chosen.")
+    population: int = Field(description="Number of rows drawn from (the split after class exclusion).")
+    class_counts: dict[str, int] = Field(description="Rows chosen per label id (-1: unknown label).")
+    index_sha256: str = Field(description="sha256 of the chosen rows' positions in the split (little-endian int64, ascending).")
+
+
 class InputRef(StrictModel):
     """A parent artifact or data set this artifact was made from."""
 
@@ -114,6 +125,8 @@ class InputRef(StrictModel):
     path: str = Field(description="Where it was read from (as given).")
     kind: str = Field(description="Artifact kind of the parent manifest, or 'data' for a data set.")
     sha256: str = Field(description="sha256 of the parent's manifest.json bytes, or the data set's content fingerprint.")
+    subset: SubsetRecord | None = Field(None, description="For a data input limited to N rows: the subset drawn (None: every row, "
+                                        "or an artifact written before subsets were recorded).")
 
 
 class TensorInfo(StrictModel):

@@ -54,8 +54,8 @@ class EvalFidConfig(EvalConfigBase):
                                                   "(uint8 [N, H, W] or [N, H, W, C]).")
     ref: str | None = Field(None, description="Data spec of the reference images (default: the data the backbone was trained on).")
     split: Literal["train", "test", "all"] = Field("test", description="Split of the reference data.")
-    ref_limit: int | None = Field(None, ge=2, description="Use only the first N reference images (default: the whole split).")
-    n: int = Field(5000, ge=2, description="Number of images scored (generated, reconstructed, or the first N of --images). Compare FIDs "
+    ref_limit: int | None = Field(None, ge=2, description="Use N reference images (seeded random, stratified by class; default: all).")
+    n: int = Field(5000, ge=2, description="Number of images scored (generated, reconstructed, or N of --images). Compare FIDs "
                                            "only at equal N.")
     temperature: float = Field(1.0, gt=0, description="Sampling: tau in z = T(tau * u_0).")
     langevin_steps: int | None = Field(None, ge=0, description="Sampling: K per level (default: the prior's training K).")
@@ -84,7 +84,7 @@ class EvalReconConfig(EvalConfigBase):
 
     data: str | None = Field(None, description="Data spec (default: the data the backbone was trained on).")
     split: Literal["train", "test", "all"] = Field("test", description="Split to evaluate.")
-    limit: int | None = Field(None, ge=1, description="Evaluate the first N images only.")
+    limit: int | None = Field(None, ge=1, description="Evaluate N images only (seeded random, stratified by class).")
     batch_size: int = Field(500, ge=1, description="Images per batch.")
 
     _data = field_validator("data", mode="before")(lambda cls, v: absolute_data_spec(v))
@@ -100,7 +100,7 @@ class ScoreOptions(EvalConfigBase):
     prior: str = Field("gaussian", description=f"Prior in the score: {PRIOR_HELP}")
     data: str | None = Field(None, description="Data spec of the in-distribution set (default: the data the backbone was trained on).")
     split: Literal["train", "test", "all"] = Field("test", description="Split of the data sets that is scored.")
-    limit: int | None = Field(None, ge=1, description="Score the first N images of each set only.")
+    limit: int | None = Field(None, ge=1, description="Score N images of each set only (seeded random, stratified by class).")
     draws: int = Field(1, ge=1, description="Posterior (and prior) draws per image; the score is their mean.")
     terms: Literal["full", "latent"] = Field("latent", description="Terms of L: 'latent' = log p_Gauss(z) + F(z), the prior's judgement "
                                                                    "without the pixel likelihood (default: the better OOD and anomaly "
@@ -172,7 +172,7 @@ class EvalProbeConfig(EvalConfigBase):
     """Linear-separability of each latent layer: an MLP classifier on inferred codes (Hier-EBM Tab. 1)."""
 
     data: str | None = Field(None, description="Data spec with labels (default: the data the backbone was trained on).")
-    limit: int | None = Field(None, ge=1, description="Train on the first N training images only (the test split is always whole).")
+    limit: int | None = Field(None, ge=1, description="Train on N training images (seeded, stratified by class; test split whole).")
     hidden: int = Field(256, ge=1, description="Hidden width of the 2-layer MLP (Linear-ReLU-Linear).")
     epochs: int = Field(20, ge=1, description="Training epochs of each probe.")
     lr: float = Field(1e-3, gt=0, description="Adam learning rate of the probes.")
@@ -190,7 +190,7 @@ class EvalDisentanglementConfig(EvalConfigBase):
 
     data: str | None = Field(None, description="Data spec with known generative factors, e.g. builtin:shapes (default: the data the "
         "backbone was trained on).")
-    limit: int | None = Field(None, ge=2, description="Evaluate the first N images of the test split only (default: the whole split).")
+    limit: int | None = Field(None, ge=2, description="Evaluate N test images (seeded random, stratified by class; default: all).")
     bins: int = Field(20, ge=2, description="Equal-width bins per code dimension (between its min and max) for the mutual-information "
         "estimate.")
     active_threshold: float = Field(0.01, ge=0, description="A code dimension is active when the variance of its posterior mean over the "
@@ -213,7 +213,7 @@ class FidStatsManifest(ManifestBase):
     kind: Literal["fid-stats"] = Field("fid-stats", description="Artifact kind.")
     data: str = Field(description="Data spec of the reference images.")
     split: str = Field(description="Split of the reference images.")
-    limit: int | None = Field(description="Only the first N images of the split were used (None: all).")
+    limit: int | None = Field(description="Only N images of the split were used (seeded random, stratified by class) (None: all).")
     n_images: int = Field(description="Number of images the statistics are computed from.")
     mode: Literal["clean"] = Field("clean", description="clean-fid preprocessing mode.")
 

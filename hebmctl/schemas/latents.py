@@ -22,7 +22,7 @@ class CacheLatentsConfig(StageConfig):
                                                                                         "each.")
     exclude_classes: tuple[int, ...] | None = Field(None, description="Classes left out of the TRAIN split (default: the backbone's). The "
                                                                       "test split is always complete.")
-    limit: int | None = Field(None, ge=1, description="Cache only the first N images of each split.")
+    limit: int | None = Field(None, ge=1, description="Cache only N images of each split (seeded random, stratified by class).")
     samples_per_image: int = Field(1, ge=1, description="S: posterior samples per image (u0 has shape [N, S, D]).")
     batch_size: int = Field(512, ge=1, description="Images per encoder batch.")
     storage_dtype: Literal["float32", "float16"] = Field("float32", description="Element type of the stored latents.")

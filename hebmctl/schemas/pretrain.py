@@ -28,7 +28,7 @@ class PretrainConfig(StageConfig):
         "on a seeded 80 % of BASE's pooled images of every class but D; docs/eval.md).")
     exclude_classes: tuple[int, ...] = Field((), description="Class ids left out of the training split, comma-separated (test-split "
         "anomaly protocol); a class of the data set that the training split lacks anyway is accepted.")
-    limit: int | None = Field(None, ge=1, description="Use only the first N training images (after exclusion).")
+    limit: int | None = Field(None, ge=1, description="Use only N training images after exclusion (seeded random, stratified by class).")
     backbone: Literal["hvae", "nvae", "vlae"] = Field(
         "hvae",
         description="Backbone family: 'hvae' (vector groups, conditional hierarchy, decoder reads z_1), 'nvae' (spatial groups on a "
@@ -65,7 +65,7 @@ class PretrainConfig(StageConfig):
     checkpoint_every: int = Field(500, ge=1, description="Write a resumable checkpoint every N steps.")
     keep_checkpoints: int = Field(2, ge=1, description="Number of most recent checkpoints kept.")
     log_every: int = Field(50, ge=1, description="Append a line to metrics.jsonl every N steps.")
-    eval_limit: int | None = Field(None, ge=1, description="Evaluate on the first N test images only (default: the whole test split).")
+    eval_limit: int | None = Field(None, ge=1, description="Evaluate on N test images (seeded random, stratified by class; default: all).")
     seed: int = Field(0, description="Seed of every random number generator of the stage.")
     device: str = Field("auto", description="Torch device: 'auto' (CUDA when present, else CPU), 'cpu', 'cuda', ...")
 

@@ -60,7 +60,7 @@ def run(config: CacheLatentsConfig, control: RunControl = RunControl()) -> Laten
             raise DataError(f"The {name} split of {data_spec} has images of shape {image_set.image_shape} (H, W, C), but the backbone "
                             f"{config.backbone} was trained on {tuple(backbone.manifest.image_shape)}. Use data of the backbone's size.")
     inputs = [InputRef(role="backbone", path=str(config.backbone), kind="backbone", sha256=backbone.manifest_sha256)]
-    inputs += [InputRef(role=f"data:{name}", path=data_spec, kind="data", sha256=s.fingerprint()) for name, s in splits.items()]
+    inputs += [InputRef(role=f"data:{name}", path=data_spec, kind="data", sha256=s.fingerprint(), subset=s.subset) for name, s in splits.items()]
     fingerprint = stage_fingerprint(config, inputs)
     existing = prepare_output(config.out, LatentsManifest, fingerprint, control.force)
     if existing is not None:

@@ -38,7 +38,7 @@ def backbone_manifest(folder: Path) -> BackboneManifest:
 def load_data(role: str, spec: str, split: str, limit: int | None = None) -> tuple[ImageSet, InputRef]:
     """One split of a data set and its lineage entry (content fingerprint)."""
     images = load_split(spec, split, limit=limit)
-    return images, InputRef(role=role, path=spec, kind="data", sha256=images.fingerprint())
+    return images, InputRef(role=role, path=spec, kind="data", sha256=images.fingerprint(), subset=images.subset)
 
 
 def up_to_date(config: StageConfig, inputs: list[InputRef], manifest_type: type[M], force: bool, name: str) -> tuple[str, M | None]:

@@ -1,7 +1,7 @@
 """Stage `eval fid`: FID of generated, reconstructed or given images against a data split (issue 4).
 
 Images come from `--prior gaussian|DIR` (sampled exactly as `hebmctl sample` with the same
-options), `--prior recon` (the backbone's reconstructions, posterior means, of the first N
+options), `--prior recon` (the backbone's reconstructions, posterior means, of N
 reference images: the bound any prior can reach) or `--images PATH` (a PNG folder or an .npz).
 Features and the Frechet distance follow clean-fid's "clean" mode (`hebmctl.metrics.fid`). The
 reference statistics are a `fid-stats` artifact under `--stats-dir`, computed once per (data set
@@ -26,7 +26,8 @@ import torch
 
 from hebmctl import dist, priors
 from hebmctl.data import ImageSet, from_unit_range, load_split, to_unit_range
-from hebmctl.errors import DataError
+from hebmctl.data.subsets import subset_positions, subset_record
+from hebmctl.errors import ArtifactError, DataError
 from hebmctl.io.console import console, progress_bar
 from hebmctl.io.hashing import sha256_file, sha256_json
 from hebmctl.io.images import save_grid
@@ -89,7 +90,7 @@ class _Source:
         if config.images is not None:
             self.given = _read_images(config.images, config.n)
             self.label = f"images:{config.images}"
-            self.inputs.append(InputRef(role="images", path=str(config.images), kind="data", sha256=self.given.fingerprint()))
+            self.inputs.append(InputRef(role="images", path=str(config.images), kind="data", sha256=self.given.fingerprint(), subset=self.given.subset))
             return
         self.backbone = load_backbone(config.backbone, device)
         self.inputs.append(InputRef(role="backbone", path=str(config.backbone), kind="backbone", sha256=self.backbone.manifest_sha256))
@@ -99,6 +100,10 @@ class _Source:
         self.inputs += prior_inputs
         if config.prior == "recon" and len(ref_images) < config.n:
             raise DataError(f"--prior recon needs N = {config.n} reference images, but the {config.split} split has {len(ref_images)}. Lower --n.")
+        if config.prior == "recon":  # a seeded class-stratified subset of the reference images, not the first N (issue 14)
+            self.recon_rows = subset_positions(ref_images.labels, config.n)
+            record = subset_record(ref_images.labels[self.recon_rows], ref_images.index[self.recon_rows], len(ref_images))
+            self.inputs.append(InputRef(role="recon-images", path=ref_images.spec, kind="subset", sha256=record.index_sha256, subset=record))
 
     def images(self) -> tuple[np.ndarray, float]:
         """uint8 `[N, H, W, C]` and the seconds it took to make them."""
@@ -106,7 +111,7 @@ class _Source:
         if self.config.images is not None:
             return self.given.images, 0.0
         if self.config.prior == "recon":
-            images = _reconstruct(self.backbone, self.ref_images.images[: self.config.n], self.config.batch_size, self.device)
+            images = _reconstruct(self.backbone, self.ref_images.images[self.recon_rows], self.config.batch_size, self.device)
         else:
             images = self._sample()
         return images, time.perf_counter() - t0
@@ -123,7 +128,7 @@ class _Source:
 
 
 def _read_images(path: Path, n: int) -> ImageSet:
-    """The first n images of a PNG folder or an .npz (key `images`), in sorted / file order."""
+    """n images of a PNG folder or an .npz (key `images`): all of them when it holds n, else a seeded random subset."""
     if not path.exists():
         raise DataError(f"--images {path} does not exist. Give a folder of PNGs or an .npz with key 'images'.")
     spec = f"npz:{path}" if path.suffix == ".npz" else f"folder:{path}"
@@ -172,8 +177,11 @@ def reference_statistics(
                        "mode": "clean", "schema": SCHEMA_VERSION})
     folder = config.stats_dir / f"{_slug(ref_data.path)}-{config.split}-{len(ref_images)}-{key[:12]}"
     if has_manifest(folder):
-        manifest, sha = read_manifest(folder, FidStatsManifest)
-        if manifest.fingerprint == key and not verify_outputs(folder, manifest):
+        try:
+            manifest, sha = read_manifest(folder, FidStatsManifest)
+        except ArtifactError:  # a damaged manifest: this cache is recomputed like one with damaged files
+            manifest = None
+        if manifest is not None and manifest.fingerprint == key and not verify_outputs(folder, manifest):
             tensors, _ = load_tensors(folder / STATS_NAME)
             console().print(f"eval fid: reference statistics from {folder}")
             return folder, sha, (tensors["mu"].numpy(), tensors["sigma"].numpy())

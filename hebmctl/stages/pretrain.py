@@ -21,6 +21,7 @@ import torch
 from hebmctl import dist
 from hebmctl.data import ImageSet, from_unit_range, load_split, to_unit_range
 from hebmctl.data.readers import describe_split
+from hebmctl.data.subsets import subset_positions
 from hebmctl.errors import ConfigError, DataError, DivergenceError
 from hebmctl.io.checkpoints import TrainingState, latest_checkpoint, load_checkpoint, save_checkpoint
 from hebmctl.io.console import append_jsonl, console, progress_bar, truncate_jsonl
@@ -53,7 +54,7 @@ def run(config: PretrainConfig, control: RunControl = RunControl()) -> BackboneM
     """Train (or resume, or skip when up to date); None when stopped early by `control.stop_after`."""
     device = dist.init(resolve_device(config.device))
     train_set, test_set = check_inputs(config)
-    inputs = [InputRef(role="data:train", path=config.data, kind="data", sha256=train_set.fingerprint())]
+    inputs = [InputRef(role="data:train", path=config.data, kind="data", sha256=train_set.fingerprint(), subset=train_set.subset)]
     fingerprint = stage_fingerprint(config, inputs)
     existing = prepare_output(config.out, BackboneManifest, fingerprint, control.force)
     if existing is not None:
@@ -253,14 +254,15 @@ def _finalize(config: PretrainConfig, trainer: _Trainer, train_set: ImageSet, te
               device: torch.device) -> BackboneManifest:
     """Write EMA weights, evaluate on the test split, write grids, then the manifest."""
     out, ema = config.out, trainer.ema.eval()
-    ema.log_std_x.copy_(calibrate_decoder_std(ema, train_set.images[:CALIBRATION_IMAGES], device, config.seed))
+    ema.log_std_x.copy_(calibrate_decoder_std(ema, train_set.images[subset_positions(train_set.labels, CALIBRATION_IMAGES)], device, config.seed))
     save_tensors(out / WEIGHTS_NAME, ema.state_dict())
     t0 = time.perf_counter()
     test_metrics = evaluate_backbone(ema, test_set.images, device, seed=config.seed)
-    _write_grids(out, ema, test_set.images[: GRID_COLUMNS * 4], device, config.seed)
+    _write_grids(out, ema, test_set.images[subset_positions(test_set.labels, GRID_COLUMNS * 4)], device, config.seed)
     names = [WEIGHTS_NAME, "recon_grid.png", "prior_samples.png", "metrics.jsonl"]
     metrics = {
         "test": test_metrics,
+        "test_subset": None if test_set.subset is None else test_set.subset.model_dump(),
         "train_wall_s": round(trainer.wall_s, 2),
         "steps_per_s": round(config.steps / max(trainer.wall_s, 1e-9), 3),
         "eval_wall_s": round(time.perf_counter() - t0, 2),

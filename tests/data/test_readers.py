@@ -18,17 +18,17 @@ from PIL import Image
 
 from hebmctl.data import DataError, ImageSet, from_unit_range, load_split, parse_spec, to_unit_range
 from hebmctl.data.cifar import restricted_load
+from hebmctl.data.subsets import subset_positions
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+from tests.conftest import shared_data
+
 BUILTIN = "builtin:mnist-10k"
 CIFAR_ORDER = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 @pytest.fixture(scope="module")
 def shared() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data sets not found at {SHARED_DATA} (expected ../shared/data next to the repo)")
-    return SHARED_DATA
+    return shared_data()
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +90,9 @@ def test_mnist_sizes_and_labels(shared: Path, mnist_train: ImageSet) -> None:
 
 
 def test_mnist_all_is_train_then_test(shared: Path, mnist_train: ImageSet) -> None:
-    both = load_split(f"mnist:{shared / 'mnist'}", "all", limit=60005)
+    both = load_split(f"mnist:{shared / 'mnist'}", "all")
     assert np.array_equal(both.images[:60000], mnist_train.images)
-    assert both.labels[60000] == 7 and np.array_equal(both.index, np.arange(60005))
+    assert both.labels[60000] == 7 and np.array_equal(both.index, np.arange(70000))
 
 
 def test_fashion_mnist(shared: Path) -> None:
@@ -107,8 +107,8 @@ def test_uncompressed_idx_files_are_accepted(tmp_path: Path) -> None:
     builtin_dir = Path(__file__).resolve().parents[2] / "hebmctl" / "data" / "builtin"
     for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
         (tmp_path / name).write_bytes(gzip.decompress((builtin_dir / f"{name}.gz").read_bytes()))
-    data = load_split(f"mnist:{tmp_path}", "test", limit=3)
-    assert data.labels.tolist() == [7, 2, 1]
+    data = load_split(f"mnist:{tmp_path}", "test")
+    assert data.labels[:3].tolist() == [7, 2, 1]
 
 
 # --- exclude_classes and limit -------------------------------------------------------------------
@@ -120,7 +120,8 @@ def test_exclude_and_limit_keep_original_index(builtin_all: ImageSet) -> None:
     assert np.all(np.diff(data.index) > 0)
     assert np.array_equal(data.images, builtin_all.images[data.index])
     assert np.array_equal(data.labels, builtin_all.labels[data.index])
-    expected = np.flatnonzero(~np.isin(builtin_all.labels, [1, 7]))[:100]
+    kept = np.flatnonzero(~np.isin(builtin_all.labels, [1, 7]))
+    expected = kept[subset_positions(builtin_all.labels[kept], 100)]  # a seeded stratified subset, not the first 100
     assert np.array_equal(data.index, expected)
 
 
@@ -144,10 +145,10 @@ def test_cifar10_zip_with_limit(shared: Path) -> None:
     spec = f"cifar10:{shared / 'cifar10-jpg.zip'}"
     data = load_split(spec, "test", limit=25)
     assert data.images.shape == (25, 32, 32, 3) and data.images.dtype == np.uint8
-    assert data.class_names == CIFAR_ORDER and data.labels.tolist() == [0] * 25
-    assert np.array_equal(data.index, np.arange(25))
-    cars = load_split(spec, "test", exclude_classes=[0], limit=5)
-    assert cars.labels.tolist() == [1] * 5 and cars.index.tolist() == list(range(1000, 1005))
+    assert data.class_names == CIFAR_ORDER and np.array_equal(data.labels, data.index // 1000)  # listed by class, 1,000 each
+    assert sorted(np.bincount(data.labels, minlength=10).tolist()) == [2] * 5 + [3] * 5  # every class, not 25 airplanes
+    not_planes = load_split(spec, "test", exclude_classes=[0], limit=5)
+    assert len(set(not_planes.labels.tolist()) - {0}) == 5 and np.array_equal(not_planes.labels, not_planes.index // 1000)
 
 
 def _py2_str(raw: bytes) -> bytes:
@@ -315,9 +316,10 @@ def test_folder_modes(tmp_path: Path) -> None:
 
 def test_limit_does_not_decode_the_rest(tmp_path: Path) -> None:
     _write_pngs(tmp_path / "bad", {f"x/{i}.png": (4, 4, "L") for i in range(5)})
-    (tmp_path / "bad" / "x" / "4.png").write_bytes(b"\x89PNG broken")
+    (left_out,) = set(range(5)) - set(subset_positions(np.zeros(5, np.int64), 4).tolist())
+    (tmp_path / "bad" / "x" / f"{left_out}.png").write_bytes(b"\x89PNG broken")
     assert len(load_split(f"folder:{tmp_path / 'bad'}", "all", limit=4)) == 4
-    with _data_error("Cannot decode the image .*4.png"):
+    with _data_error(f"Cannot decode the image .*{left_out}.png"):
         load_split(f"folder:{tmp_path / 'bad'}", "all")
 
 

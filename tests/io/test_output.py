@@ -101,6 +101,27 @@ def test_force_keeps_the_old_artifact_until_the_new_one_is_complete_and_resumes_
     assert not replaced_path(folder).exists() and not partial_path(folder).exists()
 
 
+def test_a_force_run_on_a_full_disk_puts_the_old_artifact_back(tmp_path, tiny_backbone, monkeypatch):
+    """Every fsync fails with ENOSPC once the new run starts writing: the run stops with a write error
+    and the old artifact is the folder again at once (the roll-back's own renames must not give up
+    when the folder's fsync fails)."""
+    import errno
+
+    folder = tmp_path / "b"
+    shutil.copytree(tiny_backbone, folder)
+    before = (folder / "manifest.json").read_bytes()
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(ArtifactError, match="No space left"):
+        pretrain.run(tiny_pretrain_config(folder, steps=4), pretrain.RunControl(force=True))
+    monkeypatch.undo()
+    assert (folder / "manifest.json").read_bytes() == before and not replaced_path(folder).exists()
+    load_backbone(folder, torch.device("cpu"))
+
+
 def test_a_force_run_killed_midway_loses_nothing(tmp_path, tiny_backbone, capsys):
     folder = tmp_path / "b"
     shutil.copytree(tiny_backbone, folder)

@@ -8,7 +8,6 @@ features are computed once per module.
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,7 +26,8 @@ from hebmctl.metrics.fid import (
     resolve_inception_weights,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+from tests.conftest import shared_data
+
 CPU = torch.device("cpu")
 BUNDLED = fid.bundled_inception_weights()
 needs_weights = pytest.mark.skipif(
@@ -191,9 +191,8 @@ def test_digit_features_shape_and_finite(digit_features):
 
 
 @needs_weights
-@pytest.mark.skipif(not (SHARED_DATA / "cifar10-jpg.zip").is_file(), reason="no ../shared/data/cifar10-jpg.zip")
 def test_cifar_features_shape_and_finite(extractor):
-    images = load_split(f"cifar10:{SHARED_DATA / 'cifar10-jpg.zip'}", "test", limit=32).images
+    images = load_split(f"cifar10:{shared_data('cifar10-jpg.zip')}", "test", limit=32).images
     done = []
     features = extractor(images, batch_size=12, on_batch=done.append)
     assert done == [12, 24, 32]

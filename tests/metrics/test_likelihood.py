@@ -64,6 +64,14 @@ def test_scores_are_deterministic_and_average_draws():
     a = layer_scores(model, x, (0, 1), None, redraw, torch.Generator().manual_seed(5), draws=3)
     b = layer_scores(model, x, (0, 1), None, redraw, torch.Generator().manual_seed(5), draws=3)
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # draws=3 is the mean of three single draws taken one after another from the same generator
+    # (a sum, the last draw only, or one posterior sample reused would each differ).
+    generator = torch.Generator().manual_seed(5)
+    singles = [layer_scores(model, x, (0, 1), None, redraw, generator, draws=1) for _ in range(3)]
+    for k in (0, 1):
+        draws = torch.stack([s[k] for s in singles])
+        assert not torch.allclose(draws[0], draws[1])
+        torch.testing.assert_close(a[k], draws.mean(0), rtol=1e-6, atol=1e-4)
 
 
 def test_latent_terms_drop_only_the_pixel_likelihood():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from hebmctl.data import load_split
+from hebmctl.data import load_split, to_unit_range
 from hebmctl.errors import ArtifactError, DataError, LineageError
 from hebmctl.io.latent_store import LatentLayout, LatentWriter, read_latents
 from hebmctl.schemas import CacheLatentsConfig
@@ -39,15 +39,24 @@ def test_cache_has_the_documented_layout(cached, tiny_backbone):
     assert np.array_equal(train.labels, expected.labels) and np.array_equal(train.index, expected.index)
     assert not np.allclose(train.u0[:, 0], train.u0[:, 1])  # two different posterior samples
     test = read_latents(out / "test.h5")
-    assert test.index[0] == 9000
+    assert np.array_equal(test.index, load_split("builtin:mnist-10k", "test", (), 300).index) and test.index.min() >= 9000
+    assert manifest.input("data:test").subset.n == 300 and manifest.input("data:test").subset.population == 1000
     assert manifest.metrics["splits"]["train"]["images_per_s"] > 0
 
 
-def test_u0_maps_back_to_posterior_samples(cached, tiny_backbone):
-    out, _ = cached
+def test_u0_maps_back_to_posterior_samples(tiny_backbone, tmp_path):
+    """Stored z = T(u0), and both are the posterior draws of the images the rows name (by `index`), in order."""
+    cache_latents.run(_config(tiny_backbone, tmp_path / "lat", samples_per_image=2, splits=("test",), store_z=True))
     model = load_backbone(tiny_backbone, torch.device("cpu")).model
-    u0 = torch.from_numpy(read_latents(out / "test.h5").u0[:, 0])
-    assert (model.z_to_u(model.u_to_z(u0)) - u0).abs().max() < 1e-5
+    with h5py.File(tmp_path / "lat" / "test.h5", "r") as f:
+        u0, z, index = torch.from_numpy(f["u0"][()]), torch.from_numpy(f["z"][()]), f["index"][()]
+    assert (model.u_to_z(u0.reshape(-1, 14)) - z.reshape(-1, 14)).abs().max() < 1e-5  # z = T(u0), not any u0's round trip
+    images = load_split("builtin:mnist-10k", "test").images[index - 9000][:64]  # the rows' own images, looked up by index
+    generator = torch.Generator().manual_seed(0 * 1_000_003 + cache_latents.SPLIT_IDS["test"] * 100_000_007 + 0)  # seed 0, first batch
+    u_expected, z_expected = cache_latents.infer_u0(model, to_unit_range(images), 2, generator)
+    torch.testing.assert_close(z[:64], z_expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(u0[:64], u_expected, rtol=0, atol=1e-6)
+    assert not torch.allclose(u0[:64, 0], u0[:64, 1])  # two posterior draws per image
 
 
 def test_interrupted_cache_resumes_to_identical_file(cached, tiny_backbone, tmp_path):

