@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -6,6 +8,7 @@ from safetensors.torch import load_file
 
 from hebmctl.errors import ConfigError, DivergenceError, LineageError
 from hebmctl.io.manifest import read_manifest
+from hebmctl.priors.joint import TRAJECTORY_ROWS
 from hebmctl.schemas import SampleConfig, SamplesManifest
 from hebmctl.stages import pretrain, sample
 from hebmctl.stages.artifacts import load_backbone
@@ -56,6 +59,16 @@ def test_hierarchical_and_trajectory_figures(tiny_backbone, tiny_priors, tmp_pat
     assert {"hierarchical_z1.png", "hierarchical_z2.png", "hierarchical_z3.png"} <= names
     if prior != "gaussian":
         assert {"trajectory.png", "long_run.png", "energy_profile.png", "energy_profile.json"} <= names
+        # trajectory.png: one row of 8 per level u_T .. u_0 (diffusion, T = 3) or per chunk of the chain (joint),
+        # and the chain moves: no row repeats the one before.
+        rows = 4 if prior == "diffusion" else TRAJECTORY_ROWS + 1
+        grid = np.asarray(Image.open(tmp_path / "s" / "trajectory.png").convert("L"), dtype=np.float64)[::2, ::2]
+        assert grid.shape == (rows * 28 + (rows + 1) * 2, 8 * 28 + 9 * 2)
+        strips = [grid[2 + r * 30 : 2 + r * 30 + 28] for r in range(rows)]
+        assert all(np.abs(a - b).mean() > 0 for a, b in zip(strips, strips[1:]))  # the tiny decoder moves little, but a repeated row is 0
+        profile = json.loads((tmp_path / "s" / "energy_profile.json").read_text())
+        assert profile["step"][0] == 0 and profile["step"][-1] == 20 and len(profile["step"]) == len(profile["neg_energy"]) == 21
+        assert profile["diverged_at_step"] is None and manifest.metrics["long_run_neg_energy_end"] == profile["neg_energy"][-1]
 
 
 def test_hierarchical_resampling_changes_only_its_layer(tiny_backbone, tiny_priors):

@@ -21,7 +21,13 @@ def test_prior_manifest_records_every_number(tiny_priors, scheme):
     assert {r.role for r in manifest.inputs} == {"backbone", "latents"}
     if scheme == "diffusion":
         assert manifest.schedule["name"] == "drl" and len(manifest.schedule["alpha"]) == 4
-        assert len(manifest.step_sizes) == 3 and all(s > 0 for s in manifest.step_sizes)
+        # DESIGN §3 (Diff-EBM's anchor): s_t^2 = (sigma_cum[t] / sigma_cum[0]) * b2 * sigma[t+1]^2, from the drl
+        # schedule's published alphas for T = 3 (recomputed here, not read back from the code under test).
+        alpha = torch.tensor([0.99995, 0.72213, 0.38627, 0.02278], dtype=torch.float64)
+        sigma, sigma_cum = (1 - alpha**2).sqrt(), (1 - torch.cumprod(alpha**2, 0)).sqrt()
+        expected = ((sigma_cum[:-1] / sigma_cum[0]) * manifest.config.b2 * sigma[1:] ** 2).sqrt()
+        assert manifest.step_sizes == pytest.approx(expected.tolist(), rel=2e-3)
+        assert manifest.schedule["alpha"] == pytest.approx(alpha.tolist(), abs=1e-5)
     else:
         assert manifest.schedule is None and manifest.step_sizes == pytest.approx([0.1])
         assert manifest.config.energy_l2 == 0.1
