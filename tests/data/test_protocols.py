@@ -11,6 +11,7 @@ from PIL import Image
 from hebmctl.data import DataError, load_split
 from hebmctl.data.protocols import parse_pooled, pooled_of, pooled_rows, pooled_spec
 from hebmctl.data.readers import describe_split, load_labels
+from hebmctl.data.subsets import SUBSET_SEED, subset_positions
 from hebmctl.schemas.common import absolute_data_spec
 from hebmctl.schemas.protocols import PooledSplit
 
@@ -71,7 +72,8 @@ def test_load_split_of_a_pooled_spec_reads_the_pooled_images(mnist_spec, pooled_
     spec = pooled_spec(4, 3, mnist_spec)
     test = load_split(spec, "test", limit=300)
     pooled = load_split(mnist_spec, "all")
-    expected_rows = pooled_rows(pooled_labels, PooledSplit(heldout=4, seed=3, base=mnist_spec), "test")[:300]
+    all_rows = pooled_rows(pooled_labels, PooledSplit(heldout=4, seed=3, base=mnist_spec), "test")
+    expected_rows = all_rows[subset_positions(pooled_labels[all_rows], 300, SUBSET_SEED)]  # --limit: the seeded stratified subset
     assert np.array_equal(test.index, expected_rows)
     assert np.array_equal(test.images, pooled.images[expected_rows]) and np.array_equal(test.labels, pooled.labels[expected_rows])
     assert load_split(spec, "test", limit=300).fingerprint() == test.fingerprint()
