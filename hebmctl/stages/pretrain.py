@@ -20,12 +20,20 @@ import numpy as np
 import torch
 
 from hebmctl.data import ImageSet, from_unit_range, load_split, to_unit_range
-from hebmctl.errors import DataError, DivergenceError
+from hebmctl.errors import ArtifactError, DataError, DivergenceError, HebmctlError
 from hebmctl.io.checkpoints import TrainingState, latest_checkpoint, load_checkpoint, save_checkpoint
 from hebmctl.io.console import append_jsonl, console, progress_bar, truncate_jsonl
 from hebmctl.io.hashing import sha256_file
 from hebmctl.io.images import save_grid
-from hebmctl.io.manifest import common_fields, describe_file, prepare_output, stage_fingerprint, write_manifest
+from hebmctl.io.manifest import (
+    common_fields,
+    describe_file,
+    prepare_output,
+    read_manifest,
+    require_intact,
+    stage_fingerprint,
+    write_manifest,
+)
 from hebmctl.io.output import writes_artifact
 from hebmctl.io.state import save_tensors
 from hebmctl.metrics.backbone import evaluate_backbone
@@ -60,12 +68,19 @@ def run(config: PretrainConfig, control: RunControl = RunControl()) -> BackboneM
     inputs = [InputRef(role="data:train", path=config.data, kind="data", sha256=train_set.fingerprint())]
     fingerprint = stage_fingerprint(config, inputs)
     existing = prepare_output(config.out, BackboneManifest, fingerprint, control.force)
+    if existing is not None and config.prior == "joint" and not _joint_prior_is_current(config):
+        # the backbone was written but not its prior (interrupted in between, or the prior folder damaged): rewrite the
+        # prior from the final checkpoint
+        trainer = _JointTrainer(config, _fresh_model(config, train_set, device), train_set, device, fingerprint)
+        if latest_checkpoint(trainer.checkpoints, fingerprint) is None:
+            raise ArtifactError(f"The jointly learned prior {config.prior_out} is missing or damaged and {trainer.checkpoints} holds no "
+                                "checkpoint to rebuild it from: re-run with --force.")
+        trainer.resume()
+        _finalize_joint_prior(config, trainer, device)
     if existing is not None:
         console().print(f"[green]pretrain: {config.out} is up to date[/green] (fingerprint {fingerprint[:12]})")
         return existing
-    with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
-        torch.manual_seed(config.seed)
-        model = build_backbone(config, train_set.image_shape).to(device)
+    model = _fresh_model(config, train_set, device)
     config.out.mkdir(parents=True, exist_ok=True)
     trainer = (_JointTrainer if config.prior == "joint" else _Trainer)(config, model, train_set, device, fingerprint)
     finished = trainer.train(control.stop_after)
@@ -74,8 +89,14 @@ def run(config: PretrainConfig, control: RunControl = RunControl()) -> BackboneM
         return None
     manifest = _finalize(config, trainer, train_set, test_set, inputs, fingerprint, device)
     if isinstance(trainer, _JointTrainer):
-        _finalize_joint_prior(config, trainer, manifest, device)
+        _finalize_joint_prior(config, trainer, device)
     return manifest
+
+
+def _fresh_model(config: PretrainConfig, train_set: ImageSet, device: torch.device) -> Backbone:
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
+        torch.manual_seed(config.seed)
+        return build_backbone(config, train_set.image_shape).to(device)
 
 
 def check_inputs(config: PretrainConfig) -> tuple[ImageSet, ImageSet]:
@@ -367,7 +388,7 @@ class _JointTrainer(_Trainer):
         self.step += 1
         return {"step": self.step} | terms.record() | chain | {
             "kl_per_layer": [float(k) for k in kl.detach().mean(0)],
-            "elbo": float(-(terms.recon + kl.detach().sum(-1).mean())) if not mle else None,
+            "elbo": float(-(terms.recon.detach() + kl.detach().sum(-1).mean())) if not mle else None,
             "kl_weight": kl_beta, "grad_norm": float(grad_norm), "energy_grad_norm": float(energy_grad_norm),
             "skipped_updates": self.skips.total, "lr": self.optimizer.param_groups[0]["lr"],
             "energy_lr": self.energy_optimizer.param_groups[0]["lr"], "decoder_std": float(log_std.exp()),
@@ -393,7 +414,17 @@ class _JointTrainer(_Trainer):
         console().print(f"[yellow]pretrain: divergence at step {record_step}; rolled back to step {self.step}, learning rates x{scale:g}[/yellow]")
 
 
-def _finalize_joint_prior(config: PretrainConfig, trainer: _JointTrainer, backbone: BackboneManifest, device: torch.device) -> PriorManifest:
+def _joint_prior_is_current(config: PretrainConfig) -> bool:
+    """True when the prior folder holds a complete, intact prior made from the backbone manifest now in config.out."""
+    try:
+        manifest, _ = read_manifest(config.prior_out, PriorManifest)
+        require_intact(config.prior_out, manifest)
+    except HebmctlError:
+        return False
+    return manifest.input("backbone").sha256 == sha256_file(config.out / "manifest.json")
+
+
+def _finalize_joint_prior(config: PretrainConfig, trainer: _JointTrainer, device: torch.device) -> PriorManifest:
     """Write the jointly learned prior (EMA energy weights) as a prior artifact of the backbone just written, then a grid of
     its samples (`ebm_samples.png`: K prior Langevin steps from N(0, I) on the EMA networks)."""
     out, prior_config = config.prior_out, trainer.prior_config
