@@ -187,6 +187,9 @@ class _Trainer:
 
     def _restore(self, folder: Path) -> None:
         self.step, extra = load_checkpoint(folder, self.state)
+        self._restore_extra(extra)
+
+    def _restore_extra(self, extra: dict) -> None:
         self.wall_s = float(extra.get("wall_s", 0.0))
         self.skips.restore(extra.get("skips", {}))
 
@@ -314,9 +317,8 @@ class _JointTrainer(_Trainer):
     def _extra(self) -> dict:
         return super()._extra() | {"lr_scale": self.lr_scale, "rollbacks": self.rollbacks}
 
-    def _restore(self, folder: Path) -> None:
-        super()._restore(folder)
-        extra = json.loads((folder / "state.json").read_text()).get("extra", {})
+    def _restore_extra(self, extra: dict) -> None:
+        super()._restore_extra(extra)
         self.lr_scale, self.rollbacks = float(extra.get("lr_scale", 1.0)), list(extra.get("rollbacks", []))
 
     def _fresh_start(self) -> None:
