@@ -53,6 +53,7 @@ class JointLoss:
     neg_energy_pos: Tensor  # F(z+) `[B]`, detached, for logging
     neg_energy_neg: Tensor  # F(z-) `[B]`, detached, for logging
     energy_l2_weight: float = 0.0
+    x_mean: Tensor | None = None  # decoder means at z+ `[B, C, H, W]`, detached, for logging
 
     @property
     def energy_gap(self) -> float:
@@ -98,7 +99,8 @@ def joint_loss(
         gauss_positive = -backbone.log_prior_gauss(z_pos).mean()  # eq. 18, positive phase at fixed samples
     else:
         gauss_positive = kl.sum(-1).mean()  # eq. 18 (positive phase) and eq. 19 (-KL)
-    recon = backbone.recon_nll(x, backbone.decode(z_pos), log_std_x).mean()  # eq. 16, eq. 19
+    x_mean = backbone.decode(z_pos)
+    recon = backbone.recon_nll(x, x_mean, log_std_x).mean()  # eq. 16, eq. 19
     f_pos = energy(z_pos)
     f_neg = energy(z_neg)
     ebm_positive = -f_pos.mean()  # eq. 17 positive phase; eq. 19's E_q F(z)
@@ -107,7 +109,7 @@ def joint_loss(
     total = recon + kl_weight * (gauss_positive + ebm_positive + negative_phase) + energy_l2 * l2
     return JointLoss(recon=recon, gauss_positive=gauss_positive, ebm_positive=ebm_positive, negative_phase=negative_phase, energy_l2=l2,
                      total=total, neg_energy_pos=f_pos.detach(), neg_energy_neg=f_neg.detach(),
-                     energy_l2_weight=energy_l2)
+                     energy_l2_weight=energy_l2, x_mean=x_mean.detach())
 
 
 def inference_loss(backbone: Backbone, energy: nn.Module, x: Tensor, z_q: Tensor, kl: Tensor, log_std_x: Tensor | None = None) -> Tensor:

@@ -391,7 +391,7 @@ class _JointTrainer(_Trainer):
         return {"step": self.step} | terms.record() | chain | {
             "kl_per_layer": [float(k) for k in kl.detach().mean(0)],
             "elbo": float(-(terms.recon.detach() + kl.detach().sum(-1).mean())) if not mle else None,
-            "kl_weight": kl_beta, "grad_norm": float(grad_norm), "energy_grad_norm": float(energy_grad_norm),
+            "mse": float(((terms.x_mean - x) ** 2).mean()), "kl_weight": kl_beta, "grad_norm": float(grad_norm), "energy_grad_norm": float(energy_grad_norm),
             "skipped_updates": self.skips.total, "lr": self.optimizer.param_groups[0]["lr"],
             "energy_lr": self.energy_optimizer.param_groups[0]["lr"], "decoder_std": float(log_std.exp()),
         }

@@ -40,7 +40,7 @@ def test_joint_run_writes_a_backbone_and_a_prior_the_loaders_accept(joint_run):
     assert prior.manifest.config.langevin_steps == 4 and prior.manifest.step_sizes == [0.1]
     records = [json.loads(line) for line in (joint_run / "backbone" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [2, 4, 6, 8, 10, 12]
-    assert {"energy_gap", "ebm_term", "recon_nll", "gauss_positive", "energy_grad_norm"} <= set(records[-1])
+    assert {"energy_gap", "ebm_term", "recon_nll", "gauss_positive", "energy_grad_norm", "mse", "loss", "kl_per_layer"} <= set(records[-1])
     assert all(abs(r["energy_gap"]) < 100 for r in records)
     energy, _ = load_tensors(joint_run / "priors" / "joint-learned" / ENERGY_NAME)
     checkpoint, _ = load_tensors(joint_run / "backbone" / "checkpoints" / "ckpt-000012" / "energy_ema.safetensors")
