@@ -6,11 +6,11 @@ processes (torchrun) can run a stage; only rank 0 writes files and draws progres
 
 from __future__ import annotations
 
-import os
 import resource
 
 import torch
 
+from hebmctl import dist
 from hebmctl.errors import HebmctlError
 
 
@@ -28,11 +28,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
+    return dist.rank()
 
 
 def is_main_process() -> bool:
-    return rank() == 0
+    return dist.is_main()
 
 
 def peak_rss_mb() -> float:

@@ -29,6 +29,7 @@ from hebmctl.io.state import (
     save_tensors,
     set_generator_state,
 )
+from hebmctl.runtime import is_main_process
 
 STATE_NAME = "state.json"
 
@@ -47,8 +48,11 @@ def checkpoint_dir(root: Path, step: int) -> Path:
 
 
 def save_checkpoint(root: Path, step: int, fingerprint: str, state: TrainingState, extra: dict[str, Any], keep: int) -> Path:
-    """Write checkpoint `step` (state.json last), then delete all but the newest `keep`."""
+    """Write checkpoint `step` (state.json last), then delete all but the newest `keep`. Only rank 0 writes
+    (the ranks hold the same state, DESIGN §8); the others just return the folder's name."""
     folder = checkpoint_dir(root, step)
+    if not is_main_process():
+        return folder
     folder.mkdir(parents=True, exist_ok=True)
     for name, module in state.modules.items():
         save_tensors(folder / f"{name}.safetensors", module.state_dict())

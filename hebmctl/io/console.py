@@ -53,9 +53,9 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
 
 
 def truncate_jsonl(path: Path, max_step: int) -> None:
-    """Drop log lines past `max_step` (written after the checkpoint a run resumes from)."""
+    """Drop log lines past `max_step` (written after the checkpoint a run resumes from). Only rank 0 writes."""
     path = Path(path)
-    if not path.is_file():
+    if not is_main_process() or not path.is_file():
         return
     kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= max_step]
     path.write_text("".join(line + "\n" for line in kept))

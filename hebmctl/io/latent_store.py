@@ -122,6 +122,24 @@ class LatentWriter:
         self.close()
 
 
+def join_parts(path: Path, layout: LatentLayout, parts: list[tuple[Path, int]], backbone_sha256: str, fingerprint: str,
+               block_rows: int) -> None:
+    """Write the split file `path` from complete part files (each a latent file of some rows, with the
+    row it starts at), copying `block_rows` rows at a time from row 0 (the batches a one-process run
+    writes, so the file is written by the same sequence of writes), then delete the parts."""
+    with LatentWriter(path, layout, backbone_sha256, fingerprint) as writer:
+        for part, first_row in parts:
+            with h5py.File(part, "r") as handle:
+                rows = handle["u0"].shape[0]
+                for start in range(0, rows, block_rows):
+                    stop = min(start + block_rows, rows)
+                    z = handle["z"][start:stop] if layout.store_z else None
+                    writer.write(first_row + start, handle["u0"][start:stop], handle["labels"][start:stop], handle["index"][start:stop], z)
+        writer.commit()
+    for part, _ in parts:
+        part.unlink()
+
+
 @dataclass(frozen=True)
 class LatentSplit:
     """One split's latents in memory: u0 float32 `[N, S, D]`, labels/index int64 `[N]`."""

@@ -16,7 +16,7 @@ import h5py
 from pydantic import BaseModel, ValidationError
 from safetensors import safe_open
 
-from hebmctl import __version__
+from hebmctl import __version__, dist
 from hebmctl.errors import ArtifactError, LineageError
 from hebmctl.io.atomic import write_text
 from hebmctl.io.hashing import sha256_bytes, sha256_file, sha256_json
@@ -215,7 +215,20 @@ def prepare_output(folder: Path, model: type[M], fingerprint: str, force: bool) 
     `force` it stays in place (moved aside) until the new run's manifest is written. A damaged
     artifact is re-run in place, keeping its checkpoints. Otherwise returns None: the stage runs,
     resuming a partial run of the same settings if it can.
+
+    With several processes rank 0 alone decides and does the folder work; the others wait for its
+    decision (and its error, if any) and read the manifest it found (DESIGN §8).
     """
+    if dist.world_size() == 1:
+        return _prepare_output(folder, model, fingerprint, force)
+    found: list[M | None] = []
+    skip = dist.main_decides(lambda: found.append(_prepare_output(folder, model, fingerprint, force)) or found[0] is not None)
+    if dist.is_main():
+        return found[0]
+    return read_manifest(folder, model)[0] if skip else None
+
+
+def _prepare_output(folder: Path, model: type[M], fingerprint: str, force: bool) -> M | None:
     folder = Path(folder)
     session = session_for(folder)
     session.open()

@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from hebmctl import dist
 from hebmctl.errors import ArtifactError
 from hebmctl.io.atomic import fsync_dir, write_text
 from hebmctl.io.console import console
@@ -374,6 +375,7 @@ def writes_artifact(run: F) -> F:
     @functools.wraps(run)
     def wrapper(config: Any, *args: Any, **kwargs: Any) -> Any:
         folder = Path(config.out)
+        dist.stage_starts()
         try:
             with output_session(folder):
                 return run(config, *args, **kwargs)

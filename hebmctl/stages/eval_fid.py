@@ -9,6 +9,10 @@ content, split, limit, Inception weights) and reused by every later evaluation.
 
 Writes `eval/fid-<what>/`: `result.json` (key `fid`, N, the reference, timings), `grid.png`
 (the first 64 scored images), manifest.
+
+Several processes (torchrun): every rank makes the same images (sampling is not split yet), each
+extracts the features of a contiguous range of whole batches, and the ranks gather them in order,
+so the features are those of one process; rank 0 writes the statistics, the result and the manifest.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hebmctl import dist
 from hebmctl.data import ImageSet, from_unit_range, load_split, to_unit_range
 from hebmctl.errors import DataError
 from hebmctl.io.console import console, progress_bar
@@ -28,7 +33,7 @@ from hebmctl.io.images import save_grid
 from hebmctl.io.manifest import common_fields, describe_file, has_manifest, read_manifest, verify_outputs, write_manifest
 from hebmctl.io.output import writes_artifact
 from hebmctl.io.state import load_tensors, save_tensors
-from hebmctl.metrics.fid import InceptionFeatures, feature_statistics, frechet_distance, resolve_inception_weights
+from hebmctl.metrics.fid import DEFAULT_BATCH_SIZE, InceptionFeatures, feature_statistics, frechet_distance, resolve_inception_weights
 from hebmctl.runtime import resolve_device
 from hebmctl.schemas.common import SCHEMA_VERSION, InputRef
 from hebmctl.schemas.eval import EvalFidConfig, EvalFidManifest, FidStatsManifest
@@ -42,8 +47,9 @@ GRID_IMAGES = 64
 
 
 @writes_artifact
-def run(config: EvalFidConfig, control: RunControl = RunControl()) -> EvalFidManifest:
-    device = resolve_device(config.device)
+def run(config: EvalFidConfig, control: RunControl = RunControl()) -> EvalFidManifest | None:
+    """Evaluate (or skip when up to date); None on ranks other than 0, which write nothing."""
+    device = dist.init(resolve_device(config.device))
     weights = resolve_inception_weights(config.inception_weights)
     weights_ref = InputRef(role="inception", path=str(weights), kind="weights", sha256=sha256_file(weights))
     ref_spec = config.ref or backbone_manifest(config.backbone).config.data
@@ -58,9 +64,11 @@ def run(config: EvalFidConfig, control: RunControl = RunControl()) -> EvalFidMan
     stats_folder, stats_sha, (mu_ref, sigma_ref) = reference_statistics(config, ref_images, ref_data, weights_ref, extractor)
     inputs.append(InputRef(role="reference", path=str(stats_folder), kind="fid-stats", sha256=stats_sha))
     images, generate_s = source.images()
-    save_grid(config.out / "grid.png", images[:GRID_IMAGES], 8)
     features, feature_s = _features(extractor, images, config.fid_batch_size, f"features {source.label}")
     fid = frechet_distance(*feature_statistics(features), mu_ref, sigma_ref)
+    if not dist.is_main():
+        return None  # rank 0 writes (DESIGN §8)
+    save_grid(config.out / "grid.png", images[:GRID_IMAGES], 8)
     result = {
         "fid": fid, "n": int(len(images)), "source": source.label, "ref": ref_spec, "split": config.split,
         "ref_n": int(len(ref_images)), "mode": "clean", "inception_weights": str(weights),
@@ -137,12 +145,15 @@ def _reconstruct(backbone: LoadedBackbone, images: np.ndarray, batch_size: int, 
 
 
 def _features(extractor: InceptionFeatures, images: np.ndarray, batch_size: int | None, label: str) -> tuple[np.ndarray, float]:
-    """Inception features `[N, 2048]` with a progress bar, and the seconds they took."""
+    """Inception features `[N, 2048]` with a progress bar, and the seconds they took. With several processes each rank
+    extracts a contiguous range of whole batches (the batches one process would run) and the ranks gather them in order."""
     t0 = time.perf_counter()
+    batch_size = batch_size or DEFAULT_BATCH_SIZE.get(extractor.device.type, 8)
+    start, stop = dist.shard(len(images), batch_size)
     with progress_bar() as bar:
-        task = bar.add_task(label, total=len(images), unit="img", info="")
-        features = extractor(images, batch_size, on_batch=lambda done: bar.update(task, completed=done))
-    return features, time.perf_counter() - t0
+        task = bar.add_task(label, total=stop - start, unit="img", info="")
+        features = extractor(images[start:stop], batch_size, on_batch=lambda done: bar.update(task, completed=done))
+    return dist.all_gather_rows(features), time.perf_counter() - t0
 
 
 def _slug(spec: str) -> str:
@@ -168,12 +179,15 @@ def reference_statistics(
             console().print(f"eval fid: reference statistics from {folder}")
             return folder, sha, (tensors["mu"].numpy(), tensors["sigma"].numpy())
         console().print(f"[yellow]eval fid: {folder} is damaged or stale; recomputing it[/yellow]")
-    folder.mkdir(parents=True, exist_ok=True)
     features, _ = _features(extractor, ref_images.images, config.fid_batch_size, f"reference {config.split}")
     mu, sigma = feature_statistics(features)
-    save_tensors(folder / STATS_NAME, {"mu": torch.from_numpy(mu), "sigma": torch.from_numpy(sigma)})
-    manifest = FidStatsManifest(**common_fields(key), inputs=[ref_data, weights_ref], outputs=[describe_file(folder, STATS_NAME)],
-                                metrics={"n_images": len(ref_images)}, data=ref_data.path, split=config.split,
-                                limit=config.ref_limit, n_images=len(ref_images))
-    sha = write_manifest(folder, manifest)
-    return folder, sha, (mu, sigma)
+
+    def write() -> str:
+        folder.mkdir(parents=True, exist_ok=True)
+        save_tensors(folder / STATS_NAME, {"mu": torch.from_numpy(mu), "sigma": torch.from_numpy(sigma)})
+        manifest = FidStatsManifest(**common_fields(key), inputs=[ref_data, weights_ref], outputs=[describe_file(folder, STATS_NAME)],
+                                    metrics={"n_images": len(ref_images)}, data=ref_data.path, split=config.split,
+                                    limit=config.ref_limit, n_images=len(ref_images))
+        return write_manifest(folder, manifest)
+
+    return folder, dist.main_decides(write), (mu, sigma)  # rank 0 writes; every rank gets the manifest's sha256

@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hebmctl import dist
 from hebmctl.data import ImageSet, from_unit_range, load_split, to_unit_range
-from hebmctl.errors import ArtifactError, DataError, DivergenceError, HebmctlError
+from hebmctl.errors import ArtifactError, ConfigError, DataError, DivergenceError, HebmctlError
 from hebmctl.io.checkpoints import TrainingState, latest_checkpoint, load_checkpoint, save_checkpoint
 from hebmctl.io.console import append_jsonl, console, progress_bar, truncate_jsonl
 from hebmctl.io.hashing import sha256_file
@@ -37,7 +38,7 @@ from hebmctl.io.manifest import (
 from hebmctl.io.output import writes_artifact
 from hebmctl.io.state import save_tensors
 from hebmctl.metrics.backbone import evaluate_backbone
-from hebmctl.models.backbone import LOG_STD_X_RANGE, Backbone, ElboTerms
+from hebmctl.models.backbone import LOG_STD_X_RANGE, Backbone, ElboTerms, NoiseRows
 from hebmctl.models.ema import ema_update
 from hebmctl.models.joint_objective import inference_loss, inference_parameters, joint_loss
 from hebmctl.runtime import peak_cuda_mb, peak_rss_mb, resolve_device
@@ -63,7 +64,7 @@ class RunControl:
 @writes_artifact
 def run(config: PretrainConfig, control: RunControl = RunControl()) -> BackboneManifest | None:
     """Train (or resume, or skip when up to date); None when stopped early by `control.stop_after`."""
-    device = resolve_device(config.device)
+    device = dist.init(resolve_device(config.device))
     train_set, test_set = check_inputs(config)
     inputs = [InputRef(role="data:train", path=config.data, kind="data", sha256=train_set.fingerprint())]
     fingerprint = stage_fingerprint(config, inputs)
@@ -87,6 +88,8 @@ def run(config: PretrainConfig, control: RunControl = RunControl()) -> BackboneM
     if not finished:
         console().print(f"[yellow]pretrain: stopped at step {trainer.step}; re-run the same command to continue.[/yellow]")
         return None
+    if not dist.is_main():
+        return None  # rank 0 evaluates and writes the backbone (DESIGN §8)
     manifest = _finalize(config, trainer, train_set, test_set, inputs, fingerprint, device)
     if isinstance(trainer, _JointTrainer):
         _finalize_joint_prior(config, trainer, device)
@@ -158,6 +161,10 @@ class _Trainer:
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
         self.images = torch.from_numpy(train_set.images).to(device)
         self.batches_per_epoch = max(1, len(train_set) // config.batch_size)
+        self.global_batch = min(config.batch_size, len(train_set))  # rows per step, whatever the number of processes
+        if self.global_batch < dist.world_size():
+            raise ConfigError(f"pretrain: a batch of {self.global_batch} images cannot be shared by {dist.world_size()} processes; "
+                              "raise --batch-size or use fewer processes.")
         self.free_nats = torch.tensor([config.free_bits * d for d in model.group_dims], device=device)
         self.step = 0
         self.wall_s = 0.0
@@ -173,12 +180,14 @@ class _Trainer:
         return TrainingState({"model": self.model, "ema": self.ema}, {"adamw": self.optimizer}, {"noise": self.generator})
 
     def batch(self, step: int) -> torch.Tensor:
-        """Images of `step`: a slice of the epoch's permutation, seeded by (seed, epoch); `[B, C, H, W]`."""
+        """Images of `step`: a slice of the epoch's permutation, seeded by (seed, epoch); `[B, C, H, W]`
+        (with several processes, this rank's rows of that batch, `dist.shard`)."""
         epoch, position = divmod(step, self.batches_per_epoch)
         if self._epoch_order is None or self._epoch_order[0] != epoch:
             order_gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
             self._epoch_order = (epoch, torch.randperm(len(self.images), generator=order_gen))
         rows = self._epoch_order[1][position * self.config.batch_size : (position + 1) * self.config.batch_size]
+        rows = rows[slice(*dist.shard(len(rows)))]
         return to_unit_range(self.images[rows.to(self.images.device)])
 
     def _extra(self) -> dict:
@@ -214,10 +223,10 @@ class _Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, cfg.steps, cfg.lr)
         x = self.batch(self.step)
-        terms = self.model.elbo_terms(x, self.generator, calibrate=True)
-        kl_per_layer = terms.kl.mean(0)  # [L]
+        terms = self.elbo_terms(x)
+        kl_per_layer = dist.batch_mean(terms.kl)  # [L], over the global batch
         kl_beta = kl_weight_at(self.step, cfg.kl_warmup_steps)
-        loss = terms.recon_nll.mean() + kl_beta * torch.maximum(kl_per_layer, self.free_nats).sum()
+        loss = dist.batch_mean(terms.recon_nll) + kl_beta * torch.maximum(kl_per_layer, self.free_nats).sum()
         if not torch.isfinite(loss):
             raise DivergenceError(
                 f"pretrain diverged at step {self.step}: the loss is {float(loss)}. The last good checkpoint is kept in "
@@ -225,6 +234,7 @@ class _Trainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        dist.sum_gradients(self.model.parameters())  # each rank's backward reached only its rows: the sum is the batch's gradient
         terms = ElboTerms(terms.recon_nll.detach(), terms.kl.detach(), terms.x_mean.detach())
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         skip = self.skips.should_skip(float(grad_norm))
@@ -235,20 +245,38 @@ class _Trainer:
         return {
             "step": self.step,
             "loss": loss.item(),
-            "recon_nll": float(terms.recon_nll.mean()),
+            "recon_nll": float(dist.batch_mean(terms.recon_nll)),
             "kl_per_layer": [float(k) for k in kl_per_layer.detach()],
-            "elbo": float(-(terms.recon_nll + terms.kl.sum(-1)).mean()),
-            "mse": float(((terms.x_mean - x) ** 2).mean()),
+            "elbo": float(-dist.batch_mean(terms.recon_nll + terms.kl.sum(-1))),
+            "mse": float(dist.global_mean((terms.x_mean - x) ** 2)),
             "kl_weight": kl_beta,
             "grad_norm": float(grad_norm),
             "skipped_updates": self.skips.total,
             "lr": self.optimizer.param_groups[0]["lr"],
-            "decoder_std": float(self.model.calibrated_log_std(x, terms.x_mean).exp()),
+            "decoder_std": float(self.decoder_log_std(x, terms.x_mean).exp()),
         }
 
     @staticmethod
     def progress_info(record: dict) -> str:
         return f"loss {record['loss']:.1f}  mse {record['mse']:.4f}  kl {sum(record['kl_per_layer']):.1f}"
+
+    def elbo_terms(self, x: torch.Tensor) -> ElboTerms:
+        """`Backbone.elbo_terms` of the step's batch `[B, C, H, W]`, decoder std calibrated on the batch. With several
+        processes x is this rank's shard: its posterior noise is its rows of the whole batch's noise, and the std is
+        calibrated on the whole batch, so every number is the one-process number (up to float summation order)."""
+        if dist.world_size() == 1:
+            return self.model.elbo_terms(x, self.generator, calibrate=True)
+        noise = NoiseRows(self.generator, *dist.shard(self.global_batch), self.global_batch)
+        terms = self.model.elbo_terms(x, noise, calibrate=False)
+        recon_nll = self.model.recon_nll(x, terms.x_mean, self.decoder_log_std(x, terms.x_mean))
+        return ElboTerms(recon_nll, terms.kl, terms.x_mean)
+
+    def decoder_log_std(self, x: torch.Tensor, x_mean: torch.Tensor) -> torch.Tensor:
+        """`Backbone.calibrated_log_std` of the global batch (no gradient): 0.5 log(per-pixel MSE), clamped."""
+        if dist.world_size() == 1:
+            return self.model.calibrated_log_std(x, x_mean)
+        mse = dist.global_mean((x - x_mean.detach()) ** 2)
+        return (0.5 * torch.log(mse.clamp_min(1e-12))).clamp(*LOG_STD_X_RANGE)
 
     def train(self, stop_after: int | None) -> bool:
         """Run until `steps` (True) or until `stop_after` (False, checkpointed)."""
@@ -299,6 +327,9 @@ class _JointTrainer(_Trainer):
     """
 
     def __init__(self, config: PretrainConfig, model: Backbone, train_set: ImageSet, device: torch.device, fingerprint: str) -> None:
+        if dist.world_size() > 1:
+            raise ConfigError("pretrain --prior joint runs in one process for now (its Langevin chains and EBM update are not "
+                              "sharded): run it without torchrun.")
         super().__init__(config, model, train_set, device, fingerprint)
         self.prior_config = joint_prior_config(config)
         with torch.random.fork_rng(devices=[]):

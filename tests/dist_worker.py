@@ -1,0 +1,51 @@
+"""One rank of `tests/test_dist.py`'s two-process check of the collectives (run by tests.ddp_launch).
+
+Writes `rank-<r>.json` into the folder given as the first argument: what this rank saw.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hebmctl import dist
+from hebmctl.errors import ArtifactError, HebmctlError
+
+
+def main(out: Path) -> None:
+    dist.init(torch.device("cpu"))
+    r = dist.rank()
+    seen: dict = {"shard": dist.shard(10, 4)}
+    # Unequal lengths: rank 0 sends 3 rows, rank 1 sends 0 (an empty shard is allowed).
+    rows = np.arange(3 * 2, dtype=np.float64).reshape(3, 2) if r == 0 else np.zeros((0, 2))
+    seen["gathered"] = dist.all_gather_rows(rows).tolist()
+    # The differentiable global mean: rank 0 holds rows [1, 2], rank 1 holds [3]; mean 2, d mean / d x_i = 1/3 on each rank's rows.
+    x = torch.tensor([1.0, 2.0] if r == 0 else [3.0], requires_grad=True)
+    mean = dist.batch_mean(x)
+    mean.backward()
+    seen["mean"], seen["grad"] = float(mean), x.grad.tolist()
+    param = torch.nn.Parameter(torch.zeros(2))
+    param.grad = torch.tensor([1.0, 2.0]) * (r + 1)
+    dist.sum_gradients([param])
+    seen["summed_grad"] = param.grad.tolist()
+    seen["broadcast"] = dist.broadcast_json({"from": r})
+    seen["decided"] = dist.main_decides(lambda: "rank 0's choice")
+    try:
+        dist.main_decides(lambda: (_ for _ in ()).throw(ArtifactError("the folder is taken")))
+    except ArtifactError as exc:
+        seen["error"] = str(exc)
+    dist.barrier("the end of the test")
+    dist.stage_starts()  # the next stage (e.g. in `pipeline`) does not call init: it must refuse, group or not
+    try:
+        dist.main_decides(lambda: "must not run")
+    except HebmctlError as exc:
+        seen["next_stage"] = str(exc)
+    (out / f"rank-{r}.json").write_text(json.dumps(seen))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
