@@ -158,7 +158,8 @@ def _check_pretrain_inputs(config: PretrainConfig) -> None:
     pretrain.check_inputs(config)
 
 
-@stage_command("pretrain", PretrainConfig, "pretrain", "Train the hierarchical VAE backbone (resumes when re-run).", [STOP_AFTER],
+@stage_command("pretrain", PretrainConfig, "pretrain", "Train the hierarchical VAE backbone, with --prior joint together with an EBM "
+                                                     "prior (resumes when re-run).", [STOP_AFTER],
                preflight=_check_pretrain_inputs)
 def _pretrain(config: PretrainConfig, force: bool, stop_after: int | None) -> None:
     from hebmctl.stages import pretrain

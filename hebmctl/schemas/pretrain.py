@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from hebmctl.schemas.common import ManifestBase, StageConfig, absolute_data_spec, split_csv
 
@@ -15,6 +15,14 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "nvae": {"channels": 16, "free_bits": 0.0, "groups_per_scale": (2, 2), "group_channels": 4, "cells_per_group": 1},
 }
 """Defaults of the options only one family reads, filled in when that family is chosen."""
+
+JOINT_DEFAULTS: dict[str, Any] = {
+    "prior_langevin_steps": 60, "prior_step_size": 0.1, "energy_width": 200, "energy_depth": 2, "energy_lr": 1e-4, "energy_beta1": 0.5,
+    "energy_l2": 0.1, "energy_grad_clip": 10.0, "max_energy_gap": 100.0, "max_rollbacks": 3,
+}
+"""Defaults of --prior joint's options (those of train-prior's joint scheme), filled in only with --prior joint."""
+POSTERIOR_LANGEVIN_DEFAULTS: dict[str, Any] = {"posterior_init": "q", "posterior_langevin_steps": 20, "posterior_step_size": 0.1}
+JOINT_ONLY = frozenset(JOINT_DEFAULTS) | {"posterior", "prior_name", "prior_out"} | frozenset(POSTERIOR_LANGEVIN_DEFAULTS)
 
 
 class PretrainConfig(StageConfig):
@@ -62,6 +70,32 @@ class PretrainConfig(StageConfig):
     free_bits: float = Field(None, ge=0, description="Free bits in nats per latent dimension, applied per layer: the KL of layer i is "
         "floored at free_bits * dim_i in the loss. Default 0.25 (hvae, vlae), 0 (nvae, whose thousands of spatial dimensions would make "
         "the floor hundreds of nats).")
+    prior: Literal["gaussian", "joint"] | None = Field(None, description="'gaussian' (default): train the backbone alone; 'joint': "
+        "train the backbone and an EBM prior in u-space together (Joint-EBM eq. 15-19) and also write the prior to RUN/priors/"
+        "PRIOR_NAME.")
+    posterior: Literal["q", "langevin"] | None = Field(None, description="--prior joint: posterior draws from q (variational learning, "
+        "default) or by short-run Langevin on log p(x|z) + F(z) + log p_Gauss(z) in u-space (MLE, Joint-EBM sec. 3.2).")
+    posterior_init: Literal["q", "noise"] | None = Field(None, description="--posterior langevin: start the chains at q's draw "
+        "(default; q keeps learning by eq. 19) or at N(0, I).")
+    posterior_langevin_steps: int | None = Field(None, ge=1, description="--posterior langevin: K (default 20).")
+    posterior_step_size: float | None = Field(None, gt=0, description="--posterior langevin: step size s (default 0.1).")
+    prior_name: str | None = Field(None, description="--prior joint: name of the prior written next to the backbone (default "
+        "joint-learned).")
+    prior_out: Path | None = Field(None, description="--prior joint: prior folder to write (default: RUN/priors/PRIOR_NAME).")
+    prior_langevin_steps: int | None = Field(None, ge=1, description="--prior joint: K of the prior Langevin negatives (default 60).")
+    prior_step_size: float | None = Field(None, gt=0, description="--prior joint: step size s of the prior Langevin negatives "
+        "(default 0.1, as train-prior's joint scheme; the anchor's 0.4 ran away there).")
+    energy_width: int | None = Field(None, ge=1, description="--prior joint: hidden width of each group's energy MLP (default 200).")
+    energy_depth: int | None = Field(None, ge=1, description="--prior joint: hidden layers of each group's energy MLP (default 2).")
+    energy_lr: float | None = Field(None, gt=0, description="--prior joint: Adam learning rate of the EBM (default 1e-4).")
+    energy_beta1: float | None = Field(None, ge=0, lt=1, description="--prior joint: Adam beta1 of the EBM (default 0.5).")
+    energy_l2: float | None = Field(None, ge=0, description="--prior joint: weight of mean(F_pos^2 + F_neg^2), which moves the EBM "
+        "only (default 0.1).")
+    energy_grad_clip: float | None = Field(None, gt=0, description="--prior joint: gradient-norm clip of the EBM (default 10).")
+    max_energy_gap: float | None = Field(None, gt=0, description="--prior joint: a batch whose |mean F(pos) - mean F(neg)| exceeds this "
+        "counts as divergence (default 100).")
+    max_rollbacks: int | None = Field(None, ge=0, description="--prior joint: on divergence roll back to the last checkpoint with both "
+        "learning rates halved, at most this many times (default 3).")
     checkpoint_every: int = Field(500, ge=1, description="Write a resumable checkpoint every N steps.")
     keep_checkpoints: int = Field(2, ge=1, description="Number of most recent checkpoints kept.")
     log_every: int = Field(50, ge=1, description="Append a line to metrics.jsonl every N steps.")
@@ -69,9 +103,12 @@ class PretrainConfig(StageConfig):
     seed: int = Field(0, description="Seed of every random number generator of the stage.")
     device: str = Field("auto", description="Torch device: 'auto' (CUDA when present, else CPU), 'cpu', 'cuda', ...")
 
-    unhashed: ClassVar[frozenset[str]] = frozenset({"run", "device", "log_every", "checkpoint_every", "keep_checkpoints"})
-    hashed_when_set: ClassVar[frozenset[str]] = frozenset({"groups_per_scale", "group_channels", "cells_per_group", "skip_grad_norm"})
-    """Fields added with the nvae family: hashed only when set, so the fingerprints of earlier hvae backbones stay valid."""
+    unhashed: ClassVar[frozenset[str]] = frozenset({"run", "device", "log_every", "checkpoint_every", "keep_checkpoints", "prior_out",
+                                                       "prior_name"})
+    hashed_when_set: ClassVar[frozenset[str]] = frozenset({"groups_per_scale", "group_channels", "cells_per_group", "skip_grad_norm"}
+                                                          | JOINT_ONLY - {"prior_out", "prior_name"} | {"prior"})
+    """Fields added after earlier backbones (the nvae family's, --prior joint's): hashed only when set, so the fingerprints of
+    earlier backbones stay valid."""
     hashed_as_default: ClassVar[frozenset[str]] = frozenset({"eval_limit"})  # an evaluation setting: changing it does not retrain
 
     _data = field_validator("data", mode="before")(lambda cls, v: absolute_data_spec(v))
@@ -81,10 +118,42 @@ class PretrainConfig(StageConfig):
     def _derived_defaults(cls, data: dict[str, Any]) -> dict[str, Any]:
         """The chosen family's own defaults for its options (FAMILY_DEFAULTS) where they are not given."""
         family = data.get("backbone") or cls.model_fields["backbone"].default
+        if data.get("prior") == "gaussian":
+            data["prior"] = None  # the default, spelled out: same fingerprint as leaving it unset
+        if data.get("prior") == "joint":
+            data = cls._joint_defaults(data)
         for key, value in FAMILY_DEFAULTS.get(family, {}).items():
             if data.get(key) is None:
                 data[key] = value
         return data
+
+    @classmethod
+    def _joint_defaults(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """--prior joint: its options' defaults, and free bits 0 (a KL floor would drop eq. 18's positive phase of a layer while
+        its negative phase still acts: the two phases would no longer balance)."""
+        data.update({k: v for k, v in JOINT_DEFAULTS.items() if data.get(k) is None})
+        data["posterior"] = data.get("posterior") or "q"
+        if data["posterior"] == "langevin":
+            data.update({k: v for k, v in POSTERIOR_LANGEVIN_DEFAULTS.items() if data.get(k) is None})
+        data["prior_name"] = data.get("prior_name") or "joint-learned"
+        if data.get("prior_out") is None:
+            data["prior_out"] = Path(data.get("run") or cls.model_fields["run"].default) / "priors" / data["prior_name"]
+        if data.get("free_bits") is None:
+            data["free_bits"] = 0.0
+        return data
+
+    @model_validator(mode="after")
+    def _joint_options_need_joint_prior(self) -> PretrainConfig:
+        if self.prior != "joint":
+            given = sorted(k for k in JOINT_ONLY if getattr(self, k) is not None)
+            if given:
+                raise ValueError(f"{', '.join(given)} apply to --prior joint only")
+        elif self.free_bits > 0:
+            raise ValueError("--prior joint needs --free-bits 0: a KL floor drops eq. 18's positive phase of a layer while its negative "
+                             "phase still acts")
+        if self.posterior != "langevin" and any(getattr(self, k) is not None for k in POSTERIOR_LANGEVIN_DEFAULTS):
+            raise ValueError("posterior_init, posterior_langevin_steps and posterior_step_size apply to --posterior langevin only")
+        return self
 
     @field_validator("latent_dims")
     @classmethod

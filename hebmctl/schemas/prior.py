@@ -100,3 +100,6 @@ class PriorManifest(ManifestBase):
     schedule: dict[str, Any] | None = Field(description="Diffusion schedule (alpha, sigma, alpha_cum, sigma_cum per level) for the "
         "diffusion scheme; None for joint.")
     step_sizes: list[float] = Field(description="Langevin step size per level s_t (diffusion, t = 0..T-1) or [s] (joint).")
+    learned_jointly: bool | None = Field(None, description="True for a prior learned together with its backbone by `pretrain --prior "
+        "joint` (no latent cache: config.latents is not read; config.steps and batch_size are the backbone's); absent for two-stage "
+        "priors.")

@@ -10,6 +10,7 @@ checkpoint; a complete, up-to-date backbone is left as it is.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -22,20 +23,33 @@ from hebmctl import dist
 from hebmctl.data import ImageSet, from_unit_range, load_split, to_unit_range
 from hebmctl.data.readers import describe_split
 from hebmctl.data.subsets import subset_positions
-from hebmctl.errors import ConfigError, DataError, DivergenceError
+from hebmctl.errors import ArtifactError, ConfigError, DataError, DivergenceError, HebmctlError
 from hebmctl.io.checkpoints import TrainingState, latest_checkpoint, load_checkpoint, save_checkpoint
 from hebmctl.io.console import append_jsonl, console, progress_bar, truncate_jsonl
+from hebmctl.io.hashing import sha256_file
 from hebmctl.io.images import save_grid
-from hebmctl.io.manifest import common_fields, describe_file, prepare_output, stage_fingerprint, write_manifest
+from hebmctl.io.manifest import (
+    common_fields,
+    describe_file,
+    prepare_output,
+    read_manifest,
+    require_intact,
+    stage_fingerprint,
+    write_manifest,
+)
 from hebmctl.io.output import writes_artifact
 from hebmctl.io.state import save_tensors
 from hebmctl.metrics.backbone import evaluate_backbone
 from hebmctl.models.backbone import LOG_STD_X_RANGE, Backbone, ElboTerms, NoiseRows
 from hebmctl.models.ema import ema_update
+from hebmctl.models.joint_objective import inference_loss, inference_parameters, joint_loss
 from hebmctl.runtime import peak_cuda_mb, peak_rss_mb, resolve_device
+from hebmctl.samplers import sample_joint_prior
+from hebmctl.samplers.posterior import sample_posterior
 from hebmctl.schemas.common import InputRef
 from hebmctl.schemas.pretrain import BackboneManifest, PretrainConfig
-from hebmctl.stages.artifacts import WEIGHTS_NAME, build_backbone
+from hebmctl.schemas.prior import PriorManifest, TrainPriorConfig
+from hebmctl.stages.artifacts import ENERGY_NAME, WEIGHTS_NAME, build_backbone, build_energy
 
 GRID_COLUMNS = 8
 CALIBRATION_IMAGES = 5000
@@ -57,21 +71,37 @@ def run(config: PretrainConfig, control: RunControl = RunControl()) -> BackboneM
     inputs = [InputRef(role="data:train", path=config.data, kind="data", sha256=train_set.fingerprint(), subset=train_set.subset)]
     fingerprint = stage_fingerprint(config, inputs)
     existing = prepare_output(config.out, BackboneManifest, fingerprint, control.force)
+    if existing is not None and config.prior == "joint" and not _joint_prior_is_current(config):
+        # the backbone was written but not its prior (interrupted in between, or the prior folder damaged): rewrite the
+        # prior from the final checkpoint
+        trainer = _JointTrainer(config, _fresh_model(config, train_set, device), train_set, device, fingerprint)
+        if latest_checkpoint(trainer.checkpoints, fingerprint) is None:
+            raise ArtifactError(f"The jointly learned prior {config.prior_out} is missing or damaged and {trainer.checkpoints} holds no "
+                                "checkpoint to rebuild it from: re-run with --force.")
+        trainer.resume()
+        _finalize_joint_prior(config, trainer, device)
     if existing is not None:
         console().print(f"[green]pretrain: {config.out} is up to date[/green] (fingerprint {fingerprint[:12]})")
         return existing
-    with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
-        torch.manual_seed(config.seed)
-        model = build_backbone(config, train_set.image_shape).to(device)
+    model = _fresh_model(config, train_set, device)
     config.out.mkdir(parents=True, exist_ok=True)
-    trainer = _Trainer(config, model, train_set, device, fingerprint)
+    trainer = (_JointTrainer if config.prior == "joint" else _Trainer)(config, model, train_set, device, fingerprint)
     finished = trainer.train(control.stop_after)
     if not finished:
         console().print(f"[yellow]pretrain: stopped at step {trainer.step}; re-run the same command to continue.[/yellow]")
         return None
     if not dist.is_main():
         return None  # rank 0 evaluates and writes the backbone (DESIGN §8)
-    return _finalize(config, trainer, train_set, test_set, inputs, fingerprint, device)
+    manifest = _finalize(config, trainer, train_set, test_set, inputs, fingerprint, device)
+    if isinstance(trainer, _JointTrainer):
+        _finalize_joint_prior(config, trainer, device)
+    return manifest
+
+
+def _fresh_model(config: PretrainConfig, train_set: ImageSet, device: torch.device) -> Backbone:
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
+        torch.manual_seed(config.seed)
+        return build_backbone(config, train_set.image_shape).to(device)
 
 
 def check_inputs(config: PretrainConfig) -> tuple[ImageSet, ImageSet]:
@@ -162,18 +192,35 @@ class _Trainer:
         rows = rows[slice(*dist.shard(len(rows)))]
         return to_unit_range(self.images[rows.to(self.images.device)])
 
+    def _extra(self) -> dict:
+        """What a checkpoint stores besides the state: wall time, the update skipper's history."""
+        return {"wall_s": self.wall_s, "skips": self.skips.to_dict()}
+
+    def _restore(self, folder: Path) -> None:
+        self.step, extra = load_checkpoint(folder, self.state)
+        self._restore_extra(extra)
+
+    def _restore_extra(self, extra: dict) -> None:
+        self.wall_s = float(extra.get("wall_s", 0.0))
+        self.skips.restore(extra.get("skips", {}))
+
     def resume(self) -> None:
         found = latest_checkpoint(self.checkpoints, self.fingerprint)
         if found is None:
             (self.config.out / "metrics.jsonl").unlink(missing_ok=True)
+            self._fresh_start()
             return
-        self.step, extra = load_checkpoint(found, self.state)
-        self.wall_s = float(extra.get("wall_s", 0.0))
-        self.skips.restore(extra.get("skips", {}))
+        self._restore(found)
         truncate_jsonl(self.config.out / "metrics.jsonl", self.step)
         console().print(f"pretrain: resuming from {found.name} (step {self.step})")
 
-    def train_step(self) -> dict[str, float]:
+    def _fresh_start(self) -> None:
+        """Called when no checkpoint exists; nothing to do for the backbone alone."""
+
+    def roll_back(self, record_step: int) -> None:
+        raise NotImplementedError  # train_step never returns None here: a non-finite loss raises DivergenceError
+
+    def train_step(self) -> dict[str, float] | None:
         cfg = self.config
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, cfg.steps, cfg.lr)
@@ -211,6 +258,10 @@ class _Trainer:
             "decoder_std": float(self.decoder_log_std(x, terms.x_mean).exp()),
         }
 
+    @staticmethod
+    def progress_info(record: dict) -> str:
+        return f"loss {record['loss']:.1f}  mse {record['mse']:.4f}  kl {sum(record['kl_per_layer']):.1f}"
+
     def elbo_terms(self, x: torch.Tensor) -> ElboTerms:
         """`Backbone.elbo_terms` of the step's batch `[B, C, H, W]`, decoder std calibrated on the batch. With several
         processes x is this rank's shard: its posterior noise is its rows of the whole batch's noise, and the std is
@@ -241,13 +292,205 @@ class _Trainer:
                 t0 = time.perf_counter()
                 record = self.train_step()
                 self.wall_s += time.perf_counter() - t0
-                bar.update(task, advance=1, info=f"loss {record['loss']:.1f}  mse {record['mse']:.4f}  kl {sum(record['kl_per_layer']):.1f}")
+                if record is None:  # divergence (joint learning): nothing was applied
+                    self.roll_back(self.step + 1)
+                    bar.update(task, completed=self.step)
+                    continue
+                bar.update(task, advance=1, info=self.progress_info(record))
                 if self.step % cfg.log_every == 0 or self.step == last:
                     append_jsonl(cfg.out / "metrics.jsonl", record | {"wall_s": round(self.wall_s, 3)})
                 if self.step % cfg.checkpoint_every == 0 or self.step == last:
-                    save_checkpoint(self.checkpoints, self.step, self.fingerprint, self.state,
-                                    {"wall_s": self.wall_s, "skips": self.skips.to_dict()}, cfg.keep_checkpoints)
+                    save_checkpoint(self.checkpoints, self.step, self.fingerprint, self.state, self._extra(), cfg.keep_checkpoints)
         return self.step >= cfg.steps
+
+
+# ---- joint learning of the backbone and an EBM prior (--prior joint; Joint-EBM eq. 15-19) --------------------------------------
+
+
+def joint_prior_config(config: PretrainConfig) -> TrainPriorConfig:
+    """The prior artifact's config: train-prior's joint scheme with the settings --prior joint used, so that every
+    reader of priors (build_energy, samplers) treats it like a two-stage joint prior."""
+    return TrainPriorConfig(
+        run=config.run, backbone=config.out, out=config.prior_out, name=config.prior_name, scheme="joint",
+        langevin_steps=config.prior_langevin_steps, step_size=config.prior_step_size, width=config.energy_width,
+        depth=config.energy_depth, steps=config.steps, batch_size=config.batch_size, lr=config.energy_lr, beta1=config.energy_beta1,
+        energy_l2=config.energy_l2, grad_clip=config.energy_grad_clip, ema_decay=config.ema_decay,
+        max_energy_gap=config.max_energy_gap, max_rollbacks=config.max_rollbacks, seed=config.seed, device=config.device,
+    )
+
+
+class _JointTrainer(_Trainer):
+    """_Trainer plus an EBM prior learned with the backbone (the objective: hebmctl.models.joint_objective).
+
+    Per batch: z_q ~ q(z | x) reparametrised; negatives u- by K Langevin steps on F(T(u)) - |u|^2/2 from N(0, I), z- = T(u-)
+    detached; with --posterior langevin, z+ by posterior Langevin from q's draw (or N(0, I)). One backward pass of
+    `joint_loss`, then one AdamW step of the backbone and one Adam step of the EBM. Divergence (non-finite values or
+    |energy gap| > max_energy_gap) applies nothing and rolls back to the last checkpoint with both learning rates halved.
+    """
+
+    def __init__(self, config: PretrainConfig, model: Backbone, train_set: ImageSet, device: torch.device, fingerprint: str) -> None:
+        if dist.world_size() > 1:
+            raise ConfigError("pretrain --prior joint runs in one process for now (its Langevin chains and EBM update are not "
+                              "sharded): run it without torchrun.")
+        super().__init__(config, model, train_set, device, fingerprint)
+        self.prior_config = joint_prior_config(config)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed + 1)
+            self.energy = build_energy(self.prior_config, model.group_shapes).to(device)
+        self.energy_ema = copy.deepcopy(self.energy).requires_grad_(False)
+        self.energy_optimizer = torch.optim.Adam(self.energy.parameters(), lr=config.energy_lr, betas=(config.energy_beta1, 0.999))
+        self.lr_scale, self.rollbacks = 1.0, []
+        self._inference_params: list[torch.nn.Parameter] | None = None
+
+    @property
+    def state(self) -> TrainingState:
+        return TrainingState({"model": self.model, "ema": self.ema, "energy": self.energy, "energy_ema": self.energy_ema},
+                             {"adamw": self.optimizer, "energy_adam": self.energy_optimizer}, {"noise": self.generator})
+
+    def _extra(self) -> dict:
+        return super()._extra() | {"lr_scale": self.lr_scale, "rollbacks": self.rollbacks}
+
+    def _restore_extra(self, extra: dict) -> None:
+        super()._restore_extra(extra)
+        self.lr_scale, self.rollbacks = float(extra.get("lr_scale", 1.0)), list(extra.get("rollbacks", []))
+
+    def _fresh_start(self) -> None:
+        """A step-0 checkpoint, so that a divergence in the first `checkpoint_every` steps has somewhere to roll back to."""
+        save_checkpoint(self.checkpoints, 0, self.fingerprint, self.state, self._extra(), self.config.keep_checkpoints)
+
+    def neg_energy_of_u(self, u: torch.Tensor) -> torch.Tensor:
+        """F(T(u)) `[B]` for u `[B, D]` (training networks)."""
+        return self.energy(self.model.u_to_z(u))
+
+    def posterior_draw(self, x: torch.Tensor, z_q: torch.Tensor, log_std: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """z+ `[B, D]` by posterior Langevin in u-space (MLE), started at T^{-1}(z_q) or N(0, I); detached."""
+        cfg = self.config
+        if cfg.posterior_init == "q":
+            u_init = self.model.z_to_u(z_q.detach()).detach()
+        else:
+            u_init = torch.randn(z_q.shape, generator=self.generator, device=self.device)
+        u_pos, stats = sample_posterior(self.model, self.energy, x, u_init, cfg.posterior_langevin_steps, cfg.posterior_step_size,
+                                        self.generator, log_std)
+        with torch.no_grad():
+            z_pos = self.model.u_to_z(u_pos)
+        return z_pos, {"posterior_log_density": float(stats.log_density[-1]), "posterior_finite": stats.is_finite()}
+
+    def _add_inference_gradient(self, x: torch.Tensor, z_q: torch.Tensor, kl: torch.Tensor, log_std: torch.Tensor) -> None:
+        """MLE started from q: q keeps learning by eq. 19, its gradient applied to the inference parameters only."""
+        if self._inference_params is None:
+            self._inference_params = inference_parameters(self.model, x)
+        loss = inference_loss(self.model, self.energy, x, z_q, kl, log_std)
+        for p, g in zip(self._inference_params, torch.autograd.grad(loss, self._inference_params), strict=True):
+            p.grad = g if p.grad is None else p.grad + g
+
+    def train_step(self) -> dict | None:
+        cfg = self.config
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.step, cfg.steps, cfg.lr) * self.lr_scale
+        for group in self.energy_optimizer.param_groups:
+            group["lr"] = cfg.energy_lr * self.lr_scale
+        x = self.batch(self.step)
+        z_q, kl = self.model.posterior(x, self.generator, sample=True)
+        with torch.no_grad():
+            log_std = self.model.calibrated_log_std(x, self.model.decode(z_q))
+        u_init = torch.randn(z_q.shape, generator=self.generator, device=self.device)
+        u_neg, prior_stats = sample_joint_prior(self.neg_energy_of_u, u_init, cfg.prior_langevin_steps, cfg.prior_step_size, self.generator)
+        with torch.no_grad():
+            z_neg = self.model.u_to_z(u_neg)
+        chain = {"prior_langevin_grad_norm": float(prior_stats.grad_norm[-1]), "posterior_finite": True}
+        mle = cfg.posterior == "langevin"
+        z_pos = z_q
+        if mle:
+            z_pos, posterior_record = self.posterior_draw(x, z_q, log_std)
+            chain |= posterior_record
+        kl_beta = kl_weight_at(self.step, cfg.kl_warmup_steps)
+        terms = joint_loss(self.model, self.energy, x, z_pos, z_neg, None if mle else kl, log_std, kl_beta, cfg.energy_l2)
+        finite = terms.is_finite() and prior_stats.is_finite() and chain.pop("posterior_finite")
+        if not finite or abs(terms.energy_gap) > cfg.max_energy_gap:
+            return None
+        self.optimizer.zero_grad(set_to_none=True)
+        self.energy_optimizer.zero_grad(set_to_none=True)
+        terms.total.backward()
+        if mle and cfg.posterior_init == "q":
+            self._add_inference_gradient(x, z_q, kl, log_std)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        energy_grad_norm = torch.nn.utils.clip_grad_norm_(self.energy.parameters(), cfg.energy_grad_clip)
+        if not self.skips.should_skip(float(grad_norm)):
+            self.optimizer.step()
+            self.energy_optimizer.step()
+        ema_update(self.ema, self.model, cfg.ema_decay, self.step)
+        ema_update(self.energy_ema, self.energy, cfg.ema_decay, self.step)
+        self.step += 1
+        return {"step": self.step} | terms.record() | chain | {
+            "kl_per_layer": [float(k) for k in kl.detach().mean(0)],
+            "elbo": float(-(terms.recon.detach() + kl.detach().sum(-1).mean())) if not mle else None,
+            "mse": float(((terms.x_mean - x) ** 2).mean()), "kl_weight": kl_beta, "grad_norm": float(grad_norm), "energy_grad_norm": float(energy_grad_norm),
+            "skipped_updates": self.skips.total, "lr": self.optimizer.param_groups[0]["lr"],
+            "energy_lr": self.energy_optimizer.param_groups[0]["lr"], "decoder_std": float(log_std.exp()),
+        }
+
+    @staticmethod
+    def progress_info(record: dict) -> str:
+        return f"recon {record['recon_nll']:.1f}  gap {record['energy_gap']:+.3f}  ebm {record['ebm_term']:+.3f}"
+
+    def roll_back(self, record_step: int) -> None:
+        """Divergence: back to the newest checkpoint with both learning rates halved, or stop."""
+        if len(self.rollbacks) >= self.config.max_rollbacks:
+            raise DivergenceError(
+                f"pretrain --prior joint diverged at step {record_step} (non-finite loss or energy, or |energy gap| > --max-energy-gap) "
+                f"after {len(self.rollbacks)} rollbacks with halved learning rates. Checkpoints are in {self.checkpoints}. Try a smaller "
+                "--energy-lr or --lr, a smaller --prior-step-size, a larger --energy-l2, then re-run with --force."
+            )
+        rollbacks, scale = self.rollbacks, self.lr_scale * 0.5
+        self._restore(latest_checkpoint(self.checkpoints, self.fingerprint))
+        truncate_jsonl(self.config.out / "metrics.jsonl", self.step)
+        self.rollbacks = rollbacks + [{"diverged_at_step": record_step, "resumed_from_step": self.step, "lr_scale": scale}]
+        self.lr_scale = scale
+        console().print(f"[yellow]pretrain: divergence at step {record_step}; rolled back to step {self.step}, learning rates x{scale:g}[/yellow]")
+
+
+def _joint_prior_is_current(config: PretrainConfig) -> bool:
+    """True when the prior folder holds a complete, intact prior made from the backbone manifest now in config.out."""
+    try:
+        manifest, _ = read_manifest(config.prior_out, PriorManifest)
+        require_intact(config.prior_out, manifest)
+    except HebmctlError:
+        return False
+    return manifest.input("backbone").sha256 == sha256_file(config.out / "manifest.json")
+
+
+def _finalize_joint_prior(config: PretrainConfig, trainer: _JointTrainer, device: torch.device) -> PriorManifest:
+    """Write the jointly learned prior (EMA energy weights) as a prior artifact of the backbone just written, then a grid of
+    its samples (`ebm_samples.png`: K prior Langevin steps from N(0, I) on the EMA networks)."""
+    out, prior_config = config.prior_out, trainer.prior_config
+    out.mkdir(parents=True, exist_ok=True)
+    save_tensors(out / ENERGY_NAME, trainer.energy_ema.state_dict())
+    model, energy = trainer.ema.eval(), trainer.energy_ema.eval()
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    u_init = torch.randn((GRID_COLUMNS * GRID_COLUMNS, model.latent_dim), generator=generator, device=device)
+    u, _ = sample_joint_prior(lambda v: energy(model.u_to_z(v)), u_init, config.prior_langevin_steps, config.prior_step_size, generator)
+    with torch.no_grad():
+        save_grid(out / "ebm_samples.png", from_unit_range(model.decode(model.u_to_z(u)).clamp(-1, 1).cpu()), GRID_COLUMNS)
+    backbone_sha = sha256_file(config.out / "manifest.json")
+    inputs = [InputRef(role="backbone", path=str(config.out), kind="backbone", sha256=backbone_sha)]
+    records = [json.loads(line) for line in (config.out / "metrics.jsonl").read_text().splitlines() if line.strip()][-10:]
+    metrics = {
+        "final_energy_gap": sum(r["energy_gap"] for r in records) / max(len(records), 1),
+        "final_ebm_term": sum(r["ebm_term"] for r in records) / max(len(records), 1),
+        "rollbacks": trainer.rollbacks,
+        "train_wall_s": round(trainer.wall_s, 2),
+        "posterior": config.posterior,
+        "device": str(device),
+    }
+    manifest = PriorManifest(
+        **common_fields(stage_fingerprint(prior_config, inputs)), config=prior_config, inputs=inputs,
+        outputs=[describe_file(out, n) for n in (ENERGY_NAME, "ebm_samples.png")], metrics=metrics,
+        group_dims=model.group_dims, group_shapes=model.group_shapes, schedule=None, step_sizes=[config.prior_step_size],
+        learned_jointly=True,
+    )
+    write_manifest(out, manifest)
+    console().print(f"[green]pretrain: jointly learned prior[/green] energy gap {metrics['final_energy_gap']:+.4f} -> {out}")
+    return manifest
 
 
 def _finalize(config: PretrainConfig, trainer: _Trainer, train_set: ImageSet, test_set: ImageSet, inputs: list[InputRef], fingerprint: str,
