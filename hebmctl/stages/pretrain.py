@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hebmctl import dist
+from hebmctl import dist, priors
 from hebmctl.data import ImageSet, from_unit_range, load_split, to_unit_range
 from hebmctl.data.readers import describe_split
 from hebmctl.data.subsets import subset_positions
@@ -49,7 +49,7 @@ from hebmctl.samplers.posterior import sample_posterior
 from hebmctl.schemas.common import InputRef
 from hebmctl.schemas.pretrain import BackboneManifest, PretrainConfig
 from hebmctl.schemas.prior import PriorManifest, TrainPriorConfig
-from hebmctl.stages.artifacts import ENERGY_NAME, WEIGHTS_NAME, build_backbone, build_energy
+from hebmctl.stages.artifacts import ENERGY_NAME, WEIGHTS_NAME, build_backbone
 
 GRID_COLUMNS = 8
 CALIBRATION_IMAGES = 5000
@@ -309,7 +309,7 @@ class _Trainer:
 
 def joint_prior_config(config: PretrainConfig) -> TrainPriorConfig:
     """The prior artifact's config: train-prior's joint scheme with the settings --prior joint used, so that every
-    reader of priors (build_energy, samplers) treats it like a two-stage joint prior."""
+    reader of priors (hebmctl.priors, samplers) treats it like a two-stage joint prior."""
     return TrainPriorConfig(
         run=config.run, backbone=config.out, out=config.prior_out, name=config.prior_name, scheme="joint",
         langevin_steps=config.prior_langevin_steps, step_size=config.prior_step_size, width=config.energy_width,
@@ -336,7 +336,7 @@ class _JointTrainer(_Trainer):
         self.prior_config = joint_prior_config(config)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed + 1)
-            self.energy = build_energy(self.prior_config, model.group_shapes).to(device)
+            self.energy = priors.energy_network(self.prior_config, model.group_shapes).to(device)
         self.energy_ema = copy.deepcopy(self.energy).requires_grad_(False)
         self.energy_optimizer = torch.optim.Adam(self.energy.parameters(), lr=config.energy_lr, betas=(config.energy_beta1, 0.999))
         self.lr_scale, self.rollbacks = 1.0, []
