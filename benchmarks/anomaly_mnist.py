@@ -7,8 +7,8 @@
 
 For every (digit, seed): a backbone that never saw the digit, its latent cache (only when EBM schemes
 are trained), one EBM prior per scheme, then `eval anomaly` (score -L^{>0}, the digit positive) for
-the Gaussian prior and each EBM prior, with both score terms ('full' -L^{>0} and 'latent', its prior
-terms only; results keyed 'prior/terms'). `--protocol pooled` (default; the anchors' protocol of
+the Gaussian prior and each EBM prior, with both score terms ('full' -L^{>0} and 'prior', -Lprior^{>0},
+its prior terms only; results keyed 'prior/terms'). `--protocol pooled` (default; the anchors' protocol of
 Zenati et al. 2018) trains on `pooled:heldout=D,seed=SEED:DATA` (a seeded 80 % of the 70,000 pooled
 images of the other nine digits; test = the other 20 % plus every image of D, about 36 % positives;
 run folders `pooled-heldoutD-seedS`); `--protocol test-split` is the older one (`--exclude-classes D`
@@ -37,7 +37,8 @@ from hebmctl.schemas import CacheLatentsConfig, EvalAnomalyConfig, EvalAnomalyMa
 from hebmctl.schemas.eval import prior_label
 from hebmctl.stages import cache_latents, eval_anomaly, pretrain, train_prior
 
-TERMS = ("full", "latent")  # both anomaly scores: -L^{>0} and its prior terms only (see eval anomaly --terms)
+TERMS = ("full", "prior")  # both anomaly scores: -L^{>0} and -Lprior^{>0}, its prior terms only (see eval anomaly --terms;
+# results before issue 12 key the prior terms as 'latent'; a diffusion prior gives Diff-EBM's DiffEBM>0 under both)
 ANCHORS = {  # AUPRC for held-out 1, 4, 5, 7, 9 (DESIGN §6)
     "Hier-EBM": {1: 0.722, 4: 0.949, 5: 0.980, 7: 0.941, 9: 0.935},
     "Joint-EBM": {1: 0.470, 4: 0.941, 5: 0.964, 7: 0.815, 9: 0.796},

@@ -198,9 +198,11 @@ AS_JSON = inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, annotatio
 EVALUATIONS = [
     ("fid", EvalFidConfig, "FID (clean-fid, offline Inception) of a prior's samples, reconstructions or given images vs a data split."),
     ("recon", EvalReconConfig, "Reconstruction MSE (and ELBO, KL per layer, active units) of the backbone on a split."),
-    ("ood", EvalOodConfig, "OOD detection with L^{>k} and LLR^{>k}: AUROC, AUPRC, FPR@80%TPR, histograms, ROC curves."),
-    ("anomaly", EvalAnomalyConfig, "Held-out-class anomaly detection (score -L^{>0}): AUPRC and PR curve. Scores the test part of the "
-     "backbone's data: the anchors' protocol for a backbone trained on pooled:heldout=D,seed=S:mnist:DIR, else the set's test split."),
+    ("ood", EvalOodConfig, "OOD detection with -L^{>k}, LLR^{>k} and -Lprior^{>k} (diffusion prior: Diff-EBM's DiffEBM^{>k}): "
+     "AUROC, AUPRC, FPR@80%TPR, histograms, ROC curves."),
+    ("anomaly", EvalAnomalyConfig, "Held-out-class anomaly detection (scores -Lprior^{>0} and -L^{>0}): AUPRC and PR curve. "
+     "Scores the test part of the backbone's data: the anchors' protocol for a backbone trained on pooled:heldout=D,seed=S:mnist:DIR, "
+     "else the set's test split."),
     ("probe", EvalProbeConfig, "Per-layer latent probes: test accuracy of a 2-layer MLP on posterior-mean codes."),
     ("disentanglement", EvalDisentanglementConfig, "MIG and MIG-sup per latent layer and overall, and which layer holds which factor "
         "(data with known factors, e.g. builtin:shapes)."),

@@ -31,18 +31,27 @@ def log_gaussian_prior(model: Backbone, z: Tensor) -> Tensor:
     return model.log_prior_gauss(z)
 
 
-SCORE_TERMS = ("full", "latent")
-"""'full': log p(x | z) + log p_Gauss(z) + F(z) (DESIGN §3); 'latent': log p_Gauss(z) + F(z), the
-prior's judgement alone (drops the pixel likelihood, which favours simple images such as digit 1)."""
+SCORE_TERMS = ("full", "prior")
+"""'full': L = log p(x | z) + log p_Gauss(z) + F(z) (DESIGN §3, Joint-EBM eq. 20), the only score named
+L^{>k}; 'prior': Lprior = log p_Gauss(z) + F(z), the prior's judgement alone (drops the pixel likelihood,
+which favours simple images such as digit 1). 'latent' is the old name of 'prior' (still accepted)."""
+
+SCORE_NAMES = {"full": "L", "prior": "Lprior"}
+"""The name each term set carries in result keys, tables and plots (`-L>k`, `-Lprior>k`)."""
+
+
+def _canonical_terms(terms: str) -> str:
+    terms = "prior" if terms == "latent" else terms
+    if terms not in SCORE_TERMS:
+        raise ValueError(f"terms must be one of {SCORE_TERMS}, got {terms!r}")
+    return terms
 
 
 def log_joint(model: Backbone, x: Tensor, z: Tensor, neg_energy: NegEnergyOfZ | None, terms: str = "full") -> Tensor:
-    """log p(x | z) + log p_Gauss(z) + F(z) (or without log p(x | z) for `terms="latent"`) for
-    images x `[B, C, H, W]` in [-1, 1] and z `[B, D]` -> `[B]` nats."""
-    if terms not in SCORE_TERMS:
-        raise ValueError(f"terms must be one of {SCORE_TERMS}, got {terms!r}")
+    """L = log p(x | z) + log p_Gauss(z) + F(z) (`terms="full"`, eq. 20) or Lprior = log p_Gauss(z) + F(z)
+    (`terms="prior"`) for images x `[B, C, H, W]` in [-1, 1] and z `[B, D]` -> `[B]` nats."""
     value = log_gaussian_prior(model, z)
-    if terms == "full":
+    if _canonical_terms(terms) == "full":
         value = value - model.recon_nll(x, model.decode(z))
     return value if neg_energy is None else value + neg_energy(z)
 
@@ -53,7 +62,8 @@ def layer_mask(model: Backbone, k: int, device: torch.device) -> Tensor:
 
 
 @torch.no_grad()
-def _posterior_u(model: Backbone, features, generator: torch.Generator) -> Tensor:
+def posterior_u(model: Backbone, features, generator: torch.Generator) -> Tensor:
+    """One posterior draw z ~ q(z | x) mapped to u-space: the encoder's features -> u `[B, D]`."""
     z, _ = model.posterior_from_features(features, generator, sample=True)
     return model.z_to_u(z)
 
@@ -68,20 +78,63 @@ def layer_scores(
     draws: int = 1,
     terms: str = "full",
 ) -> dict[int, Tensor]:
-    """L^{>k}(x) for each k in `ks`: x `[B, C, H, W]` -> {k: `[B]`}, the mean over `draws` draws.
+    """L^{>k}(x) (or Lprior^{>k} for `terms="prior"`) for each k in `ks`: x `[B, C, H, W]` -> {k: `[B]`},
+    the mean over `draws` draws (see `layer_score_terms`)."""
+    return layer_score_terms(model, x, ks, neg_energy, resample, generator, draws, (terms,))[_canonical_terms(terms)]
+
+
+def layer_score_terms(
+    model: Backbone,
+    x: Tensor,
+    ks: tuple[int, ...],
+    neg_energy: NegEnergyOfZ | None,
+    resample: ConditionalResampler,
+    generator: torch.Generator,
+    draws: int = 1,
+    terms: tuple[str, ...] = SCORE_TERMS,
+) -> dict[str, dict[int, Tensor]]:
+    """{terms: {k: `[B]`}}: L^{>k}(x) ('full') and Lprior^{>k}(x) ('prior') on the same draws, x `[B, C, H, W]`.
 
     Each draw takes one posterior sample u ~ q (in u-space) shared by every k, then redraws
-    u_1 .. u_k with `resample` (nothing for k = 0) and scores z = T(u) with `log_joint`.
+    u_1 .. u_k with `resample` (nothing for k = 0) and scores z = T(u): Lprior = log p_Gauss(z) + F(z),
+    L = Lprior + log p(x | z) (eq. 20). Both term sets share the draws, so asking for both costs one decode more.
     """
+    terms = tuple(dict.fromkeys(_canonical_terms(t) for t in terms))
     if any(k < 0 or k > model.num_layers for k in ks):
         raise ValueError(f"k must be in 0..{model.num_layers}, got {ks}")
     with torch.no_grad():
         features = model.encode(x)
-    totals = {k: torch.zeros(x.shape[0], device=x.device) for k in ks}
+    totals = {t: {k: torch.zeros(x.shape[0], device=x.device) for k in ks} for t in terms}
     for _ in range(draws):
-        u_q = _posterior_u(model, features, generator)
+        u_q = posterior_u(model, features, generator)
         for k in ks:
             u = u_q if k == 0 else resample(u_q, layer_mask(model, k, x.device), generator)
             with torch.no_grad():
-                totals[k] += log_joint(model, x, model.u_to_z(u), neg_energy, terms)
-    return {k: total / draws for k, total in totals.items()}
+                z = model.u_to_z(u)
+                prior_terms = log_joint(model, x, z, neg_energy, "prior")
+                for t in terms:
+                    totals[t][k] += prior_terms - model.recon_nll(x, model.decode(z)) if t == "full" else prior_terms
+    return {t: {k: total / draws for k, total in per_k.items()} for t, per_k in totals.items()}
+
+
+def likelihood_detection_scores(
+    model: Backbone,
+    x: Tensor,
+    ks: tuple[int, ...],
+    neg_energy: NegEnergyOfZ | None,
+    resample: ConditionalResampler,
+    generator: torch.Generator,
+    draws: int = 1,
+    terms: tuple[str, ...] = SCORE_TERMS,
+) -> dict[str, Tensor]:
+    """Detection scores `[B]` (higher = more anomalous) by name: `-L>k` and `LLR>k = L>0 - L>k` (k >= 1,
+    eq. 21) for the full terms, `-Lprior>k` for the prior's terms (no likelihood ratio: without log p(x | z)
+    it is not the eq. 21 ratio). k = 0 is always scored when an LLR is asked for."""
+    wanted = tuple(sorted(set(ks) | ({0} if "full" in terms else set())))
+    values = layer_score_terms(model, x, wanted, neg_energy, resample, generator, draws, terms)
+    scores = {}
+    for t, per_k in values.items():
+        scores |= {f"-{SCORE_NAMES[t]}>{k}": -per_k[k] for k in ks}
+        if t == "full":
+            scores |= {f"LLR>{k}": per_k[0] - per_k[k] for k in ks if k >= 1}
+    return scores

@@ -16,6 +16,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from hebmctl.metrics.likelihood import SCORE_TERMS, likelihood_detection_scores
 from hebmctl.models.backbone import Backbone
 from hebmctl.samplers import ChainStats, LogDensity
 
@@ -83,8 +84,16 @@ class Prior(ABC):
         """u `[B, D]` with the coordinates where mask `[D]` is 1 redrawn from p(u_free | u_fixed), the rest exactly u_fixed."""
 
     def neg_energy_of_z(self) -> NegEnergyOfZ | None:
-        """The energy term of the likelihood scores L^{>k} (DESIGN §3 "Scores"); None for the Gaussian prior."""
+        """F(z), the energy term of the likelihood scores L^{>k} (DESIGN §3 "Scores"): log p(z) = log p_Gauss(z) + F(z)
+        up to the normaliser; None for the Gaussian prior."""
         return None
+
+    def detection_scores(self, x: Tensor, ks: tuple[int, ...], generator: torch.Generator, draws: int = 1,
+                         terms: tuple[str, ...] = SCORE_TERMS) -> dict[str, Tensor]:
+        """Detection scores `[B]` (higher = more anomalous) of images x `[B, C, H, W]` in [-1, 1], by name:
+        the likelihood scores `-L>k`, `LLR>k` (full terms, Joint-EBM eq. 20-21) and `-Lprior>k` (the prior's terms),
+        z_{<=k} redrawn by `resample_masked` (`hebmctl.metrics.likelihood.likelihood_detection_scores`)."""
+        return likelihood_detection_scores(self.backbone, x, ks, self.neg_energy_of_z(), self.resample_masked, generator, draws, terms)
 
     def describe(self, temperature: float, seed: int) -> dict:
         """Every number of the sampler, for manifests."""

@@ -8,6 +8,7 @@ import math
 import torch
 from torch import Tensor
 
+from hebmctl.metrics.likelihood import SCORE_TERMS, layer_mask, posterior_u
 from hebmctl.models.backbone import Backbone
 from hebmctl.models.ebm_losses import diffusion_ebm_loss
 from hebmctl.models.energy import JointEnergy
@@ -28,7 +29,7 @@ from hebmctl.schemas.prior import TrainPriorConfig
 
 class DiffusionPrior(EnergyPrior):
     kind = "diffusion"
-    energy_in_score = "G(z, 0) / s_0^2"
+    energy_in_score = "Diff-EBM sec. 5.2: G^{>k}(u_0, 0) / s_0^2 of u_0 ~ p(u_0 | u_1), u_1 = the posterior's u_{>k} at level 1"
 
     def __init__(self, config: TrainPriorConfig, energy: JointEnergy, backbone: Backbone, device: torch.device,
                  options: SamplingOptions) -> None:
@@ -54,10 +55,52 @@ class DiffusionPrior(EnergyPrior):
         return resample_masked_diffusion(self.neg_energy_on_u, u_fixed, mask, self.schedule, self.step_sizes_sq, self.n_steps, generator,
                                          self.step_size)[0]
 
-    def neg_energy_of_z(self) -> NegEnergyOfZ:
-        """The level-0 term G(z, 0) / s_0^2 (what the scores use today; DESIGN §3 "Scores")."""
+    def level0_neg_energy_of_z(self) -> NegEnergyOfZ:
+        """z `[B, D]` -> G(z, 0) / s_0^2 `[B]`: the energy term of the level-0 conditional log p(u_0 | u_1) (DESIGN §3).
+        Not a marginal log-density of z (the kernel and the levels above are missing), so no likelihood score
+        L^{>k} uses it: a diffusion prior scores with `diffebm_ood` instead (DESIGN §3 "Scores")."""
         s0_sq = float(self.step_sizes_sq[0])
         return lambda z: self.energy(z, torch.zeros(z.shape[0], dtype=torch.long, device=z.device)) / s0_sq
+
+    def top_neg_energy(self, u: Tensor, k: int) -> Tensor:
+        """G^{>k}(u, 0) / s_0^2 `[B]` of u `[B, D]`: the level-0 negative energy of the groups of layers z_{k+1} .. z_L of
+        z = T(u) only (F = sum_i f_i(z_i, t), so this is the sum over the top groups; a labelled group is marginalised
+        over its classes by logsumexp)."""
+        t = self._levels(0, u)
+        per_group = self.energy.group_neg_energies(self.backbone.u_to_z(u), t)
+        top = [g.logsumexp(-1) if g.dim() == 2 else g for g in per_group[k:]]
+        return torch.stack(top, 0).sum(0) / float(self.step_sizes_sq[0])
+
+    def diffebm_ood(self, u_q: Tensor, k: int, generator: torch.Generator) -> Tensor:
+        """Diff-EBM's OOD score (sec. 5.2, Fig. 3; DESIGN §3 "Scores"), higher = more OOD: u_q `[B, D]` (a posterior
+        draw in u-space) -> `[B]`.
+
+        1. u_1 = alpha_1 u_q + sigma_1 eps on the top layers u_{>k} (the forward kernel to level 1), and
+           u_1 = eps ~ N(0, I) on u_{<=k} (the level-1 marginal of the forward process), one eps `[B, D]`;
+        2. u_0 ~ p(u_0 | u_1) by K Langevin steps of the level-0 conditional (DESIGN §3) from u_1, the prior's sampler;
+        3. the score is -G^{>k}(u_0, 0) / s_0^2, the level-0 energy of the top layers of u_0 (`top_neg_energy`).
+        """
+        top = 1 - layer_mask(self.backbone, k, u_q.device)  # [D], 1 on layers z_{k+1} .. z_L
+        eps = torch.randn(u_q.shape, generator=generator, device=u_q.device)
+        alpha_1, sigma_1 = float(self.schedule.alpha[1]), float(self.schedule.sigma[1])
+        u1 = top * (alpha_1 * u_q + sigma_1 * eps) + (1 - top) * eps
+        log_p = conditional_log_density(self.neg_energy_on_u, u1, self._levels(0, u1), self.schedule, self.step_sizes_sq)
+        u0, _ = langevin(log_p, u1, self.n_steps, float(self.step_sizes_sq[0].sqrt()) * self.step_size, generator)
+        with torch.no_grad():
+            return -self.top_neg_energy(u0.detach(), k)
+
+    def detection_scores(self, x: Tensor, ks: tuple[int, ...], generator: torch.Generator, draws: int = 1,
+                         terms: tuple[str, ...] = SCORE_TERMS) -> dict[str, Tensor]:
+        """`DiffEBM>k` `[B]` for each k (the mean over `draws` posterior draws) of images x `[B, C, H, W]`; `terms` does
+        not apply (the diffusion prior has no marginal density for the likelihood scores L^{>k})."""
+        with torch.no_grad():
+            features = self.backbone.encode(x)
+        totals = {k: torch.zeros(x.shape[0], device=x.device) for k in ks}
+        for _ in range(draws):
+            u_q = posterior_u(self.backbone, features, generator)
+            for k in ks:
+                totals[k] += self.diffebm_ood(u_q, k, generator)
+        return {f"DiffEBM>{k}": total / draws for k, total in totals.items()}
 
     def describe(self, temperature: float, seed: int) -> dict:
         step_sizes = self.manifest_fields()["step_sizes"]

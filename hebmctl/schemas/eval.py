@@ -102,20 +102,24 @@ class ScoreOptions(EvalConfigBase):
     split: Literal["train", "test", "all"] = Field("test", description="Split of the data sets that is scored.")
     limit: int | None = Field(None, ge=1, description="Score N images of each set only (seeded random, stratified by class).")
     draws: int = Field(1, ge=1, description="Posterior (and prior) draws per image; the score is their mean.")
-    terms: Literal["full", "latent"] = Field("latent", description="Terms of L: 'latent' = log p_Gauss(z) + F(z), the prior's judgement "
-                                                                   "without the pixel likelihood (default: the better OOD and anomaly "
-                                                                   "score, docs/results.md); 'full' = log p(x|z) + log p_Gauss(z) + F(z), "
-                                                                   "which LLR^{>k} needs.")
+    terms: Literal["both", "full", "prior"] = Field("both", description="Likelihood scores (Gaussian and joint priors): 'full' = -L^{>k} "
+                                                                         "and LLR^{>k} with L = log p(x|z) + log p_Gauss(z) + F(z) "
+                                                                         "(Joint-EBM eq. 20-21, the anchors' score); 'prior' = "
+                                                                         "-Lprior^{>k}, Lprior = log p_Gauss(z) + F(z), no LLR; 'both' "
+                                                                         "(default) = both from the same draws ('latent' = old name of "
+                                                                         "'prior'). A diffusion prior scores Diff-EBM's DiffEBM^{>k}.")
     batch_size: int = Field(500, ge=1, description="Images per batch.")
 
     _data = field_validator("data", mode="before")(lambda cls, v: absolute_data_spec(v))
+    _terms = field_validator("terms", mode="before")(lambda cls, v: "prior" if v == "latent" else v)  # manifests before issue 12
 
-    folder_prefix: ClassVar[str]  # default out folder: RUN/eval/<prefix>-<prior>[-full]
+    folder_prefix: ClassVar[str]  # default out folder: RUN/eval/<prefix>-<prior>[-full|-prior]
 
     @classmethod
     def _derived_defaults(cls, data: dict[str, Any]) -> dict[str, Any]:
         data["prior"] = str(data.get("prior") or "gaussian")
-        suffix = "-full" if data.get("terms") == "full" else ""  # the default (latent) terms get the plain name
+        terms = "prior" if data.get("terms") == "latent" else data.get("terms")
+        suffix = f"-{terms}" if terms in ("full", "prior") else ""  # the default (both) gets the plain name
         return _default_out(data, f"{cls.folder_prefix}-{prior_label(data['prior'])}{suffix}")
 
     def prior_dir(self) -> Path | None:
@@ -123,12 +127,12 @@ class ScoreOptions(EvalConfigBase):
 
 
 class EvalOodConfig(ScoreOptions):
-    """Out-of-distribution detection with L^{>k} and LLR^{>k}: in-distribution test split vs an OOD set.
+    """Out-of-distribution detection: in-distribution test split vs an OOD set, for every k.
 
-    The default terms are 'latent' (the prior's terms only): Fashion-MNIST in / MNIST out, -L^{>0}
-    reaches AUROC 0.997 with them against 0.978 with the full likelihood (docs/results.md). The
-    likelihood ratios LLR^{>k} compare how well the image is explained with and without its own
-    lower layers, so they are meaningful with --terms full only (out folder ood-<prior>-full).
+    Scores (higher = OOD): DESIGN's full -L^{>k} and LLR^{>k} (Joint-EBM eq. 20-21) and the prior's
+    terms alone -Lprior^{>k} (no LLR), both by default from the same draws (docs/decisions.md: the
+    prior's terms measure best on Fashion-MNIST vs MNIST, 0.997 against 0.978, the anchors report
+    the full score); a diffusion prior gives Diff-EBM's DiffEBM^{>k} (sec. 5.2) instead.
     """
 
     ood: str = Field(..., description="Data spec of the out-of-distribution set (e.g. mnist:DIR for a Fashion-MNIST backbone).")
@@ -146,7 +150,7 @@ class EvalOodConfig(ScoreOptions):
 
 
 class EvalAnomalyConfig(ScoreOptions):
-    """Held-out-class anomaly detection: score -L^{>0} on the test split, the held-out class is the positive class.
+    """Held-out-class anomaly detection: score the test split at k = 0, the held-out class is the positive class.
 
     The protocol follows the backbone's data: a backbone trained on `pooled:heldout=D,seed=S:mnist:DIR`
     is scored on that protocol's test part (the anchors' protocol, about 36 % positives); one trained
@@ -154,11 +158,9 @@ class EvalAnomalyConfig(ScoreOptions):
     test split. Only the test split of the backbone's own data spec is scored when a pooled split is
     involved, and a backbone that saw the held-out class is refused.
 
-    As for OOD, the default terms are 'latent' (the prior's terms only): on full-budget MNIST
-    backbones (3 seeds, docs/results.md) they beat the full likelihood on every held-out digit
-    (AUPRC 0.78 vs 0.41 for digit 4), because the pixel term rates the thin held-out 1 as the
-    most normal digit of all. The full score stays one option away (--terms full, out folder
-    anomaly-<prior>-full).
+    By default both -Lprior^{>0} (the prior's terms) and DESIGN's full -L^{>0} are reported, from the
+    same draws; the headline is -Lprior^{>0}, the measured best on the anchors' pooled protocol at full
+    budget (docs/decisions.md). A diffusion prior gives Diff-EBM's DiffEBM^{>0}.
     """
 
     heldout: int | None = Field(None, ge=0, description="The held-out class (default: the pooled spec's heldout=D, else the one class the "

@@ -1,7 +1,10 @@
 """Stage `eval anomaly`: held-out-class anomaly detection (DESIGN §6).
 
-The test split of the backbone's data is scored with `-L^{>0}` (higher = more anomalous) and the
-held-out class is the positive class. Which protocol is run follows the backbone's data spec:
+The test split of the backbone's data is scored with the prior's k = 0 detection scores (higher =
+more anomalous; `hebmctl.stages.scoring`): by default both `-Lprior>0` (the prior's terms) and `-L>0`
+(DESIGN's full score, the anchors'), from the same posterior draws; a diffusion prior gives Diff-EBM's
+`DiffEBM>0`. The headline metrics (`auprc`, `auroc`, named by `score`) are those of `HEADLINE`'s first
+score present; every score's metrics are under `scores`. The held-out class is the positive class. Which protocol is run follows the backbone's data spec:
 - `pooled:heldout=D,seed=S:mnist:DIR` (the anchors' protocol, `hebmctl.data.protocols`): the
   protocol's test part, the 20 % of the normal digits the backbone never saw plus every image of D
   (about 36 % positives);
@@ -34,6 +37,10 @@ from hebmctl.schemas.pretrain import PretrainConfig
 from hebmctl.stages.eval_common import RunControl, finish, load_data, print_table, up_to_date
 from hebmctl.stages.scoring import check_shape, make_scorer, score_images
 
+HEADLINE = ("-Lprior>0", "-L>0", "DiffEBM>0")
+"""The headline score, the first of these that was computed: the prior's terms where scored (the measured best on the
+anchors' protocol at full budget, docs/decisions.md), else the full -L>0, else a diffusion prior's Diff-EBM score."""
+
 
 @writes_artifact
 def run(config: EvalAnomalyConfig, control: RunControl = RunControl()) -> EvalAnomalyManifest:
@@ -56,18 +63,23 @@ def run(config: EvalAnomalyConfig, control: RunControl = RunControl()) -> EvalAn
     if protocol == "test-split" and spec.startswith("mnist:"):
         console().print("[yellow]eval anomaly: the test-split protocol (about 10 % positives, not the anchors'); for theirs train the "
                         f"backbone on pooled:heldout={heldout},seed=S:{spec}[/yellow]")
-    score = -score_images(scorer, test_set.images, (0,), config.draws, config.batch_size, config.seed, "test split", config.terms)[0]
-    metrics = detection_metrics(score[~positive], score[positive])
-    save_tensors(config.out / "scores.safetensors", {"neg_L>0": torch.from_numpy(score), "labels": torch.from_numpy(test_set.labels)})
-    save_curves(config.out / "pr_curve.png", {f"held-out {heldout}": pr_points(score[~positive], score[positive])},
-                f"PR curve, held-out class {heldout} (AUPRC {metrics['auprc']:.3f})", "recall", "precision")
-    save_histogram_panels(config.out / "histogram.png", {"-L>0": {"normal": score[~positive], f"held-out {heldout}": score[positive]}},
-                          "score (nats; higher = more anomalous)")
+    named = score_images(scorer, test_set.images, (0,), config.draws, config.batch_size, config.seed, "test split", config.terms)
+    every = {name: detection_metrics(values[~positive], values[positive]) for name, values in named.items()}
+    headline = next(name for name in HEADLINE if name in named)
+    score, metrics = named[headline], every[headline]
+    save_tensors(config.out / "scores.safetensors", {name: torch.from_numpy(v) for name, v in named.items()}
+                 | {"labels": torch.from_numpy(test_set.labels)})
+    save_curves(config.out / "pr_curve.png", {f"{name}, held-out {heldout}": pr_points(v[~positive], v[positive]) for name, v in named.items()},
+                f"PR curve, held-out class {heldout} ({headline} AUPRC {metrics['auprc']:.3f})", "recall", "precision")
+    save_histogram_panels(config.out / "histogram.png", {name: {"normal": v[~positive], f"held-out {heldout}": v[positive]}
+                                                         for name, v in named.items()}, "score (higher = more anomalous)")
     result = metrics | {"protocol": protocol, "data_split": describe_split(spec), "heldout": heldout, "prior": config.prior,
-                        "prior_kind": scorer.prior_kind, "data": spec, "split": config.split, "n": int(len(score)), "n_positive": int(positive.sum()), "draws": config.draws, "terms": config.terms, "score": "-L>0"}
+                        "prior_kind": scorer.prior_kind, "data": spec, "split": config.split, "n": int(len(score)),
+                        "n_positive": int(positive.sum()), "draws": config.draws, "terms": config.terms, "score": headline, "scores": every}
     manifest = finish(config, EvalAnomalyManifest, fingerprint, inputs, result, ["scores.safetensors", "pr_curve.png", "histogram.png"])
     print_table(f"Anomaly: held-out class {heldout}, {spec} [{config.split}], {scorer.prior_kind} prior", ["quantity", "value"],
-                [("AUPRC", metrics["auprc"]), ("AUROC", metrics["auroc"]), ("positive fraction (random AUPRC)", metrics["positive_fraction"])])
+                [row for name, m in every.items() for row in ((f"AUPRC {name}", m["auprc"]), (f"AUROC {name}", m["auroc"]))]
+                + [("positive fraction (random AUPRC)", metrics["positive_fraction"])])
     return manifest
 
 

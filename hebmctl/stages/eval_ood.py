@@ -1,11 +1,12 @@
-"""Stage `eval ood`: out-of-distribution detection with L^{>k} and LLR^{>k} (DESIGN §3 and §6).
+"""Stage `eval ood`: out-of-distribution detection (DESIGN §3 "Scores" and §6).
 
 The in-distribution split (default: the backbone's data, test split) and the OOD set (`--ood`) are
-scored with `L^{>k}` for every k in `--k` (and k = 0, which LLR needs). Detection scores, higher =
-more out-of-distribution: `-L^{>k}` and `LLR^{>k} = L^{>0} - L^{>k}` (k >= 1). Positives = the
-OOD set. Writes `eval/ood-<prior>/`: `result.json` (AUROC, AUPRC, FPR@80%TPR per score),
-`scores.safetensors` (L^{>k} per image of both sets), `histograms.png` (Joint-EBM Fig. 6),
-`roc.png`, manifest.
+scored for every k in `--k` with the prior's detection scores, higher = more out-of-distribution
+(`hebmctl.stages.scoring`): `-L>k` and `LLR>k = L>0 - L>k` (k >= 1; Joint-EBM eq. 20-21, full terms),
+`-Lprior>k` (the prior's terms only, no LLR), chosen by `--terms`; for a diffusion prior Diff-EBM's
+`DiffEBM>k` (sec. 5.2). Positives = the OOD set. Writes `eval/ood-<prior>/`: `result.json` (AUROC,
+AUPRC, FPR@80%TPR per score), `scores.safetensors` (every score per image of both sets),
+`histograms.png` (Joint-EBM Fig. 6), `roc.png`, manifest.
 """
 
 from __future__ import annotations
@@ -41,13 +42,13 @@ def run(config: EvalOodConfig, control: RunControl = RunControl()) -> EvalOodMan
     if existing is not None:
         return existing
     config.out.mkdir(parents=True, exist_ok=True)
-    ks = tuple(sorted(set(config.k) | {0}))
-    L_in = score_images(scorer, in_set.images, ks, config.draws, config.batch_size, config.seed, "in-distribution", config.terms)
-    L_out = score_images(scorer, out_set.images, ks, config.draws, config.batch_size, config.seed + 1, "out-of-distribution", config.terms)
-    detection = _detection_scores(L_in, L_out, config.k)
+    ks = tuple(config.k)
+    s_in = score_images(scorer, in_set.images, ks, config.draws, config.batch_size, config.seed, "in-distribution", config.terms)
+    s_out = score_images(scorer, out_set.images, ks, config.draws, config.batch_size, config.seed + 1, "out-of-distribution", config.terms)
+    detection = {name: (s_in[name], s_out[name]) for name in s_in}
     scores = {name: detection_metrics(s_in, s_out) | {"mean_in": float(s_in.mean()), "mean_out": float(s_out.mean())}
               for name, (s_in, s_out) in detection.items()}
-    _save_outputs(config, L_in, L_out, detection)
+    _save_outputs(config, detection)
     best = max(scores, key=lambda name: scores[name]["auroc"])
     result = {"scores": scores, "best_by_auroc": best, "k": list(config.k), "prior": config.prior, "prior_kind": scorer.prior_kind,
               "sampler": scorer.describe(config.seed), "data": in_spec, "ood": config.ood, "split": config.split,
@@ -59,17 +60,11 @@ def run(config: EvalOodConfig, control: RunControl = RunControl()) -> EvalOodMan
     return manifest
 
 
-def _detection_scores(L_in: dict[int, np.ndarray], L_out: dict[int, np.ndarray], ks: tuple[int, ...]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Score name -> (in `[N_in]`, out `[N_out]`), higher = more OOD: `-L>k`, and `LLR>k` for k >= 1."""
-    scores = {f"-L>{k}": (-L_in[k], -L_out[k]) for k in ks}
-    scores |= {f"LLR>{k}": (L_in[0] - L_in[k], L_out[0] - L_out[k]) for k in ks if k >= 1}
-    return scores
-
-
-def _save_outputs(config: EvalOodConfig, L_in, L_out, detection) -> None:
-    tensors = {f"{side}/L>{k}": torch.from_numpy(values[k]) for side, values in (("in", L_in), ("ood", L_out)) for k in values}
+def _save_outputs(config: EvalOodConfig, detection: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """Per-image detection scores by name, `in/<name>` `[N_in]` and `ood/<name>` `[N_out]`, and their plots."""
+    tensors = {f"{side}/{name}": torch.from_numpy(pair[i]) for name, pair in detection.items() for i, side in enumerate(("in", "ood"))}
     save_tensors(config.out / "scores.safetensors", tensors)
     panels = {name: {"in-distribution": s_in, "OOD": s_out} for name, (s_in, s_out) in detection.items()}
-    save_histogram_panels(config.out / "histograms.png", panels, "score (nats; higher = more OOD)")
+    save_histogram_panels(config.out / "histograms.png", panels, "score (higher = more OOD)")
     curves = {name: roc_points(s_in, s_out) for name, (s_in, s_out) in detection.items()}
     save_curves(config.out / "roc.png", curves, "ROC: OOD = positive", "false-positive rate", "true-positive rate", diagonal=True)

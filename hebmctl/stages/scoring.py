@@ -1,9 +1,10 @@
-"""Likelihood scores L^{>k} of image sets under a backbone and its prior, for `eval ood` and `eval anomaly`.
+"""Detection scores of image sets under a backbone and its prior, for `eval ood` and `eval anomaly`.
 
-Builds the pieces `hebmctl.metrics.likelihood.layer_scores` needs from the artifacts: the prior's
-negative energy F(z) and its conditional sampler of z_{<=k} given z_{>k}, both from the prior object
-(`hebmctl.priors`; the same masked sampling `hebmctl sample --hierarchical` uses). For the diffusion scheme F is the level-0 term of the
-recovery likelihood, `F(z) = G(z, 0) / s_0^2` (DESIGN §3: log p(u_0 | u_1) without its kernel).
+The prior object (`hebmctl.priors`) owns its scores (`Prior.detection_scores`): for the Gaussian and
+joint priors the likelihood scores `-L>k`, `LLR>k` (Joint-EBM eq. 20-21, full terms) and `-Lprior>k`
+(the prior's terms only), z_{<=k} drawn by the prior's masked sampler (the one `hebmctl sample
+--hierarchical` uses); for the diffusion prior Diff-EBM's own score `DiffEBM>k` (sec. 5.2), since its
+level-0 energy is not a marginal density (DESIGN §3 "Scores"). Every name: higher = more anomalous.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from hebmctl import priors
 from hebmctl.data import to_unit_range
 from hebmctl.errors import DataError
 from hebmctl.io.console import progress_bar
-from hebmctl.metrics.likelihood import layer_scores
 from hebmctl.schemas.common import InputRef
 from hebmctl.stages.artifacts import LoadedBackbone, load_backbone, open_prior
 
@@ -52,17 +52,22 @@ def check_shape(scorer: Scorer, images: np.ndarray, spec: str) -> None:
                         "Score a data set with the backbone's image size and channels.")
 
 
+TERMS_OF = {"both": ("full", "prior"), "full": ("full",), "prior": ("prior",), "latent": ("prior",)}
+"""The config's `terms` -> the term sets scored ('latent' is the old name of 'prior')."""
+
+
 def score_images(scorer: Scorer, images: np.ndarray, ks: tuple[int, ...], draws: int, batch_size: int, seed: int, label: str,
-                 terms: str = "full") -> dict[int, np.ndarray]:
-    """L^{>k} `[N]` (nats) of uint8 images `[N, H, W, C]` for each k; batch b draws from a generator seeded by (seed, b)."""
-    model, device, prior = scorer.backbone.model, scorer.prior.device, scorer.prior
-    parts: dict[int, list[np.ndarray]] = {k: [] for k in ks}
+                 terms: str = "both") -> dict[str, np.ndarray]:
+    """Detection scores by name (`Prior.detection_scores`), each `[N]`, of uint8 images `[N, H, W, C]`; batch b draws
+    from a generator seeded by (seed, b)."""
+    device, prior = scorer.prior.device, scorer.prior
+    parts: dict[str, list[np.ndarray]] = {}
     with progress_bar() as bar:
         task = bar.add_task(f"score {label}", total=len(images), unit="img", info="")
         for start in range(0, len(images), batch_size):
             x = to_unit_range(images[start : start + batch_size]).to(device)
             generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + start)
-            for k, values in layer_scores(model, x, ks, prior.neg_energy_of_z(), prior.resample_masked, generator, draws, terms).items():
-                parts[k].append(values.cpu().double().numpy())
+            for name, values in prior.detection_scores(x, ks, generator, draws, TERMS_OF[terms]).items():
+                parts.setdefault(name, []).append(values.cpu().double().numpy())
             bar.update(task, advance=x.shape[0])
     return {k: np.concatenate(v) for k, v in parts.items()}

@@ -39,13 +39,17 @@ def test_relative_data_paths_are_made_absolute(tmp_path, monkeypatch):
     assert PretrainConfig(data="builtin:mnist-10k").data == "builtin:mnist-10k"
 
 
-def test_ood_and_anomaly_score_prior_terms_by_default_and_name_the_full_score_apart():
+def test_ood_and_anomaly_report_both_scores_by_default_and_name_each_term_set_apart():
     from hebmctl.schemas import EvalAnomalyConfig, EvalOodConfig
 
     default = EvalAnomalyConfig(run="r")
-    assert default.terms == "latent" and default.out == Path("r/eval/anomaly-gaussian")
+    assert default.terms == "both" and default.out == Path("r/eval/anomaly-gaussian")
     full = EvalAnomalyConfig(run="r", terms="full", prior="diffusion")
     assert full.out == Path("r/eval/anomaly-diffusion-full")
-    ood = EvalOodConfig(run="r", ood="builtin:mnist-10k")  # the better OOD score too (docs/results.md)
-    assert ood.terms == "latent" and ood.out == Path("r/eval/ood-gaussian")
+    ood = EvalOodConfig(run="r", ood="builtin:mnist-10k")
+    assert ood.terms == "both" and ood.out == Path("r/eval/ood-gaussian")
     assert EvalOodConfig(run="r", ood="builtin:mnist-10k", terms="full").out == Path("r/eval/ood-gaussian-full")
+    assert EvalOodConfig(run="r", ood="builtin:mnist-10k", terms="prior").out == Path("r/eval/ood-gaussian-prior")
+    # manifests written before issue 12 say terms=latent: they still parse, as the prior-terms score
+    legacy = EvalAnomalyConfig(run="r", terms="latent", out="r/eval/anomaly-gaussian")
+    assert legacy.terms == "prior" and legacy.out == Path("r/eval/anomaly-gaussian")

@@ -104,28 +104,45 @@ def test_recon_matches_the_backbone_metrics(tmp_path, tiny_backbone):
     assert Image.open(tmp_path / "recon" / "recon_grid.png").size[1] > 28 * 8
 
 
-@pytest.mark.parametrize("prior", ["gaussian", "joint", "diffusion"])
+@pytest.mark.parametrize("prior", ["gaussian", "joint"])
 def test_ood_scores_metrics_and_plots(tmp_path, tiny_backbone, tiny_priors, prior, single_thread):
     prior_arg = prior if prior == "gaussian" else str(tiny_priors[prior])
     config = EvalOodConfig(backbone=tiny_backbone, prior=prior_arg, ood=f"fashion-mnist:{shared_data('fashion-mnist')}", k=(0, 1, 2),
                            limit=48, batch_size=32, out=tmp_path / "ood", device="cpu")
     manifest = eval_ood.run(config)
     scores = manifest.metrics["scores"]
-    assert set(scores) == {"-L>0", "-L>1", "-L>2", "LLR>1", "LLR>2"}
+    # the full score and its ratios, and the prior's terms under their own name with no ratio
+    assert set(scores) == {"-L>0", "-L>1", "-L>2", "LLR>1", "LLR>2", "-Lprior>0", "-Lprior>1", "-Lprior>2"}
     for values in scores.values():
         assert 0 <= values["auroc"] <= 1 and 0 <= values["auprc"] <= 1 and 0 <= values["fpr80"] <= 1
     # The metrics are those of the saved per-image scores, with the OOD set as the positive class.
     saved = load_file(str(tmp_path / "ood" / "scores.safetensors"))
-    L_in, L_out = {k: saved[f"in/L>{k}"].numpy() for k in (0, 1, 2)}, {k: saved[f"ood/L>{k}"].numpy() for k in (0, 1, 2)}
+    L_in, L_out = {k: -saved[f"in/-L>{k}"].numpy() for k in (0, 1, 2)}, {k: -saved[f"ood/-L>{k}"].numpy() for k in (0, 1, 2)}
     labels = np.r_[np.zeros(48), np.ones(48)]
     assert scores["-L>1"]["auroc"] == pytest.approx(roc_auc_score(labels, -np.r_[L_in[1], L_out[1]]))
     assert scores["LLR>2"]["auroc"] == pytest.approx(roc_auc_score(labels, np.r_[L_in[0] - L_in[2], L_out[0] - L_out[2]]))
+    np.testing.assert_allclose(saved["in/LLR>2"].numpy(), L_in[0] - L_in[2], rtol=1e-5, atol=1e-3)
     assert scores["-L>0"]["mean_in"] == pytest.approx(-L_in[0].mean())
     assert not np.allclose(L_in[0], L_in[2])  # k = 2 redraws z_1, z_2 from the prior
+    # at k = 0 (the same posterior draw) the two term sets differ by exactly -log p(x | z), which is positive here (nats
+    # of 784 pixels with a small decoder std), so the full score is the larger one
+    assert (saved["in/-L>0"].numpy() > saved["in/-Lprior>0"].numpy()).all()
     for name in ("histograms.png", "roc.png", "scores.safetensors"):
         assert (tmp_path / "ood" / name).stat().st_size > 0
     loaded, _ = read_manifest(tmp_path / "ood", EvalOodManifest)
     assert loaded == manifest and manifest.metrics["n_in"] == manifest.metrics["n_out"] == 48
+
+
+def test_ood_with_a_diffusion_prior_reports_diffebm_scores_only(tmp_path, tiny_backbone, tiny_priors, single_thread):
+    """The diffusion prior has no marginal density for L^{>k}: eval ood reports Diff-EBM's own score per k (sec. 5.2)."""
+    config = EvalOodConfig(backbone=tiny_backbone, prior=str(tiny_priors["diffusion"]), ood=f"fashion-mnist:{shared_data('fashion-mnist')}",
+                           k=(0, 1), limit=24, batch_size=24, langevin_steps=3, out=tmp_path / "ood", device="cpu")
+    manifest = eval_ood.run(config)
+    assert set(manifest.metrics["scores"]) == {"DiffEBM>0", "DiffEBM>1"}
+    saved = load_file(str(tmp_path / "ood" / "scores.safetensors"))
+    labels = np.r_[np.zeros(24), np.ones(24)]
+    assert manifest.metrics["scores"]["DiffEBM>1"]["auroc"] == pytest.approx(
+        roc_auc_score(labels, np.r_[saved["in/DiffEBM>1"].numpy(), saved["ood/DiffEBM>1"].numpy()]))
 
 
 def test_ood_known_answer_on_blank_images(tmp_path, tiny_backbone, single_thread):
@@ -162,7 +179,10 @@ def test_anomaly_uses_the_held_out_class(tmp_path, heldout_backbone, single_thre
     assert 0 <= manifest.metrics["auprc"] <= 1
     saved = load_file(str(tmp_path / "anomaly" / "scores.safetensors"))  # issue 14: check against the saved scores
     assert np.array_equal(saved["labels"].numpy(), labels)
-    score = saved["neg_L>0"].numpy()  # higher = more anomalous; the held-out digit is the positive class
+    assert manifest.metrics["score"] == "-Lprior>0" and set(manifest.metrics["scores"]) == {"-Lprior>0", "-L>0"}
+    score = saved["-Lprior>0"].numpy()  # higher = more anomalous; the held-out digit is the positive class
+    full = saved["-L>0"].numpy()
+    assert manifest.metrics["scores"]["-L>0"]["auprc"] == pytest.approx(average_precision_score(labels == 1, full), abs=1e-6)
     assert manifest.metrics["auprc"] == pytest.approx(average_precision_score(labels == 1, score), abs=1e-6)
     assert abs(average_precision_score(labels == 1, -score) - manifest.metrics["auprc"]) > 0.01  # a flipped sign would be seen
     assert (tmp_path / "anomaly" / "pr_curve.png").stat().st_size > 0
@@ -232,7 +252,7 @@ def test_anomaly_on_a_folder_whose_test_split_alone_holds_the_class(tmp_path, si
     assert (manifest.metrics["n"], manifest.metrics["n_positive"]) == (80, 20) and manifest.metrics["positive_fraction"] == 0.25
     scores = load_file(tmp_path / "anomaly" / "scores.safetensors")
     positive = scores["labels"].numpy() == 3
-    assert manifest.metrics["auroc"] == pytest.approx(roc_auc_score(positive, scores["neg_L>0"].numpy()))
+    assert manifest.metrics["auroc"] == pytest.approx(roc_auc_score(positive, scores[manifest.metrics["score"]].numpy()))
     # what is still wrong is named: a scored split without negatives, or without positives
     only_positives = _digit_folder(tmp_path / "b", {"train": (0, 1, 2), "test": (3,)}, 4)
     with pytest.raises(DataError, match="only images of the held-out class 3"):
