@@ -24,6 +24,8 @@ NegEnergyOfZ = Callable[[Tensor], Tensor]
 """z `[B, D]` -> F(z) `[B]`."""
 ConditionalResampler = Callable[[Tensor, Tensor, torch.Generator], Tensor]
 """(u_fixed `[B, D]`, mask `[D]` with 1 = resample, generator) -> u `[B, D]` with the masked part redrawn."""
+PosteriorRefiner = Callable[[Tensor, torch.Generator], Tensor]
+"""(u_q `[B, D]`, generator) -> u `[B, D]`: a better posterior sample started from q's draw (e.g. posterior Langevin)."""
 
 
 def log_gaussian_prior(model: Backbone, z: Tensor) -> Tensor:
@@ -92,10 +94,12 @@ def layer_score_terms(
     generator: torch.Generator,
     draws: int = 1,
     terms: tuple[str, ...] = SCORE_TERMS,
+    refine: PosteriorRefiner | None = None,
 ) -> dict[str, dict[int, Tensor]]:
     """{terms: {k: `[B]`}}: L^{>k}(x) ('full') and Lprior^{>k}(x) ('prior') on the same draws, x `[B, C, H, W]`.
 
-    Each draw takes one posterior sample u ~ q (in u-space) shared by every k, then redraws
+    Each draw takes one posterior sample u ~ q (in u-space; with `refine`, moved on by it, e.g. posterior
+    Langevin, Joint-EBM §3.2) shared by every k, then redraws
     u_1 .. u_k with `resample` (nothing for k = 0) and scores z = T(u): Lprior = log p_Gauss(z) + F(z),
     L = Lprior + log p(x | z) (eq. 20). Both term sets share the draws, so asking for both costs one decode more.
     """
@@ -107,6 +111,8 @@ def layer_score_terms(
     totals = {t: {k: torch.zeros(x.shape[0], device=x.device) for k in ks} for t in terms}
     for _ in range(draws):
         u_q = posterior_u(model, features, generator)
+        if refine is not None:
+            u_q = refine(u_q, generator)
         for k in ks:
             u = u_q if k == 0 else resample(u_q, layer_mask(model, k, x.device), generator)
             with torch.no_grad():
@@ -126,12 +132,13 @@ def likelihood_detection_scores(
     generator: torch.Generator,
     draws: int = 1,
     terms: tuple[str, ...] = SCORE_TERMS,
+    refine: PosteriorRefiner | None = None,
 ) -> dict[str, Tensor]:
     """Detection scores `[B]` (higher = more anomalous) by name: `-L>k` and `LLR>k = L>0 - L>k` (k >= 1,
     eq. 21) for the full terms, `-Lprior>k` for the prior's terms (no likelihood ratio: without log p(x | z)
     it is not the eq. 21 ratio). k = 0 is always scored when an LLR is asked for."""
     wanted = tuple(sorted(set(ks) | ({0} if "full" in terms else set())))
-    values = layer_score_terms(model, x, wanted, neg_energy, resample, generator, draws, terms)
+    values = layer_score_terms(model, x, wanted, neg_energy, resample, generator, draws, terms, refine)
     scores = {}
     for t, per_k in values.items():
         scores |= {f"-{SCORE_NAMES[t]}>{k}": -per_k[k] for k in ks}

@@ -5,7 +5,7 @@ itself for manifests; trained kinds also give one training loss. Dependency dire
 priors -> (models, samplers); never imports stages or io.
 """
 
-from hebmctl.priors.base import NegEnergyOfZ, Prior, SamplingOptions, TrainingOutcome, Trajectory
+from hebmctl.priors.base import NegEnergyOfZ, PosteriorLangevin, Prior, SamplingOptions, TrainingOutcome, Trajectory
 from hebmctl.priors.diffusion import DiffusionPrior
 from hebmctl.priors.energy_prior import EnergyPrior
 from hebmctl.priors.factory import PRIOR_CLASSES, energy_network, for_training, from_energy, gaussian, load
@@ -20,6 +20,7 @@ __all__ = [
     "GaussianPrior",
     "JointPrior",
     "NegEnergyOfZ",
+    "PosteriorLangevin",
     "Prior",
     "SampleBatch",
     "SamplingOptions",

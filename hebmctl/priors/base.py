@@ -16,9 +16,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from hebmctl.metrics.likelihood import SCORE_TERMS, likelihood_detection_scores
+from hebmctl.metrics.likelihood import SCORE_TERMS, PosteriorRefiner, likelihood_detection_scores
 from hebmctl.models.backbone import Backbone
 from hebmctl.samplers import ChainStats, LogDensity
+from hebmctl.samplers.posterior import sample_posterior
 
 NegEnergyOfZ = Callable[[Tensor], Tensor]
 """z `[B, D]` -> the score's energy term `[B]`."""
@@ -31,6 +32,14 @@ class SamplingOptions:
     langevin_steps: int | None = None
     step_size: float | None = None  # joint: s
     step_scale: float | None = None  # diffusion: multiplies every s_t
+
+
+@dataclass(frozen=True)
+class PosteriorLangevin:
+    """Posterior samples for the scores by short-run Langevin from q's draw (Joint-EBM §3.2; anchors s = 0.1, K = 20-40)."""
+
+    n_steps: int
+    step_size: float
 
 
 @dataclass(frozen=True)
@@ -89,11 +98,23 @@ class Prior(ABC):
         return None
 
     def detection_scores(self, x: Tensor, ks: tuple[int, ...], generator: torch.Generator, draws: int = 1,
-                         terms: tuple[str, ...] = SCORE_TERMS) -> dict[str, Tensor]:
+                         terms: tuple[str, ...] = SCORE_TERMS, posterior: PosteriorLangevin | None = None) -> dict[str, Tensor]:
         """Detection scores `[B]` (higher = more anomalous) of images x `[B, C, H, W]` in [-1, 1], by name:
         the likelihood scores `-L>k`, `LLR>k` (full terms, Joint-EBM eq. 20-21) and `-Lprior>k` (the prior's terms),
-        z_{<=k} redrawn by `resample_masked` (`hebmctl.metrics.likelihood.likelihood_detection_scores`)."""
-        return likelihood_detection_scores(self.backbone, x, ks, self.neg_energy_of_z(), self.resample_masked, generator, draws, terms)
+        z_{<=k} redrawn by `resample_masked` (`hebmctl.metrics.likelihood.likelihood_detection_scores`); with
+        `posterior`, each posterior draw is refined by posterior Langevin (`posterior_refiner`)."""
+        return likelihood_detection_scores(self.backbone, x, ks, self.neg_energy_of_z(), self.resample_masked, generator, draws, terms,
+                                           self.posterior_refiner(x, posterior))
+
+    def posterior_refiner(self, x: Tensor, posterior: PosteriorLangevin | None) -> PosteriorRefiner | None:
+        """u_q `[B, D]` -> K steps of posterior Langevin on log p(x | T(u)) + F(T(u)) - |u|^2/2 from u_q (Joint-EBM
+        §3.2, LEBM; `hebmctl.samplers.posterior`), F = this prior's `neg_energy_of_z` (0 where it has none: the
+        Gaussian prior, and the diffusion prior, which has no marginal energy); None without `posterior`."""
+        if posterior is None:
+            return None
+        neg_energy = self.neg_energy_of_z()
+        return lambda u_q, generator: sample_posterior(self.backbone, neg_energy, x, u_q, posterior.n_steps, posterior.step_size,
+                                                       generator)[0]
 
     def describe(self, temperature: float, seed: int) -> dict:
         """Every number of the sampler, for manifests."""

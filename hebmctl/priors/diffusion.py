@@ -12,7 +12,7 @@ from hebmctl.metrics.likelihood import SCORE_TERMS, layer_mask, posterior_u
 from hebmctl.models.backbone import Backbone
 from hebmctl.models.ebm_losses import diffusion_ebm_loss
 from hebmctl.models.energy import JointEnergy
-from hebmctl.priors.base import NegEnergyOfZ, SamplingOptions, TrainingOutcome, Trajectory
+from hebmctl.priors.base import NegEnergyOfZ, PosteriorLangevin, SamplingOptions, TrainingOutcome, Trajectory
 from hebmctl.priors.energy_prior import EnergyPrior
 from hebmctl.samplers import (
     ChainStats,
@@ -90,14 +90,18 @@ class DiffusionPrior(EnergyPrior):
             return -self.top_neg_energy(u0.detach(), k)
 
     def detection_scores(self, x: Tensor, ks: tuple[int, ...], generator: torch.Generator, draws: int = 1,
-                         terms: tuple[str, ...] = SCORE_TERMS) -> dict[str, Tensor]:
+                         terms: tuple[str, ...] = SCORE_TERMS, posterior: PosteriorLangevin | None = None) -> dict[str, Tensor]:
         """`DiffEBM>k` `[B]` for each k (the mean over `draws` posterior draws) of images x `[B, C, H, W]`; `terms` does
-        not apply (the diffusion prior has no marginal density for the likelihood scores L^{>k})."""
+        not apply (the diffusion prior has no marginal density for the likelihood scores L^{>k}). With `posterior`,
+        the inferred u is refined by posterior Langevin under the Gaussian prior (`posterior_refiner`)."""
         with torch.no_grad():
             features = self.backbone.encode(x)
         totals = {k: torch.zeros(x.shape[0], device=x.device) for k in ks}
+        refine = self.posterior_refiner(x, posterior)
         for _ in range(draws):
             u_q = posterior_u(self.backbone, features, generator)
+            if refine is not None:
+                u_q = refine(u_q, generator)
             for k in ks:
                 totals[k] += self.diffebm_ood(u_q, k, generator)
         return {f"DiffEBM>{k}": total / draws for k, total in totals.items()}

@@ -108,7 +108,14 @@ class ScoreOptions(EvalConfigBase):
                                                                          "-Lprior^{>k}, Lprior = log p_Gauss(z) + F(z), no LLR; 'both' "
                                                                          "(default) = both from the same draws ('latent' = old name of "
                                                                          "'prior'). A diffusion prior scores Diff-EBM's DiffEBM^{>k}.")
+    posterior_langevin_steps: int | None = Field(None, ge=1, description="Refine each posterior draw by K steps of posterior Langevin "
+        "on log p(x|z) + F(z) + log p_Gauss(z) in u-space, started from q (Joint-EBM sec. 3.2, LEBM; anchors K = 20-40). Default: "
+        "q's draw as it is.")
+    posterior_step_size: float | None = Field(None, gt=0, description="Step size s of the posterior Langevin (default 0.1, the anchors').")
     batch_size: int = Field(500, ge=1, description="Images per batch.")
+
+    hashed_when_set: ClassVar[frozenset[str]] = frozenset({"posterior_langevin_steps", "posterior_step_size"})
+    """Added with posterior Langevin: hashed only when set, so earlier evaluations keep their fingerprints."""
 
     _data = field_validator("data", mode="before")(lambda cls, v: absolute_data_spec(v))
     _terms = field_validator("terms", mode="before")(lambda cls, v: "prior" if v == "latent" else v)  # manifests before issue 12

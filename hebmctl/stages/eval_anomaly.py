@@ -35,7 +35,7 @@ from hebmctl.runtime import resolve_device
 from hebmctl.schemas.eval import EvalAnomalyConfig, EvalAnomalyManifest
 from hebmctl.schemas.pretrain import PretrainConfig
 from hebmctl.stages.eval_common import RunControl, finish, load_data, print_table, up_to_date
-from hebmctl.stages.scoring import check_shape, make_scorer, score_images
+from hebmctl.stages.scoring import check_shape, make_scorer, posterior_langevin, score_images
 
 HEADLINE = ("-Lprior>0", "-L>0", "DiffEBM>0")
 """The headline score, the first of these that was computed: the prior's terms where scored (the measured best on the
@@ -63,7 +63,8 @@ def run(config: EvalAnomalyConfig, control: RunControl = RunControl()) -> EvalAn
     if protocol == "test-split" and spec.startswith("mnist:"):
         console().print("[yellow]eval anomaly: the test-split protocol (about 10 % positives, not the anchors'); for theirs train the "
                         f"backbone on pooled:heldout={heldout},seed=S:{spec}[/yellow]")
-    named = score_images(scorer, test_set.images, (0,), config.draws, config.batch_size, config.seed, "test split", config.terms)
+    named = score_images(scorer, test_set.images, (0,), config.draws, config.batch_size, config.seed, "test split", config.terms,
+                         posterior_langevin(config))
     every = {name: detection_metrics(values[~positive], values[positive]) for name, values in named.items()}
     headline = next(name for name in HEADLINE if name in named)
     score, metrics = named[headline], every[headline]

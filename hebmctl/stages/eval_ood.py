@@ -22,7 +22,7 @@ from hebmctl.metrics.detection import detection_metrics, roc_points
 from hebmctl.runtime import resolve_device
 from hebmctl.schemas.eval import EvalOodConfig, EvalOodManifest
 from hebmctl.stages.eval_common import RunControl, finish, load_data, print_table, up_to_date
-from hebmctl.stages.scoring import check_shape, make_scorer, score_images
+from hebmctl.stages.scoring import check_shape, make_scorer, posterior_langevin, score_images
 
 
 @writes_artifact
@@ -43,8 +43,10 @@ def run(config: EvalOodConfig, control: RunControl = RunControl()) -> EvalOodMan
         return existing
     config.out.mkdir(parents=True, exist_ok=True)
     ks = tuple(config.k)
-    s_in = score_images(scorer, in_set.images, ks, config.draws, config.batch_size, config.seed, "in-distribution", config.terms)
-    s_out = score_images(scorer, out_set.images, ks, config.draws, config.batch_size, config.seed + 1, "out-of-distribution", config.terms)
+    s_in = score_images(scorer, in_set.images, ks, config.draws, config.batch_size, config.seed, "in-distribution", config.terms,
+                        posterior_langevin(config))
+    s_out = score_images(scorer, out_set.images, ks, config.draws, config.batch_size, config.seed + 1, "out-of-distribution", config.terms,
+                         posterior_langevin(config))
     detection = {name: (s_in[name], s_out[name]) for name in s_in}
     scores = {name: detection_metrics(s_in, s_out) | {"mean_in": float(s_in.mean()), "mean_out": float(s_out.mean())}
               for name, (s_in, s_out) in detection.items()}

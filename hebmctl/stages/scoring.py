@@ -52,12 +52,22 @@ def check_shape(scorer: Scorer, images: np.ndarray, spec: str) -> None:
                         "Score a data set with the backbone's image size and channels.")
 
 
+DEFAULT_POSTERIOR_STEP_SIZE = 0.1
+"""Joint-EBM's and LEBM's posterior Langevin step size."""
+
+
+def posterior_langevin(config) -> priors.PosteriorLangevin | None:
+    """The posterior Langevin of a score config (`ScoreOptions`): None unless --posterior-langevin-steps is given."""
+    if config.posterior_langevin_steps is None:
+        return None
+    return priors.PosteriorLangevin(config.posterior_langevin_steps, config.posterior_step_size or DEFAULT_POSTERIOR_STEP_SIZE)
+
 TERMS_OF = {"both": ("full", "prior"), "full": ("full",), "prior": ("prior",), "latent": ("prior",)}
 """The config's `terms` -> the term sets scored ('latent' is the old name of 'prior')."""
 
 
 def score_images(scorer: Scorer, images: np.ndarray, ks: tuple[int, ...], draws: int, batch_size: int, seed: int, label: str,
-                 terms: str = "both") -> dict[str, np.ndarray]:
+                 terms: str = "both", posterior: priors.PosteriorLangevin | None = None) -> dict[str, np.ndarray]:
     """Detection scores by name (`Prior.detection_scores`), each `[N]`, of uint8 images `[N, H, W, C]`; batch b draws
     from a generator seeded by (seed, b)."""
     device, prior = scorer.prior.device, scorer.prior
@@ -67,7 +77,7 @@ def score_images(scorer: Scorer, images: np.ndarray, ks: tuple[int, ...], draws:
         for start in range(0, len(images), batch_size):
             x = to_unit_range(images[start : start + batch_size]).to(device)
             generator = torch.Generator(device=device).manual_seed(seed * 1_000_003 + start)
-            for name, values in prior.detection_scores(x, ks, generator, draws, TERMS_OF[terms]).items():
+            for name, values in prior.detection_scores(x, ks, generator, draws, TERMS_OF[terms], posterior).items():
                 parts.setdefault(name, []).append(values.cpu().double().numpy())
             bar.update(task, advance=x.shape[0])
     return {k: np.concatenate(v) for k, v in parts.items()}

@@ -119,3 +119,50 @@ def test_diffebm_ignores_the_inferred_lower_layers_and_ranks_by_the_known_energy
     # with f = -a |z|^2 the codes far from 0 have the higher energy, so they are the more OOD ones (a flipped sign fails)
     far, near = (prior.diffebm_ood(u_q * scale, k, torch.Generator().manual_seed(3)) for scale in (10.0, 0.0))
     assert (far > near).all()
+
+
+def test_posterior_langevin_refines_the_draw_that_every_score_uses():
+    """--posterior-langevin-steps K: the scored u is K posterior Langevin steps from q's draw (Joint-EBM sec. 3.2),
+    on log p(x | T(u)) + F(T(u)) - |u|^2/2 with this prior's F, the same draw for every k and term set."""
+    from hebmctl.metrics.likelihood import posterior_u
+    from hebmctl.priors import PosteriorLangevin
+    from hebmctl.samplers.posterior import sample_posterior
+
+    model = _model()
+    x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    energy = lambda z: -1.5 * (z**2).sum(-1)  # noqa: E731
+    seen = {}
+
+    def resample(u_fixed, mask, generator):
+        seen["u"] = u_fixed
+        return u_fixed
+
+    def refine(u_q, generator):
+        return sample_posterior(model, energy, x, u_q, 3, 0.005, generator)[0]
+
+    scores = likelihood_detection_scores(model, x, (0, 1), energy, resample, torch.Generator().manual_seed(3), refine=refine)
+    generator = torch.Generator().manual_seed(3)
+    u_q = posterior_u(model, model.encode(x), generator)
+    u = sample_posterior(model, energy, x, u_q, 3, 0.005, generator)[0]
+    assert torch.isfinite(u).all() and not torch.allclose(u, u_q, atol=1e-3)  # the chain moved
+    torch.testing.assert_close(seen["u"], u)  # the refined draw is what the conditional redraw starts from
+    log_px, log_gauss, neg_energy = _by_hand(model, x, u)
+    torch.testing.assert_close(scores["-L>0"], -(log_px + log_gauss + neg_energy), rtol=1e-5, atol=1e-3)
+    assert PosteriorLangevin(3, 0.1).n_steps == 3
+
+
+def test_eval_ood_with_posterior_langevin_changes_scores_and_fingerprint(tiny_backbone, tiny_priors, tmp_path):
+    from safetensors.torch import load_file
+
+    from hebmctl.schemas import EvalOodConfig
+    from hebmctl.stages import eval_ood
+
+    from tests.conftest import shared_data
+
+    common = dict(backbone=tiny_backbone, prior=str(tiny_priors["joint"]), ood=f"fashion-mnist:{shared_data('fashion-mnist')}", limit=16,
+                  k=(0,), device="cpu", batch_size=16)
+    plain = eval_ood.run(EvalOodConfig(**common, out=tmp_path / "plain"))
+    refined = eval_ood.run(EvalOodConfig(**common, posterior_langevin_steps=5, out=tmp_path / "refined"))
+    assert plain.fingerprint != refined.fingerprint and refined.config.posterior_langevin_steps == 5
+    a, b = load_file(str(tmp_path / "plain" / "scores.safetensors")), load_file(str(tmp_path / "refined" / "scores.safetensors"))
+    assert set(a) == set(b) and all(torch.isfinite(b[name]).all() and not torch.allclose(a[name], b[name]) for name in a)
