@@ -176,7 +176,7 @@ def _cache_latents(config: CacheLatentsConfig, force: bool) -> None:
 
 
 @stage_command("train-prior", TrainPriorConfig, "train_prior", "Learn an EBM prior in u-space on the cached latents: --scheme "
-                                                               "joint|diffusion (resumes when re-run).", [STOP_AFTER])
+                                                               "joint|diffusion|cooperative (resumes when re-run).", [STOP_AFTER])
 def _train_prior(config: TrainPriorConfig, force: bool, stop_after: int | None) -> None:
     from hebmctl.stages import train_prior
 

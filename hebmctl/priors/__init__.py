@@ -6,6 +6,7 @@ priors -> (models, samplers); never imports stages or io.
 """
 
 from hebmctl.priors.base import NegEnergyOfZ, PosteriorLangevin, Prior, SamplingOptions, TrainingOutcome, Trajectory
+from hebmctl.priors.cooperative import CooperativePrior
 from hebmctl.priors.diffusion import DiffusionPrior
 from hebmctl.priors.energy_prior import EnergyPrior
 from hebmctl.priors.factory import PRIOR_CLASSES, energy_network, for_training, from_energy, gaussian, load
@@ -15,6 +16,7 @@ from hebmctl.priors.joint import JointPrior
 
 __all__ = [
     "PRIOR_CLASSES",
+    "CooperativePrior",
     "DiffusionPrior",
     "EnergyPrior",
     "GaussianPrior",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -45,13 +45,16 @@ class PosteriorLangevin:
 @dataclass(frozen=True)
 class TrainingOutcome:
     """One batch of the EBM loss: loss `[]`, negative energies on positives and negatives `[B]`, the chain's
-    statistics, and `gap`, the positive-negative gap in the units the loss uses (the runaway guard's quantity)."""
+    statistics, and `gap`, the positive-negative gap in the units the loss uses (the runaway guard's quantity).
+    `extra_losses`: the losses `[]` of the prior's extra trainable modules (`EnergyPrior.extra_modules`), by module
+    name; each is minimised by that module's own optimizer (the trainer adds them to the backward pass)."""
 
     loss: Tensor
     pos: Tensor
     neg: Tensor
     stats: ChainStats
     gap: float
+    extra_losses: dict[str, Tensor] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from abc import abstractmethod
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from hebmctl.models.backbone import Backbone
 from hebmctl.models.energy import JointEnergy
@@ -42,6 +42,12 @@ class EnergyPrior(Prior):
             spectral_norm=config.spectral_norm, n_levels=cls.n_levels(config), time_embed_dim=config.time_embed_dim,
             conv_channels=config.conv_channels or DEFAULT_CONV_CHANNELS, conv_depth=config.conv_depth or DEFAULT_CONV_DEPTH,
         )
+
+    def extra_modules(self) -> dict[str, nn.Module]:
+        """Trainable networks besides the energy (name -> module; none by default). train-prior gives each its own
+        Adam, EMA and checkpoint entries and writes the EMA weights as NAME.safetensors; the artifact loader
+        fills them back in. Their losses come in `TrainingOutcome.extra_losses`."""
+        return {}
 
     def neg_energy_on_u(self, u: Tensor, t: Tensor | None = None) -> Tensor:
         """G(u, t) = F(T(u), t): u `[B, D]`, t `[B]` or None -> `[B]` (DESIGN §3 "u-space")."""

@@ -9,13 +9,14 @@ import torch
 from hebmctl.models.backbone import Backbone
 from hebmctl.models.energy import JointEnergy
 from hebmctl.priors.base import Prior, SamplingOptions
+from hebmctl.priors.cooperative import CooperativePrior
 from hebmctl.priors.diffusion import DiffusionPrior
 from hebmctl.priors.energy_prior import EnergyPrior
 from hebmctl.priors.gaussian import GaussianPrior
 from hebmctl.priors.joint import JointPrior
 from hebmctl.schemas.prior import TrainPriorConfig
 
-PRIOR_CLASSES: dict[str, type[EnergyPrior]] = {cls.kind: cls for cls in (JointPrior, DiffusionPrior)}
+PRIOR_CLASSES: dict[str, type[EnergyPrior]] = {cls.kind: cls for cls in (JointPrior, DiffusionPrior, CooperativePrior)}
 """Scheme (TrainPriorConfig.scheme) -> prior class."""
 
 

@@ -9,14 +9,14 @@ from pydantic import Field
 
 from hebmctl.schemas.common import ManifestBase, StageConfig
 
-DEFAULT_LANGEVIN_STEPS = {"joint": 60, "diffusion": 30}
+DEFAULT_LANGEVIN_STEPS = {"joint": 60, "diffusion": 30, "cooperative": 30}
 DEFAULT_STEP_SIZE = {"joint": 0.1}
 """Joint-EBM's anchor is s = 0.4; on our Fashion-MNIST backbone it ran away (gap 0.3 -> 725 by step
 1,300) while s = 0.1 with energy L2 0.1 trained stably with a flat 2,500-step profile
 (docs/fashion-mnist.md)."""
-DEFAULT_ENERGY_L2 = {"joint": 0.1, "diffusion": 0.0}
+DEFAULT_ENERGY_L2 = {"joint": 0.1, "diffusion": 0.0, "cooperative": 0.0}
 DEFAULT_CONV_CHANNELS, DEFAULT_CONV_DEPTH = 64, 2
-DEFAULT_MAX_ENERGY_GAP = {"joint": 100.0, "diffusion": 1e5}
+DEFAULT_MAX_ENERGY_GAP = {"joint": 100.0, "diffusion": 1e5, "cooperative": 1e5}
 """The runaway guard compares the gap in the units of each scheme's loss. Diffusion: mean((G_pos - G_neg) / s_t^2),
 whose healthy batch-to-batch spread is large because s_0^2 ~ 1e-5 (MNIST vlae-small, 843 steps: median |gap| 102,
 99th percentile 1,757, max 2,997; docs/results.md), so its threshold sits 30x above the healthy maximum."""
@@ -27,18 +27,23 @@ class TrainPriorConfig(StageConfig):
 
     run_defaults: ClassVar[dict[str, str]] = {"backbone": "backbone", "latents": "latents", "out": "priors/{name}"}
     unhashed: ClassVar[frozenset[str]] = frozenset({"run", "device", "name", "out", "log_every", "checkpoint_every", "keep_checkpoints"})
-    hashed_when_set: ClassVar[frozenset[str]] = frozenset({"conv_channels", "conv_depth"})
+    hashed_when_set: ClassVar[frozenset[str]] = frozenset({"conv_channels", "conv_depth", "shared_noise", "tweedie"})
     """Unset = DEFAULT_CONV_CHANNELS / DEFAULT_CONV_DEPTH, left unset so that priors written before spatial groups keep their "
-        "fingerprints."""
+        "fingerprints; shared_noise and tweedie (cooperative scheme) likewise stay unset unless given."""
 
     backbone: Path = Field(None, description="Backbone folder (default: RUN/backbone).")
     latents: Path = Field(None, description="Latent cache folder (default: RUN/latents).")
     name: str = Field(None, description="Prior name (default: the scheme); the prior goes to RUN/priors/NAME unless --out is given.")
     out: Path = Field(None, description="Prior folder to write (default: RUN/priors/NAME).")
-    scheme: Literal["joint", "diffusion"] = Field("diffusion", description="'joint': one EBM, Langevin from N(0, I) (Joint-EBM); "
-                                                                           "'diffusion': conditional EBMs along a short diffusion "
-                                                                           "(Diff-EBM).")
+    scheme: Literal["joint", "diffusion", "cooperative"] = Field("diffusion", description="'joint': one EBM, Langevin from N(0, I) "
+        "(Joint-EBM); 'diffusion': conditional EBMs along a short diffusion (Diff-EBM); 'cooperative': the diffusion scheme's EBMs "
+        "with an initializer network that proposes each chain's start (CDRL).")
     T: int = Field(3, ge=1, description="Diffusion levels (diffusion scheme).")
+    shared_noise: bool | None = Field(None, description="Cooperative scheme: draw the training pairs with one eps, u_t = abar_t u_0 + "
+        "sbar_t eps and u_{t+1} = abar_{t+1} u_0 + sbar_{t+1} eps (CDRL's variance reduction; default true); false: the forward "
+        "kernel, as the diffusion scheme.")
+    tweedie: bool | None = Field(None, description="Cooperative scheme: after the last level, the noiseless Tweedie step "
+        "u_0 <- u_0 + sigma_0^2 grad log p(u_0 | u_1) (CDRL; default false).")
     schedule: Literal["drl", "cosine"] = Field("drl", description="Noise schedule of the diffusion scheme.")
     b2: float = Field(3e-5, gt=0, description="Diffusion scheme step-size scale: "
                                               "s_t^2 = (sigma_cum[t] / sigma_cum[0]) * b2 * sigma[t+1]^2.")

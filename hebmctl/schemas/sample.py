@@ -65,5 +65,5 @@ class SampleConfig(StageConfig):
 class SamplesManifest(ManifestBase):
     kind: Literal["samples"] = Field("samples", description="Artifact kind.")
     config: SampleConfig = Field(description="The resolved stage config.")
-    prior_kind: Literal["gaussian", "joint", "diffusion"] = Field(description="Which prior generated the samples.")
+    prior_kind: Literal["gaussian", "joint", "diffusion", "cooperative"] = Field(description="Which prior generated the samples.")
     sampler: dict[str, Any] = Field(description="Every number the sampler used: K, step sizes, temperature, schedule, seed.")

@@ -91,4 +91,7 @@ def open_prior(folder: Path | None, backbone: LoadedBackbone, device: torch.devi
         return priors.gaussian(backbone.model, device), []
     loaded = load_prior(folder, backbone, device)
     prior = priors.from_energy(loaded.manifest.config, loaded.energy, backbone.model, device, options)
+    for name, module in prior.extra_modules().items():  # e.g. the cooperative scheme's initializer (EMA weights)
+        load_module_state(module, Path(folder) / f"{name}.safetensors")
+        module.eval().requires_grad_(False)
     return prior, [InputRef(role="prior", path=str(folder), kind="prior", sha256=loaded.manifest_sha256)]

@@ -7,6 +7,11 @@ negative energy F; density is proportional to exp(F)):
 - `diffusion` (Diff-EBM): level t ~ U{0..T-1} per example, (u_t, u_{t+1}) from the forward process
   started at cached u_0, K Langevin steps of log p(u_t | u_{t+1}) initialised at u_{t+1};
   loss mean(-(G(pos, t) - G(neg, t)) / s_t^2).
+- `cooperative` (CDRL): the diffusion scheme's EBMs, chains started by an initializer network regressed on the
+  refined samples.
+A prior's extra trainable networks (`prior.extra_modules()`, e.g. the cooperative initializer) get, generically,
+their own Adam (same learning rate and betas), EMA, gradient clip and checkpoint entries; their EMA weights are
+written as NAME.safetensors next to the energy.
 Divergence (a non-finite loss or energy, or a positive-negative gap beyond `max_energy_gap` in the units
 of the prior's loss (`TrainingOutcome.gap`), the sign that the Langevin chains have stopped reaching the
 model's high-density region) rolls back to the last checkpoint with the learning rate
@@ -93,6 +98,9 @@ class _PriorTrainer:
         self.energy = self.prior.energy
         self.ema = copy.deepcopy(self.energy).requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.energy.parameters(), lr=config.lr, betas=(config.beta1, 0.999))
+        self.extras = self.prior.extra_modules()
+        self.extra_emas = {name: copy.deepcopy(m).requires_grad_(False) for name, m in self.extras.items()}
+        self.extra_optimizers = {name: torch.optim.Adam(m.parameters(), lr=config.lr, betas=(config.beta1, 0.999)) for name, m in self.extras.items()}
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
         self.step, self.wall_s, self.progress = 0, 0.0, _Progress()
 
@@ -102,7 +110,9 @@ class _PriorTrainer:
 
     @property
     def state(self) -> TrainingState:
-        return TrainingState({"energy": self.energy, "ema": self.ema}, {"adam": self.optimizer}, {"noise": self.generator})
+        modules = {"energy": self.energy, "ema": self.ema} | self.extras | {f"ema-{n}": m for n, m in self.extra_emas.items()}
+        optimizers = {"adam": self.optimizer} | {f"adam-{n}": o for n, o in self.extra_optimizers.items()}
+        return TrainingState(modules, optimizers, {"noise": self.generator})
 
     def _extra(self) -> dict:
         return {"wall_s": self.wall_s, "lr_scale": self.progress.lr_scale, "rollbacks": self.progress.rollbacks}
@@ -130,25 +140,37 @@ class _PriorTrainer:
         pos, neg, stats, loss = outcome.pos, outcome.neg, outcome.stats, outcome.loss
         if cfg.energy_l2 > 0:
             loss = loss + cfg.energy_l2 * (pos.pow(2) + neg.pow(2)).mean()
-        record = {"loss": loss.item(), "energy_gap": energy_gap(pos.detach(), neg.detach()), "neg_energy_pos": pos.mean().item(),
+        extra = {f"loss_{name}": float(v.detach()) for name, v in outcome.extra_losses.items()}
+        record = extra | {"loss": loss.item(), "energy_gap": energy_gap(pos.detach(), neg.detach()), "neg_energy_pos": pos.mean().item(),
                   "neg_energy_neg": neg.mean().item(), "langevin_grad_norm": float(stats.grad_norm[-1]) if stats.n_steps else 0.0,
                   "loss_gap": outcome.gap}
         finite = torch.isfinite(loss) and torch.isfinite(pos).all() and torch.isfinite(neg).all() and stats.is_finite()
+        finite = finite and all(torch.isfinite(v) for v in outcome.extra_losses.values())
         runaway = abs(outcome.gap) > cfg.max_energy_gap  # the gap in the loss's units (diffusion: G / s_t^2)
-        return (loss if finite and not runaway else None), record
+        # The modules' parameters are disjoint, so one backward of the sum gives each its own loss's gradient.
+        total = loss + sum(outcome.extra_losses.values()) if outcome.extra_losses else loss
+        return (total if finite and not runaway else None), record
 
     def train_step(self) -> dict | None:
         """One update; None on divergence (non-finite values or a runaway energy gap; nothing is applied then)."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.config.lr * self.progress.lr_scale
+        optimizers = [self.optimizer, *self.extra_optimizers.values()]
+        for optimizer in optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = self.config.lr * self.progress.lr_scale
         loss, record = self.negatives_and_loss(self.data.batch(self.step, self.config.batch_size))
         if loss is None:
             return None
-        self.optimizer.zero_grad(set_to_none=True)
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
         loss.backward()
         record["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.energy.parameters(), self.config.grad_clip))
-        self.optimizer.step()
+        for module in self.extras.values():
+            torch.nn.utils.clip_grad_norm_(module.parameters(), self.config.grad_clip)
+        for optimizer in optimizers:
+            optimizer.step()
         ema_update(self.ema, self.energy, self.config.ema_decay, self.step)
+        for name, module in self.extras.items():
+            ema_update(self.extra_emas[name], module, self.config.ema_decay, self.step)
         self.step += 1
         return {"step": self.step} | record | {"lr": self.optimizer.param_groups[0]["lr"]}
 
@@ -190,6 +212,9 @@ class _PriorTrainer:
 def _finalize(config: TrainPriorConfig, trainer: _PriorTrainer, backbone: LoadedBackbone, inputs: list[InputRef], fingerprint: str, device: torch.device) -> PriorManifest:
     out = config.out
     save_tensors(out / ENERGY_NAME, trainer.ema.state_dict())
+    extra_files = [f"{name}.safetensors" for name in trainer.extra_emas]
+    for name, ema in trainer.extra_emas.items():
+        save_tensors(out / f"{name}.safetensors", ema.state_dict())
     records = [line for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     tail = [json.loads(r) for r in records[-10:]]
     metrics = {
@@ -208,7 +233,7 @@ def _finalize(config: TrainPriorConfig, trainer: _PriorTrainer, backbone: Loaded
         **common_fields(fingerprint),
         config=config,
         inputs=inputs,
-        outputs=[describe_file(out, n) for n in (ENERGY_NAME, "metrics.jsonl")],
+        outputs=[describe_file(out, n) for n in (ENERGY_NAME, *extra_files, "metrics.jsonl")],
         metrics=metrics,
         group_dims=backbone.model.group_dims,
         group_shapes=backbone.model.group_shapes,

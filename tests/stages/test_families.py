@@ -21,7 +21,7 @@ from hebmctl.schemas import CacheLatentsConfig, EvalOodConfig, EvalReconConfig, 
 from hebmctl.schemas.pretrain import BackboneManifest
 from hebmctl.schemas.prior import PriorManifest
 from hebmctl.stages import cache_latents, eval_ood, eval_recon, pretrain, sample, train_prior
-from hebmctl.stages.artifacts import load_backbone, load_prior
+from hebmctl.stages.artifacts import load_backbone, load_prior, open_prior
 
 from tests.conftest import tiny_pretrain_config, tiny_prior_config
 
@@ -39,7 +39,7 @@ def family_run(request, tmp_path_factory) -> tuple[str, Path]:
     try:
         pretrain.run(tiny_pretrain_config(root / "backbone", steps=8, **FAMILY_SETTINGS[family]))
         cache_latents.run(CacheLatentsConfig(backbone=root / "backbone", out=root / "latents", limit=96, device="cpu", store_z=True))
-        for scheme in ("joint", "diffusion"):
+        for scheme in ("joint", "diffusion", "cooperative"):
             train_prior.run(tiny_prior_config(root / "backbone", root / "latents", root / "priors" / scheme, scheme=scheme,
                                               conv_channels=4, steps=4, batch_size=16))
     finally:
@@ -64,15 +64,17 @@ def test_backbone_manifest_records_group_shapes(family_run):
 def test_priors_use_a_conv_energy_on_spatial_groups(family_run):
     family, root = family_run
     backbone = load_backbone(root / "backbone", torch.device("cpu"))
-    for scheme in ("joint", "diffusion"):
+    for scheme in ("joint", "diffusion", "cooperative"):
         prior = load_prior(root / "priors" / scheme, backbone, torch.device("cpu"))
         manifest, _ = read_manifest(root / "priors" / scheme, PriorManifest)
         assert manifest.resolved_group_shapes() == backbone.model.group_shapes
         kinds = {type(g).__name__ for g in prior.energy.groups}
         assert kinds == ({"ConvGroupEnergy"} if family == "nvae" else {"GroupEnergy"})
+    cooperative, _ = open_prior(root / "priors" / "cooperative", backbone, torch.device("cpu"))  # the initializer, per group too
+    assert {type(g).__name__ for g in cooperative.initializer.groups} == ({"_ConvResidual"} if family == "nvae" else {"_VectorResidual"})
 
 
-@pytest.mark.parametrize("prior", ["gaussian", "joint", "diffusion"])
+@pytest.mark.parametrize("prior", ["gaussian", "joint", "diffusion", "cooperative"])
 def test_sample_with_hierarchical_and_trajectory(family_run, prior, tmp_path, single_thread):
     _, root = family_run
     prior_arg = prior if prior == "gaussian" else str(root / "priors" / prior)
