@@ -42,7 +42,7 @@ class PretrainConfig(StageConfig):
         description="Backbone family: 'hvae' (vector groups, conditional hierarchy, decoder reads z_1), 'nvae' (spatial groups on a "
         "top-down path, every group reaches the pixels), 'vlae' (independent vector groups injected at different generator depths).",
     )
-    latent_dims: tuple[int, ...] = Field(None, description="hvae, vlae: latent group sizes, bottom (z_1) to top (z_L), comma-separated. "
+    latent_dims: tuple[int, ...] | None = Field(None, description="hvae, vlae: latent group sizes, bottom (z_1) to top (z_L), comma-separated. "
                                          "Default 64,32,16 (hvae), 4,4,4 (vlae: with 64,32,16 the bottom group took everything "
                                          "and the top collapsed).")
     channels: int = Field(None, ge=4, description="Width of the first conv layer (hvae, vlae: doubled at each of the two down-samplings; "
@@ -157,8 +157,8 @@ class PretrainConfig(StageConfig):
 
     @field_validator("latent_dims")
     @classmethod
-    def _positive_dims(cls, dims: tuple[int, ...]) -> tuple[int, ...]:
-        if len(dims) < 1 or any(d < 1 for d in dims):
+    def _positive_dims(cls, dims: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if dims is not None and (len(dims) < 1 or any(d < 1 for d in dims)):
             raise ValueError("needs at least one group size, each a positive integer, e.g. 64,32,16")
         return dims
 

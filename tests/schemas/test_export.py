@@ -53,3 +53,15 @@ def test_ood_and_anomaly_report_both_scores_by_default_and_name_each_term_set_ap
     # manifests written before issue 12 say terms=latent: they still parse, as the prior-terms score
     legacy = EvalAnomalyConfig(run="r", terms="latent", out="r/eval/anomaly-gaussian")
     assert legacy.terms == "prior" and legacy.out == Path("r/eval/anomaly-gaussian")
+
+
+def test_every_family_config_reads_back_from_its_manifest_json():
+    """A manifest stores the resolved config as JSON; a family without latent_dims (nvae) stores null there,
+    which must read back (it once failed as 'latent_dims: Input should be a valid tuple')."""
+    import json
+
+    from hebmctl.schemas import PretrainConfig
+
+    for family in ("hvae", "vlae", "nvae"):
+        config = PretrainConfig(backbone=family)
+        assert PretrainConfig.model_validate(json.loads(config.model_dump_json())) == config
