@@ -42,9 +42,9 @@ class PretrainConfig(StageConfig):
         description="Backbone family: 'hvae' (vector groups, conditional hierarchy, decoder reads z_1), 'nvae' (spatial groups on a "
         "top-down path, every group reaches the pixels), 'vlae' (independent vector groups injected at different generator depths).",
     )
-    latent_dims: tuple[int, ...] | None = Field(None, description="hvae, vlae: latent group sizes, bottom (z_1) to top (z_L), comma-separated. "
-                                         "Default 64,32,16 (hvae), 4,4,4 (vlae: with 64,32,16 the bottom group took everything "
-                                         "and the top collapsed).")
+    latent_dims: tuple[int, ...] | None = Field(None, description="hvae, vlae: latent group sizes, bottom (z_1) to top (z_L), "
+                                                "comma-separated. Default 64,32,16 (hvae), 4,4,4 (vlae: with 64,32,16 the bottom group "
+                                                "took everything and the top collapsed).")
     channels: int = Field(None, ge=4, description="Width of the first conv layer (hvae, vlae: doubled at each of the two down-samplings; "
         "nvae: every layer). Default 32 (hvae, vlae), 16 (nvae).")
     mlp_hidden: int = Field(256, ge=8, description="hvae, vlae: hidden width of the MLPs between latent groups.")
