@@ -12,7 +12,7 @@ from hebmctl.metrics.likelihood import SCORE_TERMS, layer_mask, posterior_u
 from hebmctl.models.backbone import Backbone
 from hebmctl.models.ebm_losses import diffusion_ebm_loss
 from hebmctl.models.energy import JointEnergy
-from hebmctl.priors.base import NegEnergyOfZ, PosteriorLangevin, SamplingOptions, TrainingOutcome, Trajectory
+from hebmctl.priors.base import PosteriorLangevin, SamplingOptions, TrainingOutcome, Trajectory
 from hebmctl.priors.energy_prior import EnergyPrior
 from hebmctl.samplers import (
     ChainStats,
@@ -54,13 +54,6 @@ class DiffusionPrior(EnergyPrior):
     def resample_masked(self, u_fixed: Tensor, mask: Tensor, generator: torch.Generator) -> Tensor:
         return resample_masked_diffusion(self.neg_energy_on_u, u_fixed, mask, self.schedule, self.step_sizes_sq, self.n_steps, generator,
                                          self.step_size)[0]
-
-    def level0_neg_energy_of_z(self) -> NegEnergyOfZ:
-        """z `[B, D]` -> G(z, 0) / s_0^2 `[B]`: the energy term of the level-0 conditional log p(u_0 | u_1) (DESIGN §3).
-        Not a marginal log-density of z (the kernel and the levels above are missing), so no likelihood score
-        L^{>k} uses it: a diffusion prior scores with `diffebm_ood` instead (DESIGN §3 "Scores")."""
-        s0_sq = float(self.step_sizes_sq[0])
-        return lambda z: self.energy(z, torch.zeros(z.shape[0], dtype=torch.long, device=z.device)) / s0_sq
 
     def top_neg_energy(self, u: Tensor, k: int) -> Tensor:
         """G^{>k}(u, 0) / s_0^2 `[B]` of u `[B, D]`: the level-0 negative energy of the groups of layers z_{k+1} .. z_L of

@@ -19,6 +19,7 @@ from hebmctl.data import to_unit_range
 from hebmctl.errors import DataError
 from hebmctl.io.console import progress_bar
 from hebmctl.schemas.common import InputRef
+from hebmctl.schemas.pretrain import POSTERIOR_LANGEVIN_DEFAULTS
 from hebmctl.stages.artifacts import LoadedBackbone, load_backbone, open_prior
 
 
@@ -52,15 +53,11 @@ def check_shape(scorer: Scorer, images: np.ndarray, spec: str) -> None:
                         "Score a data set with the backbone's image size and channels.")
 
 
-DEFAULT_POSTERIOR_STEP_SIZE = 0.1
-"""Joint-EBM's and LEBM's posterior Langevin step size."""
-
-
 def posterior_langevin(config) -> priors.PosteriorLangevin | None:
     """The posterior Langevin of a score config (`ScoreOptions`): None unless --posterior-langevin-steps is given."""
     if config.posterior_langevin_steps is None:
         return None
-    return priors.PosteriorLangevin(config.posterior_langevin_steps, config.posterior_step_size or DEFAULT_POSTERIOR_STEP_SIZE)
+    return priors.PosteriorLangevin(config.posterior_langevin_steps, config.posterior_step_size or POSTERIOR_LANGEVIN_DEFAULTS["posterior_step_size"])
 
 TERMS_OF = {"both": ("full", "prior"), "full": ("full",), "prior": ("prior",), "latent": ("prior",)}
 """The config's `terms` -> the term sets scored ('latent' is the old name of 'prior')."""
