@@ -9,9 +9,11 @@ incomplete, `rows_written` says how far it got, so an interrupted run continues 
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ import numpy as np
 
 from hebmctl.errors import ArtifactError, LineageError
 from hebmctl.io.atomic import commit, tmp_path_for
+from hebmctl.io.hdf5_reports import held_back
 
 
 @dataclass(frozen=True)
@@ -49,13 +52,33 @@ def _disk_errors(path: Path) -> Iterator[None]:
     """HDF5 reports a failed write (full disk, file size limit) as a RuntimeError or an errno-less OSError whose
     text holds "errno = N": raise it as OSError(N) naming the file, which the CLI explains (found by the fault drills)."""
     try:
-        yield
+        with held_back():  # HDF5's repeats of a failed write would print as tracebacks (hebmctl.io.hdf5_reports)
+            yield
     except (RuntimeError, OSError) as exc:
         found = re.search(r"errno = (\d+)", str(exc))
         if found is None or (isinstance(exc, OSError) and exc.errno):
             raise
         code = int(found.group(1))
         raise OSError(code, os.strerror(code), str(path)) from exc
+
+
+EXIT_CODE_AFTER_FAILED_CLOSE = 2
+"""The CLI's exit code for a disk it cannot write (the error that leaves an HDF5 file unclosable)."""
+
+
+def _skip_hdf5_exit_handler() -> None:
+    """A close that failed (a full disk) leaves datasets open inside HDF5, and HDF5's own exit handler
+    then crashes (SIGSEGV) closing them, after the CLI's clear message (found by the fault drills,
+    HDF5 2.0 in h5py 3.16). So such a process ends with `os._exit` from Python's exit handlers,
+    before the C library's run: the data written so far is in the partial file, which the next run
+    resumes."""
+
+    def leave() -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_CODE_AFTER_FAILED_CLOSE)
+
+    atexit.register(leave)
 
 
 class LatentWriter:
@@ -69,9 +92,13 @@ class LatentWriter:
             self.tmp.unlink()
         fresh = not self.tmp.exists()
         with _disk_errors(self.tmp):
-            self.file = h5py.File(self.tmp, "a")
-            if fresh:
-                self._create(backbone_sha256, fingerprint)
+            self.file = h5py.File(self.tmp, "a", rdcc_nbytes=0)  # no chunk cache: no dirty chunk left to flush after a failed write
+            try:
+                if fresh:
+                    self._create(backbone_sha256, fingerprint)
+            except BaseException:
+                self.close()  # no `with` block will close it
+                raise
 
     def _can_resume(self, backbone_sha256: str, fingerprint: str) -> bool:
         """True if the partial file belongs to this run; refuses one made from another backbone."""
@@ -133,12 +160,15 @@ class LatentWriter:
         commit(self.tmp, self.path)
 
     def close(self) -> None:
-        """Close after an error too: a failed close (the disk is full) leaves a partial file that the next run resumes or restarts."""
-        if self.file.id.valid:
-            try:
-                self.file.close()
-            except (RuntimeError, OSError):
-                pass  # the write error itself was raised already; HDF5 may still print its own close failures at exit
+        """Close after an error too. The partial file stays for the next run to resume, unless the close itself failed
+        (the disk is full): then the file is removed and the next run starts this split again."""
+        if not self.file.id.valid:
+            return
+        try:
+            self.file.close()
+        except (RuntimeError, OSError):  # the write error itself was raised already
+            _skip_hdf5_exit_handler()
+            self.tmp.unlink(missing_ok=True)  # HDF5 could not finish it: its structure may be broken (seen: "addr overflow" on resume)
 
     def __enter__(self) -> "LatentWriter":
         return self
