@@ -1,9 +1,10 @@
 """Resumable checkpoints: `checkpoints/ckpt-000500/` with model, EMA, optimizer and RNG state.
 
-Each checkpoint folder holds safetensors files and a `state.json` written last (its commit
-marker) with the step, the stage fingerprint, any JSON-able extras (e.g. the data position) and
-the size and sha256 of every file. Resume = find the newest complete, intact checkpoint with the
-same fingerprint and load it; a damaged newest checkpoint falls back to the one before (and says so).
+Each checkpoint folder holds safetensors files, a copy of the run's metrics log as it was at that
+step, and a `state.json` written last (its commit marker) with the step, the stage fingerprint,
+any JSON-able extras (e.g. the data position) and the size and sha256 of every file. Resume = find
+the newest complete, intact checkpoint with the same fingerprint and load it; a damaged newest
+checkpoint falls back to the one before (and says so).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import torch
 from safetensors import safe_open
 
 from hebmctl.errors import ArtifactError
-from hebmctl.io.atomic import write_text
-from hebmctl.io.console import console
+from hebmctl.io.atomic import write_text, write_with
+from hebmctl.io.console import console, truncate_jsonl
 from hebmctl.io.hashing import sha256_file
 from hebmctl.io.state import (
     generator_state,
@@ -32,6 +33,7 @@ from hebmctl.io.state import (
 from hebmctl.runtime import is_main_process
 
 STATE_NAME = "state.json"
+LOG_NAME = "metrics.jsonl"
 
 
 @dataclass
@@ -47,13 +49,17 @@ def checkpoint_dir(root: Path, step: int) -> Path:
     return Path(root) / f"ckpt-{step:06d}"
 
 
-def save_checkpoint(root: Path, step: int, fingerprint: str, state: TrainingState, extra: dict[str, Any], keep: int) -> Path:
-    """Write checkpoint `step` (state.json last), then delete all but the newest `keep`. Only rank 0 writes
-    (the ranks hold the same state, DESIGN §8); the others just return the folder's name."""
+def save_checkpoint(root: Path, step: int, fingerprint: str, state: TrainingState, extra: dict[str, Any], keep: int,
+                    log: Path | None = None) -> Path:
+    """Write checkpoint `step` (state.json last), with a copy of the metrics `log` when given, then delete all but
+    the newest `keep`. Only rank 0 writes (the ranks hold the same state, DESIGN §8); the others just return the
+    folder's name."""
     folder = checkpoint_dir(root, step)
     if not is_main_process():
         return folder
     folder.mkdir(parents=True, exist_ok=True)
+    if log is not None and Path(log).is_file():
+        write_with(folder / LOG_NAME, lambda tmp: shutil.copyfile(log, tmp))
     for name, module in state.modules.items():
         save_tensors(folder / f"{name}.safetensors", module.state_dict())
     for name, optimizer in state.optimizers.items():
@@ -62,10 +68,25 @@ def save_checkpoint(root: Path, step: int, fingerprint: str, state: TrainingStat
     rng = {name: generator_state(gen) for name, gen in state.generators.items()}
     rng["torch_cpu_default"] = torch.get_rng_state()
     save_tensors(folder / "rng.safetensors", rng)
-    files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in sorted(folder.glob("*.safetensors"))}
+    kept = sorted([*folder.glob("*.safetensors"), *folder.glob(LOG_NAME)])
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in kept}
     write_text(folder / STATE_NAME, json.dumps({"step": step, "fingerprint": fingerprint, "extra": extra, "files": files}, indent=2))
     _prune(root, keep)
     return folder
+
+
+def restore_log(checkpoint: Path, log: Path, step: int) -> None:
+    """Put the metrics `log` back as it was when `checkpoint` was written, from the checkpoint's copy (checked with
+    its other files): lines written after it go, and lines damaged since come back intact, so a resumed run's log
+    and the metrics its manifest takes from it equal an uninterrupted run's. A checkpoint written before copies
+    were kept: drop the lines past its `step`."""
+    if not is_main_process():
+        return
+    copy = Path(checkpoint) / LOG_NAME
+    if copy.is_file():
+        write_with(Path(log), lambda tmp: shutil.copyfile(copy, tmp))
+    else:
+        truncate_jsonl(log, step)
 
 
 def _complete_checkpoints(root: Path) -> list[Path]:

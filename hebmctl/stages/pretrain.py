@@ -24,7 +24,7 @@ from hebmctl.data import ImageSet, from_unit_range, load_split, to_unit_range
 from hebmctl.data.readers import describe_split
 from hebmctl.data.subsets import subset_positions
 from hebmctl.errors import ArtifactError, ConfigError, DataError, DivergenceError, HebmctlError
-from hebmctl.io.checkpoints import TrainingState, latest_checkpoint, load_checkpoint, save_checkpoint
+from hebmctl.io.checkpoints import TrainingState, latest_checkpoint, load_checkpoint, restore_log, save_checkpoint
 from hebmctl.io.console import append_jsonl, console, progress_bar, truncate_jsonl
 from hebmctl.io.hashing import sha256_file
 from hebmctl.io.images import save_grid
@@ -211,7 +211,7 @@ class _Trainer:
             self._fresh_start()
             return
         self._restore(found)
-        truncate_jsonl(self.config.out / "metrics.jsonl", self.step)
+        restore_log(found, self.config.out / "metrics.jsonl", self.step)
         console().print(f"pretrain: resuming from {found.name} (step {self.step})")
 
     def _fresh_start(self) -> None:
@@ -300,7 +300,8 @@ class _Trainer:
                 if self.step % cfg.log_every == 0 or self.step == last:
                     append_jsonl(cfg.out / "metrics.jsonl", record | {"wall_s": round(self.wall_s, 3)})
                 if self.step % cfg.checkpoint_every == 0 or self.step == last:
-                    save_checkpoint(self.checkpoints, self.step, self.fingerprint, self.state, self._extra(), cfg.keep_checkpoints)
+                    save_checkpoint(self.checkpoints, self.step, self.fingerprint, self.state, self._extra(), cfg.keep_checkpoints,
+                                    log=cfg.out / "metrics.jsonl")
         return self.step >= cfg.steps
 
 

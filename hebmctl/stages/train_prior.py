@@ -30,8 +30,8 @@ from torch import Tensor
 
 from hebmctl import priors
 from hebmctl.errors import DivergenceError
-from hebmctl.io.checkpoints import TrainingState, latest_checkpoint, load_checkpoint, save_checkpoint
-from hebmctl.io.console import append_jsonl, console, progress_bar, truncate_jsonl
+from hebmctl.io.checkpoints import TrainingState, latest_checkpoint, load_checkpoint, restore_log, save_checkpoint
+from hebmctl.io.console import append_jsonl, console, progress_bar
 from hebmctl.io.latent_batches import LatentBatches
 from hebmctl.io.manifest import (
     check_lineage,
@@ -129,7 +129,7 @@ class _PriorTrainer:
             save_checkpoint(self.checkpoints, 0, self.fingerprint, self.state, self._extra(), self.config.keep_checkpoints)
             return
         self._restore(found)
-        truncate_jsonl(self.config.out / "metrics.jsonl", self.step)
+        restore_log(found, self.config.out / "metrics.jsonl", self.step)
         console().print(f"train-prior: resuming from {found.name} (step {self.step})")
 
     def negatives_and_loss(self, u0: Tensor) -> tuple[Tensor | None, dict]:
@@ -205,7 +205,8 @@ class _PriorTrainer:
                 if self.step % cfg.log_every == 0 or self.step == last:
                     append_jsonl(cfg.out / "metrics.jsonl", record | {"wall_s": round(self.wall_s, 3)})
                 if self.step % cfg.checkpoint_every == 0 or self.step == last:
-                    save_checkpoint(self.checkpoints, self.step, self.fingerprint, self.state, self._extra(), cfg.keep_checkpoints)
+                    save_checkpoint(self.checkpoints, self.step, self.fingerprint, self.state, self._extra(), cfg.keep_checkpoints,
+                                    log=cfg.out / "metrics.jsonl")
         return self.step >= cfg.steps
 
 

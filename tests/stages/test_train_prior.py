@@ -94,3 +94,18 @@ def test_runaway_guard_compares_the_gap_in_the_diffusion_loss_units(tiny_backbon
                                max_rollbacks=0)
     with pytest.raises(DivergenceError, match="max-energy-gap"):
         train_prior.run(config)
+
+
+def test_a_damaged_metrics_log_is_restored_from_the_checkpoint(tiny_backbone, tiny_latents, tmp_path):
+    """The manifest's final_energy_gap is the mean of the log's last lines: a digit changed in the log (a fault drill)
+    was re-run as 'damaged' and then taken into the new manifest. Now the log comes back from the checkpoint's copy."""
+    folder = tmp_path / "prior"
+    config = tiny_prior_config(tiny_backbone, tiny_latents, folder, scheme="joint")
+    first = train_prior.run(config)
+    log = folder / "metrics.jsonl"
+    original = log.read_bytes()
+    last_gap = f'"energy_gap": {json.loads(original.splitlines()[-1])["energy_gap"]}'.encode()
+    log.write_bytes(original.replace(last_gap, last_gap[:-1] + (b"1" if last_gap[-1:] != b"1" else b"2")))
+    again = train_prior.run(config)  # the manifest's sha256 of the log differs: repaired, resuming from the last checkpoint
+    assert log.read_bytes() == original
+    assert again.metrics["final_energy_gap"] == first.metrics["final_energy_gap"]
