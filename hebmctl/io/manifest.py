@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -206,29 +207,34 @@ usual damage, always changes the size. `hebmctl inspect` and the stages that rea
 every file."""
 
 
-def prepare_output(folder: Path, model: type[M], fingerprint: str, force: bool) -> M | None:
+def prepare_output(folder: Path, model: type[M], fingerprint: str, force: bool,
+                   input_problems: Callable[[M], list[str]] | None = None) -> M | None:
     """Decide what to do with an output folder before a stage computes (call it once the inputs are validated).
 
     Runs inside the stage's `hebmctl.io.output.writes_artifact` session, which locks the folder.
     Returns the existing manifest when the artifact is complete, up to date and intact (the stage
     skips). A complete artifact with other settings or inputs is refused unless `force`; with
     `force` it stays in place (moved aside) until the new run's manifest is written. A damaged
-    artifact is re-run in place, keeping its checkpoints. Otherwise returns None: the stage runs,
-    resuming a partial run of the same settings if it can.
+    artifact is re-run in place, keeping its checkpoints; so is one for which `input_problems` (the existing
+    manifest -> problems with an input it was made from, found only after the fingerprint, such as a
+    cache) lists anything. Otherwise returns None: the stage runs, resuming a partial run of the same
+    settings if it can.
 
     With several processes rank 0 alone decides and does the folder work; the others wait for its
     decision (and its error, if any) and read the manifest it found (DESIGN §8).
     """
     if dist.world_size() == 1:
-        return _prepare_output(folder, model, fingerprint, force)
+        return _prepare_output(folder, model, fingerprint, force, input_problems)
     found: list[M | None] = []
-    skip = dist.main_decides(lambda: found.append(_prepare_output(folder, model, fingerprint, force)) or found[0] is not None)
+    decide = lambda: found.append(_prepare_output(folder, model, fingerprint, force, input_problems)) or found[0] is not None  # noqa: E731
+    skip = dist.main_decides(decide)
     if dist.is_main():
         return found[0]
     return read_manifest(folder, model)[0] if skip else None
 
 
-def _prepare_output(folder: Path, model: type[M], fingerprint: str, force: bool) -> M | None:
+def _prepare_output(folder: Path, model: type[M], fingerprint: str, force: bool,
+                    input_problems: Callable[[M], list[str]] | None) -> M | None:
     folder = Path(folder)
     session = session_for(folder)
     session.open()
@@ -253,6 +259,7 @@ def _prepare_output(folder: Path, model: type[M], fingerprint: str, force: bool)
             )
         else:
             problems = verify_outputs(folder, manifest, check_hashes=True, hash_limit=HASH_LIMIT_BYTES)
+            problems += input_problems(manifest) if input_problems is not None else []
             if not problems:
                 return manifest
             session.repair_damaged(problems)

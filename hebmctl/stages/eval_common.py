@@ -7,7 +7,7 @@ whose `metrics` equal the result and whose `inputs` name what was evaluated.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,10 +41,12 @@ def load_data(role: str, spec: str, split: str, limit: int | None = None) -> tup
     return images, InputRef(role=role, path=spec, kind="data", sha256=images.fingerprint(), subset=images.subset)
 
 
-def up_to_date(config: StageConfig, inputs: list[InputRef], manifest_type: type[M], force: bool, name: str) -> tuple[str, M | None]:
-    """(fingerprint, the existing manifest if the evaluation is complete and up to date, else None)."""
+def up_to_date(config: StageConfig, inputs: list[InputRef], manifest_type: type[M], force: bool, name: str,
+               input_problems: Callable[[M], list[str]] | None = None) -> tuple[str, M | None]:
+    """(fingerprint, the existing manifest if the evaluation is complete, up to date and intact, else None);
+    `input_problems` checks the inputs recorded only after the fingerprint (`hebmctl.io.manifest.prepare_output`)."""
     fingerprint = stage_fingerprint(config, inputs)
-    existing = prepare_output(config.out, manifest_type, fingerprint, force)
+    existing = prepare_output(config.out, manifest_type, fingerprint, force, input_problems)
     if existing is not None:
         console().print(f"[green]eval {name}: {config.out} is up to date[/green]")
     return fingerprint, existing

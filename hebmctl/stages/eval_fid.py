@@ -55,7 +55,7 @@ def run(config: EvalFidConfig, control: RunControl = RunControl()) -> EvalFidMan
     ref_images, ref_data = load_data(f"reference:{config.split}", ref_spec, config.split, config.ref_limit)
     source = _Source(config, ref_images, device)
     inputs = [ref_data, weights_ref, *source.inputs]
-    fingerprint, existing = up_to_date(config, inputs, EvalFidManifest, control.force, "fid")
+    fingerprint, existing = up_to_date(config, inputs, EvalFidManifest, control.force, "fid", reference_problems)
     if existing is not None:
         return existing
     config.out.mkdir(parents=True, exist_ok=True)
@@ -165,6 +165,24 @@ def _slug(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{kind}-{Path(argument).name}").strip("_")
 
 
+def reference_problems(manifest: EvalFidManifest) -> list[str]:
+    """Problems with the reference statistics an evaluation recorded (its role "reference" input): missing,
+    replaced since, or damaged. Such an evaluation is re-run, which rebuilds the cache (found by the fault drills:
+    a damaged cache used to pass unnoticed while the evaluation was up to date)."""
+    for ref in manifest.inputs:
+        if ref.role != "reference":
+            continue
+        folder = Path(ref.path)
+        try:
+            stats, sha = read_manifest(folder, FidStatsManifest)
+        except ArtifactError as exc:
+            return [f"its reference statistics {folder}: {exc}"]
+        if sha != ref.sha256:
+            return [f"its reference statistics {folder} were replaced since"]
+        return [f"its reference statistics {folder}: {problem}" for problem in verify_outputs(folder, stats)]
+    return []
+
+
 def reference_statistics(
     config: EvalFidConfig, ref_images: ImageSet, ref_data: InputRef, weights_ref: InputRef, extractor: InceptionFeatures
 ) -> tuple[Path, str, tuple[np.ndarray, np.ndarray]]:
@@ -181,7 +199,9 @@ def reference_statistics(
             manifest, sha = read_manifest(folder, FidStatsManifest)
         except ArtifactError:  # a damaged manifest: this cache is recomputed like one with damaged files
             manifest = None
-        if manifest is not None and manifest.fingerprint == key and not verify_outputs(folder, manifest):
+        expected = {"fingerprint": key, "split": config.split, "limit": config.ref_limit, "n_images": len(ref_images),
+                    "metrics": {"n_images": len(ref_images)}, "inputs": [ref_data, weights_ref]}
+        if manifest is not None and all(getattr(manifest, k) == v for k, v in expected.items()) and not verify_outputs(folder, manifest):
             tensors, _ = load_tensors(folder / STATS_NAME)
             console().print(f"eval fid: reference statistics from {folder}")
             return folder, sha, (tensors["mu"].numpy(), tensors["sigma"].numpy())

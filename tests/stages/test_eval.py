@@ -70,6 +70,27 @@ def test_fid_of_a_split_against_itself_is_zero_and_noise_is_far(tmp_path, digits
 
 
 @needs_weights
+def test_an_up_to_date_fid_notices_damaged_reference_statistics(tmp_path, digits, tiny_backbone):
+    """The fault drills flipped a byte in the statistics (or a number in their manifest) of a finished evaluation:
+    re-running it said 'up to date' and left the cache damaged. Now the evaluation re-runs and the cache is rebuilt."""
+    common = dict(backbone=tiny_backbone, ref="builtin:mnist-10k", ref_limit=N_FID, n=N_FID, stats_dir=tmp_path / "stats", device="cpu",
+                  images=_npz(tmp_path / "same.npz", digits[..., 0]), out=tmp_path / "fid")
+    first = eval_fid.run(EvalFidConfig(**common))
+    (stats,) = (tmp_path / "stats").iterdir()
+    intact = (stats / "stats.safetensors").read_bytes()
+    damaged = bytearray(intact)
+    damaged[len(damaged) // 2] ^= 0xFF
+    (stats / "stats.safetensors").write_bytes(bytes(damaged))
+    again = eval_fid.run(EvalFidConfig(**common))
+    assert (stats / "stats.safetensors").read_bytes() == intact and again.metrics["fid"] == first.metrics["fid"]
+    assert again.input("reference").sha256 == read_manifest(stats, FidStatsManifest)[1] != first.input("reference").sha256
+    manifest = (stats / "manifest.json").read_text()
+    (stats / "manifest.json").write_text(manifest.replace(f'"n_images": {N_FID}', f'"n_images": {N_FID + 1}'))  # still valid JSON
+    third = eval_fid.run(EvalFidConfig(**common))
+    assert read_manifest(stats, FidStatsManifest)[0].n_images == N_FID and third.metrics["fid"] == first.metrics["fid"]
+
+
+@needs_weights
 def test_fid_of_prior_samples_and_reconstructions(tmp_path, tiny_backbone, tiny_priors):
     common = dict(backbone=tiny_backbone, ref="builtin:mnist-10k", ref_limit=16, n=16, batch_size=8, stats_dir=tmp_path / "stats",
                   device="cpu")
