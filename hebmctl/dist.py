@@ -39,7 +39,7 @@ from hebmctl.errors import HebmctlError
 TIMEOUT_ENV = "HEBMCTL_DIST_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 1800.0
 """Longest wait at a collective; rank 0 may write a checkpoint or join cache parts while the others wait."""
-DDP_STAGES = ("pretrain", "cache-latents", "eval fid")
+DDP_STAGES = ("pretrain", "cache-latents", "train-prior", "sample", "eval fid")
 """Stages that run with several processes (the others refuse them with a clear message)."""
 _stage_joined = False
 """True once the stage now running called `init`; cleared when any writing stage starts (`stage_starts`),
@@ -200,6 +200,17 @@ def global_mean(tensor: torch.Tensor) -> torch.Tensor:
     if world_size() == 1:
         return tensor.mean()
     total, count = _sum_and_count(tensor.sum(), tensor.numel())
+    return total / count
+
+
+def mean_of_shards(means: torch.Tensor, rows: int) -> torch.Tensor:
+    """The global batch's means `[k]` from this rank's means `[k]` over its `rows` rows: the shards' means weighted by
+    their rows; `means` itself in one process. Differentiable: each rank's backward reaches its own means with
+    weight rows / (global rows), so `sum_gradients` then gives the gradient of the global mean. A non-finite value
+    on any rank makes that entry non-finite on every rank, so every rank takes the same decision from it."""
+    if world_size() == 1:
+        return means
+    total, count = _sum_and_count(means * rows, rows)
     return total / count
 
 
