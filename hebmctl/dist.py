@@ -278,6 +278,26 @@ def broadcast_json(value: Any) -> Any:
     return json.loads(bytes(buffer.cpu().numpy()).decode("utf-8"))
 
 
+def raise_first_error(error: HebmctlError | None) -> None:
+    """After work that may fail on some ranks only (each passes its HebmctlError or None): raise on every rank the
+    error of the lowest rank that had one (same class, its message prefixed by that rank), or return when none had;
+    in one process, raise `error` itself. So rank 0, the one that prints, says why a peer stopped."""
+    if world_size() == 1:
+        if error is not None:
+            raise error
+        return
+    _require_group()
+    mine = {} if error is None else {"error": type(error).__name__, "message": f"Rank {rank()} of {world_size()}: {error}"}
+    line = np.frombuffer((json.dumps(mine) + "\n").encode("utf-8"), dtype=np.uint8)  # json.dumps escapes newlines
+    outcomes = [json.loads(text) for text in bytes(all_gather_rows(line)).decode("utf-8").splitlines()]
+    first = next((outcome for outcome in outcomes if outcome), None)
+    if first is None:
+        return
+    if error is not None and first["message"] == mine["message"]:
+        raise type(error)(first["message"]) from error
+    raise (getattr(errors, first["error"], None) or DistributedError)(first["message"])
+
+
 def main_decides(decide: Callable[[], Any]) -> Any:
     """Run `decide()` on rank 0 only and return its JSON-able result on every rank.
 

@@ -57,4 +57,5 @@ def test_collectives_on_two_processes(tmp_path):
     assert seen[0]["broadcast"] == seen[1]["broadcast"] == {"from": 0}
     assert seen[0]["decided"] == seen[1]["decided"] == "rank 0's choice"
     assert seen[0]["error"] == seen[1]["error"] == "the folder is taken"  # rank 0's error stops rank 1 too
+    assert seen[0]["first_error"] == seen[1]["first_error"] == "Rank 1 of 2: the chains diverged"  # rank 1's error, said by rank 0
     assert all("only pretrain, cache-latents, train-prior, sample, eval fid" in s["next_stage"] for s in seen)

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from hebmctl import dist, priors
 from hebmctl.data import from_unit_range
-from hebmctl.errors import ConfigError
+from hebmctl.errors import ConfigError, HebmctlError
 from hebmctl.io.atomic import write_text, write_with
 from hebmctl.io.console import console, progress_bar
 from hebmctl.io.images import save_grid, save_png
@@ -99,11 +99,16 @@ def generate(config: SampleConfig, prior: priors.Prior) -> tuple[Tensor, Tensor,
     rows = dist.shard(config.n, config.batch_size)  # (0, n) in one process
     u_parts, z_parts, image_parts, stats = [], [], [], []
     t0 = time.perf_counter()
+    error = None
     with progress_bar() as bar:
         task = bar.add_task(f"sample {prior.kind}", total=rows[1] - rows[0], unit="img", info="")
-        for batch in priors.sample_batches(prior, config.n, config.batch_size, config.seed, config.temperature, rows):
-            u_parts.append(batch.u0), z_parts.append(batch.z), image_parts.append(from_unit_range(batch.x)), stats.append(batch.stats)
-            bar.update(task, advance=batch.u0.shape[0])
+        try:
+            for batch in priors.sample_batches(prior, config.n, config.batch_size, config.seed, config.temperature, rows):
+                u_parts.append(batch.u0), z_parts.append(batch.z), image_parts.append(from_unit_range(batch.x)), stats.append(batch.stats)
+                bar.update(task, advance=batch.u0.shape[0])
+        except HebmctlError as exc:  # a divergent chain or non-finite images, perhaps on this rank only
+            error = exc
+    dist.raise_first_error(error)
     u0, z, images = _gather(_cat(u_parts, prior), _cat(z_parts, prior), _cat_images(image_parts, prior))
     return u0, z, images, stats, time.perf_counter() - t0
 
