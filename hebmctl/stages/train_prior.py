@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,11 +169,11 @@ class _PriorTrainer:
         finite = torch.isfinite(loss) and torch.isfinite(pos).all() and torch.isfinite(neg).all() and stats.is_finite()
         finite = finite and all(torch.isfinite(v) for v in outcome.extra_losses.values())
         means = _batch_means(loss, outcome, bool(finite), u0.shape[0])
-        extra = {f"loss_{name}": float(means[name].detach()) for name in outcome.extra_losses}
-        record = extra | {"loss": means["loss"].detach().item(), "energy_gap": float(means["pos"] - means["neg"]), "neg_energy_pos": means["pos"].item(),
-                  "neg_energy_neg": means["neg"].item(), "langevin_grad_norm": means["langevin_grad_norm"].item(),
-                  "loss_gap": means["gap"].item()}
-        finite = bool(means["diverged"] == 0) and bool(torch.isfinite(means["loss"]))  # a non-finite value on any rank
+        numbers = {name: float(value.detach()) for name, value in means.items()}
+        extra = {f"loss_{name}": numbers[name] for name in outcome.extra_losses}
+        record = extra | {"loss": numbers["loss"], "energy_gap": float((means["pos"] - means["neg"]).detach()), "neg_energy_pos": numbers["pos"],
+                  "neg_energy_neg": numbers["neg"], "langevin_grad_norm": numbers["langevin_grad_norm"], "loss_gap": numbers["gap"]}
+        finite = numbers["diverged"] == 0 and math.isfinite(numbers["loss"])  # a non-finite value on any rank
         runaway = abs(record["loss_gap"]) > cfg.max_energy_gap  # the gap in the loss's units (diffusion: G / s_t^2)
         # The modules' parameters are disjoint, so one backward of the sum gives each its own loss's gradient.
         total = means["loss"] + sum(means[name] for name in outcome.extra_losses) if outcome.extra_losses else means["loss"]
