@@ -37,7 +37,7 @@ def sample_batches(prior: Prior, n: int, batch_size: int, seed: int, temperature
     returned for that batch."""
     model = prior.backbone
     first, stop = rows if rows is not None else (0, n)
-    if first % batch_size:
+    if first < stop and first % batch_size:  # an empty range (a rank without batches) may start anywhere
         raise ValueError(f"rows must start at a whole batch: {first} is not a multiple of {batch_size}")
     for start in range(first, stop, batch_size):
         generator = batch_generator(seed, start, prior.device)

@@ -120,22 +120,24 @@ def test_a_killed_rank_stops_train_prior_with_a_clear_error(tmp_path, tiny_backb
     assert "Rank 0 of 2" in text and "died" in text and "re-run the same command" in text
 
 
-@pytest.mark.parametrize("scheme, figures", [("joint", False), ("cooperative", True)])
-def test_sample_on_two_processes_writes_the_one_process_files(tmp_path, tiny_backbone, one_process_priors, single_thread, scheme, figures):
-    """10 images in batches of 4: rank 0 draws batches 0-1 (8 images), rank 1 batch 2 (2 images); rank 0 gathers and
-    writes (with `figures`, also the hierarchical, traversal and trajectory figures). Every file but the manifest is
-    byte-identical, and so are the manifest's fingerprint and file hashes."""
+@pytest.mark.parametrize("scheme, n, figures", [("joint", 3, False), ("cooperative", 10, True)])
+def test_sample_on_two_processes_writes_the_one_process_files(tmp_path, tiny_backbone, one_process_priors, single_thread, scheme, n,
+                                                              figures):
+    """Batches of 4: 10 images are 2 batches (8 images) on rank 0 and 1 batch (2) on rank 1; 3 images are one batch, on
+    rank 0, and rank 1 draws nothing. Rank 0 gathers and writes (with `figures`, also the hierarchical, traversal and
+    trajectory figures). Every file but the manifest is byte-identical, and so are the manifest's fingerprint and
+    file hashes."""
     prior = one_process_priors[scheme]
     extra = dict(hierarchical=True, traverse=(1,), trajectory=True, trajectory_steps=10) if figures else {}
-    one = sample.run(SampleConfig(backbone=tiny_backbone, prior=str(prior), out=tmp_path / "one", n=10, batch_size=4, seed=3,
+    one = sample.run(SampleConfig(backbone=tiny_backbone, prior=str(prior), out=tmp_path / "one", n=n, batch_size=4, seed=3,
                                   device="cpu", **extra))
     two = tmp_path / "two"
     flags = ["--hierarchical", "--traverse", "1", "--trajectory", "--trajectory-steps", "10"] if figures else []
-    run_ranks(["-m", "hebmctl", "sample", "--backbone", str(tiny_backbone), "--prior", str(prior), "--out", str(two), "--n", "10",
+    run_ranks(["-m", "hebmctl", "sample", "--backbone", str(tiny_backbone), "--prior", str(prior), "--out", str(two), "--n", str(n),
                "--batch-size", "4", "--seed", "3", "--device", "cpu", *flags])
     files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*") if p.is_file() and p.name != "manifest.json")
     assert files == sorted(p.relative_to(two) for p in two.rglob("*") if p.is_file() and p.name != "manifest.json")
-    assert len(files) > 10
+    assert len(files) > n
     for name in files:
         assert (two / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
     manifest = json.loads((two / "manifest.json").read_text())
