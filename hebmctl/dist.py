@@ -39,7 +39,7 @@ from hebmctl.errors import HebmctlError
 TIMEOUT_ENV = "HEBMCTL_DIST_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 1800.0
 """Longest wait at a collective; rank 0 may write a checkpoint or join cache parts while the others wait."""
-DDP_STAGES = ("pretrain", "cache-latents", "eval fid")
+DDP_STAGES = ("pretrain", "cache-latents", "train-prior", "sample", "eval fid")
 """Stages that run with several processes (the others refuse them with a clear message)."""
 _stage_joined = False
 """True once the stage now running called `init`; cleared when any writing stage starts (`stage_starts`),
@@ -203,6 +203,17 @@ def global_mean(tensor: torch.Tensor) -> torch.Tensor:
     return total / count
 
 
+def mean_of_shards(means: torch.Tensor, rows: int) -> torch.Tensor:
+    """The global batch's means `[k]` from this rank's means `[k]` over its `rows` rows: the shards' means weighted by
+    their rows; `means` itself in one process. Differentiable: each rank's backward reaches its own means with
+    weight rows / (global rows), so `sum_gradients` then gives the gradient of the global mean. A non-finite value
+    on any rank makes that entry non-finite on every rank, so every rank takes the same decision from it."""
+    if world_size() == 1:
+        return means
+    total, count = _sum_and_count(means * rows, rows)
+    return total / count
+
+
 def sum_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
     """Sum the `.grad` of every parameter over the ranks, in one flat buffer (one all_reduce per step).
 
@@ -265,6 +276,26 @@ def broadcast_json(value: Any) -> Any:
             buffer.copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
         tdist.broadcast(buffer, src=0)
     return json.loads(bytes(buffer.cpu().numpy()).decode("utf-8"))
+
+
+def raise_first_error(error: HebmctlError | None) -> None:
+    """After work that may fail on some ranks only (each passes its HebmctlError or None): raise on every rank the
+    error of the lowest rank that had one (same class, its message prefixed by that rank), or return when none had;
+    in one process, raise `error` itself. So rank 0, the one that prints, says why a peer stopped."""
+    if world_size() == 1:
+        if error is not None:
+            raise error
+        return
+    _require_group()
+    mine = {} if error is None else {"error": type(error).__name__, "message": f"Rank {rank()} of {world_size()}: {error}"}
+    line = np.frombuffer((json.dumps(mine) + "\n").encode("utf-8"), dtype=np.uint8)  # json.dumps escapes newlines
+    outcomes = [json.loads(text) for text in bytes(all_gather_rows(line)).decode("utf-8").splitlines()]
+    first = next((outcome for outcome in outcomes if outcome), None)
+    if first is None:
+        return
+    if error is not None and first["message"] == mine["message"]:
+        raise type(error)(first["message"]) from error
+    raise (getattr(errors, first["error"], None) or DistributedError)(first["message"])
 
 
 def main_decides(decide: Callable[[], Any]) -> Any:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from hebmctl import dist
-from hebmctl.errors import ArtifactError, HebmctlError
+from hebmctl.errors import ArtifactError, DivergenceError, HebmctlError
 
 
 def main(out: Path) -> None:
@@ -38,6 +38,11 @@ def main(out: Path) -> None:
         dist.main_decides(lambda: (_ for _ in ()).throw(ArtifactError("the folder is taken")))
     except ArtifactError as exc:
         seen["error"] = str(exc)
+    dist.raise_first_error(None)  # no rank failed: nothing happens
+    try:  # rank 1 alone fails: every rank raises its error
+        dist.raise_first_error(DivergenceError("the chains diverged") if r == 1 else None)
+    except DivergenceError as exc:
+        seen["first_error"] = str(exc)
     dist.barrier("the end of the test")
     dist.stage_starts()  # the next stage (e.g. in `pipeline`) does not call init: it must refuse, group or not
     try:

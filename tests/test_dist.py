@@ -42,7 +42,7 @@ def test_shards_are_contiguous_whole_batches_in_rank_order(monkeypatch, size, ex
 
 def test_a_stage_without_multi_process_support_refuses_clearly(monkeypatch):
     _world(monkeypatch, 0, 2)  # started by torchrun, but no process group was joined
-    with pytest.raises(HebmctlError, match="only pretrain, cache-latents, eval fid run with several processes"):
+    with pytest.raises(HebmctlError, match="only pretrain, cache-latents, train-prior, sample, eval fid run with several processes"):
         dist.main_decides(lambda: pytest.fail("rank 0 must not touch anything"))
 
 
@@ -57,4 +57,5 @@ def test_collectives_on_two_processes(tmp_path):
     assert seen[0]["broadcast"] == seen[1]["broadcast"] == {"from": 0}
     assert seen[0]["decided"] == seen[1]["decided"] == "rank 0's choice"
     assert seen[0]["error"] == seen[1]["error"] == "the folder is taken"  # rank 0's error stops rank 1 too
-    assert all("only pretrain, cache-latents, eval fid" in s["next_stage"] for s in seen)
+    assert seen[0]["first_error"] == seen[1]["first_error"] == "Rank 1 of 2: the chains diverged"  # rank 1's error, said by rank 0
+    assert all("only pretrain, cache-latents, train-prior, sample, eval fid" in s["next_stage"] for s in seen)

@@ -33,10 +33,13 @@ class LatentBatches:
     def __len__(self) -> int:
         return self.n_images * self.samples_per_image
 
-    def batch(self, step: int, batch_size: int) -> torch.Tensor:
-        """Batch of update `step`: `[batch_size, D]` float32, rows drawn uniformly with replacement."""
+    def batch(self, step: int, batch_size: int, shard: tuple[int, int] | None = None) -> torch.Tensor:
+        """Batch of update `step`: `[batch_size, D]` float32, rows drawn uniformly with replacement; with `shard`
+        `(start, stop)`, only those rows of that batch, `[stop - start, D]` (one process's part of it)."""
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         rows = torch.randint(len(self), (batch_size,), generator=gen)
+        if shard is not None:
+            rows = rows[shard[0] : shard[1]]
         if self._u0 is not None:
             return self._u0[rows.to(self.device)]
         return self._read_rows(rows).to(self.device)

@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hebmctl.noise import NoiseRows, randn
+
 MIN_STD = 1e-2
 """Floor of every prior standard deviation. T^{-1} divides by sigma, so float32 rounding of z
 (about 6e-8 * |z|) comes back as an error of about 6e-8 * |z| / sigma in u: the floor keeps the
@@ -66,26 +68,11 @@ def gaussian_kl(mu_q: Tensor, std_q: Tensor, mu_p: Tensor, std_p: Tensor) -> Ten
     return (0.5 * (var_ratio + ((mu_q - mu_p) / std_p) ** 2 - 1 - torch.log(var_ratio))).flatten(1).sum(-1)
 
 
-@dataclass(frozen=True)
-class NoiseRows:
-    """Rows `[start, stop)` of a batch of `total` rows whose noise comes from `generator`: each draw takes
-    the whole batch's noise `[total, ...]` and keeps these rows, so a shard of a batch gets exactly the
-    noise the whole batch would (several processes, DESIGN §8). Pass it wherever a generator goes."""
-
-    generator: torch.Generator
-    start: int
-    stop: int
-    total: int
-
-
 def draw_gaussian(mu: Tensor, std: Tensor, generator: torch.Generator | NoiseRows | None, sample: bool) -> Tensor:
     """mu + std * eps with eps from `generator` (or mu itself when `sample` is False); mu, std `[B, ...]`."""
     if not sample:
         return mu
-    if isinstance(generator, NoiseRows):
-        eps = torch.randn((generator.total, *mu.shape[1:]), generator=generator.generator, device=mu.device, dtype=mu.dtype)
-        return mu + std * eps[generator.start : generator.stop]
-    return mu + std * torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    return mu + std * randn(mu.shape, generator, mu.device, mu.dtype)  # NoiseRows: this shard's rows of the whole batch's draw
 
 
 class Backbone(nn.Module, ABC):

@@ -22,6 +22,7 @@ from hebmctl.models.backbone import Backbone
 from hebmctl.models.ebm_losses import diffusion_ebm_loss
 from hebmctl.models.energy import JointEnergy
 from hebmctl.models.initializer import Initializer
+from hebmctl.noise import Noise, randint, randn
 from hebmctl.priors.base import SamplingOptions, TrainingOutcome, Trajectory
 from hebmctl.priors.diffusion import DiffusionPrior, scaled_gap
 from hebmctl.samplers import (
@@ -61,10 +62,10 @@ class CooperativePrior(DiffusionPrior):
     def extra_modules(self) -> dict[str, nn.Module]:
         return {INITIALIZER_NAME: self.initializer}
 
-    def propose(self, u_next: Tensor, t: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    def propose(self, u_next: Tensor, t: Tensor, generator: Noise) -> tuple[Tensor, Tensor]:
         """(mean g(u_{t+1}, t), u_init = mean + sqrt(beta~_t) eps), both `[B, D]`, for u_{t+1} `[B, D]` and t `[B]`."""
         mean = self.initializer(u_next, t)
-        eps = torch.randn(u_next.shape, generator=generator, device=u_next.device, dtype=u_next.dtype)
+        eps = randn(u_next.shape, generator, u_next.device, u_next.dtype)
         return mean, mean.detach() + self.proposal_std[t][:, None] * eps
 
     def _initializer(self, u_next: Tensor, t: Tensor, generator: torch.Generator) -> Tensor:
@@ -103,11 +104,11 @@ class CooperativePrior(DiffusionPrior):
     def describe(self, temperature: float, seed: int) -> dict:
         return super().describe(temperature, seed) | {"initializer": True, "tweedie": self.tweedie}
 
-    def training_outcome(self, u0: Tensor, generator: torch.Generator) -> TrainingOutcome:
+    def training_outcome(self, u0: Tensor, generator: Noise) -> TrainingOutcome:
         """t ~ U{0..T-1}; (u_t, u_{t+1}) with shared noise (or the forward kernel); u_init from the initializer;
         K Langevin steps of log p(u_t | u_{t+1}) from u_init; EBM loss mean(-(G(pos, t) - G(neg, t)) / s_t^2) as the
         diffusion scheme; initializer loss mean |sg(u_K) - g(u_{t+1}, t)|^2 over the batch and coordinates (CDRL eq. 7)."""
-        t = torch.randint(self.config.T, (u0.shape[0],), generator=generator, device=self.device)
+        t = randint(self.config.T, (u0.shape[0],), generator, self.device)
         pairs = forward_pairs_shared_noise if self.shared_noise else forward_pairs
         u_t, u_tp1 = pairs(u0, t, self.schedule, generator)
         mean, u_init = self.propose(u_tp1, t, generator)

@@ -12,6 +12,7 @@ from hebmctl.metrics.likelihood import SCORE_TERMS, layer_mask, posterior_u
 from hebmctl.models.backbone import Backbone
 from hebmctl.models.ebm_losses import diffusion_ebm_loss
 from hebmctl.models.energy import JointEnergy
+from hebmctl.noise import Noise, randint
 from hebmctl.priors.base import PosteriorLangevin, SamplingOptions, TrainingOutcome, Trajectory
 from hebmctl.priors.energy_prior import EnergyPrior
 from hebmctl.samplers import (
@@ -118,10 +119,10 @@ class DiffusionPrior(EnergyPrior):
         step = float(self.step_sizes_sq[0].sqrt()) * self.step_size
         return Trajectory(levels, u0, log_density, lambda u: self.neg_energy_on_u(u, self._levels(0, u)), step)
 
-    def training_outcome(self, u0: Tensor, generator: torch.Generator) -> TrainingOutcome:
+    def training_outcome(self, u0: Tensor, generator: Noise) -> TrainingOutcome:
         """t ~ U{0..T-1} per example, (u_t, u_{t+1}) forward from u_0, K Langevin steps of log p(u_t | u_{t+1}) from
         u_{t+1}; loss mean(-(G(pos, t) - G(neg, t)) / s_t^2) (Diff-EBM eq. 12-13, scaled parametrisation)."""
-        t = torch.randint(self.config.T, (u0.shape[0],), generator=generator, device=self.device)
+        t = randint(self.config.T, (u0.shape[0],), generator, self.device)
         u_t, u_tp1 = forward_pairs(u0, t, self.schedule, generator)
         log_p = conditional_log_density(self.neg_energy_on_u, u_tp1, t, self.schedule, self.step_sizes_sq)
         s_sq = self.step_sizes_sq[t]

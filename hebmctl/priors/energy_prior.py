@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from hebmctl.models.backbone import Backbone
 from hebmctl.models.energy import JointEnergy
+from hebmctl.noise import Noise
 from hebmctl.priors.base import Prior, SamplingOptions, TrainingOutcome
 from hebmctl.schemas.prior import DEFAULT_CONV_CHANNELS, DEFAULT_CONV_DEPTH, TrainPriorConfig
 
@@ -61,5 +62,9 @@ class EnergyPrior(Prior):
         return {"schedule": None, "step_sizes": []}
 
     @abstractmethod
-    def training_outcome(self, u0: Tensor, generator: torch.Generator) -> TrainingOutcome:
-        """Negatives and the EBM loss (without regulariser) on a batch of cached u_0 `[B, D]`."""
+    def training_outcome(self, u0: Tensor, generator: Noise) -> TrainingOutcome:
+        """Negatives and the EBM loss (without regulariser) on a batch of cached u_0 `[B, D]`.
+
+        Every draw goes through `generator` (with `NoiseRows`, u0 is a shard of the batch and gets its rows of the batch's
+        draws), and every loss and statistic is a mean over the rows of per-row terms, so that train-prior can
+        combine the shards' means into the whole batch's (several processes, DESIGN §8)."""

@@ -29,13 +29,19 @@ def batch_generator(seed: int, start: int, device: torch.device) -> torch.Genera
     return torch.Generator(device=device).manual_seed(seed * 1_000_003 + start)
 
 
-def sample_batches(prior: Prior, n: int, batch_size: int, seed: int, temperature: float) -> Iterator[SampleBatch]:
-    """n samples in batches of batch_size; raises DivergenceError (non-finite u_0) or ConfigError (non-finite
-    z or x at this temperature) before anything is returned for that batch."""
+def sample_batches(prior: Prior, n: int, batch_size: int, seed: int, temperature: float,
+                   rows: tuple[int, int] | None = None) -> Iterator[SampleBatch]:
+    """n samples in batches of batch_size (with `rows` `(start, stop)`, start a multiple of batch_size: only the
+    batches of samples start .. stop - 1, exactly as they come in the whole run, one process's share); raises
+    DivergenceError (non-finite u_0) or ConfigError (non-finite z or x at this temperature) before anything is
+    returned for that batch."""
     model = prior.backbone
-    for start in range(0, n, batch_size):
+    first, stop = rows if rows is not None else (0, n)
+    if first < stop and first % batch_size:  # an empty range (a rank without batches) may start anywhere
+        raise ValueError(f"rows must start at a whole batch: {first} is not a multiple of {batch_size}")
+    for start in range(first, stop, batch_size):
         generator = batch_generator(seed, start, prior.device)
-        u0, chain = prior.draw(min(batch_size, n - start), generator)
+        u0, chain = prior.draw(min(batch_size, stop - start), generator)
         _require_finite(u0, prior)
         with torch.no_grad():
             z = model.u_to_z(temperature * u0)  # DESIGN §3: z = T(tau * u_0)

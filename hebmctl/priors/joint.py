@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from hebmctl.models.ebm_losses import energy_gap, joint_ebm_loss
+from hebmctl.noise import Noise, randn
 from hebmctl.priors.base import NegEnergyOfZ, SamplingOptions, TrainingOutcome, Trajectory
 from hebmctl.priors.energy_prior import EnergyPrior
 from hebmctl.samplers import ChainStats, joint_prior_log_density, sample_joint_prior
@@ -52,9 +53,9 @@ class JointPrior(EnergyPrior):
             rows.append(u)
         return Trajectory(rows, u, joint_prior_log_density(self._neg_energy), self._neg_energy, self.step_size)
 
-    def training_outcome(self, u0: Tensor, generator: torch.Generator) -> TrainingOutcome:
+    def training_outcome(self, u0: Tensor, generator: Noise) -> TrainingOutcome:
         """Negatives: K Langevin steps from N(0, I); loss mean F(T(u_neg)) - mean F(T(u_pos)) (Joint-EBM eq. 17)."""
-        u_init = torch.randn(u0.shape, generator=generator, device=self.device)
+        u_init = randn(u0.shape, generator, self.device)
         u_neg, stats = sample_joint_prior(self._neg_energy, u_init, self.n_steps, self.step_size, generator)
         pos, neg = self._neg_energy(u0), self._neg_energy(u_neg)
         return TrainingOutcome(joint_ebm_loss(pos, neg), pos, neg, stats, energy_gap(pos, neg))

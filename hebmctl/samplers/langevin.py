@@ -25,6 +25,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from hebmctl.noise import Noise, randn
+
 __all__ = [
     "ChainStats",
     "LogDensity",
@@ -98,7 +100,7 @@ def langevin(
     u_init: Tensor,
     n_steps: int,
     step_size: float | Tensor,
-    generator: torch.Generator,
+    generator: Noise,
     add_noise: bool = True,
 ) -> tuple[Tensor, ChainStats]:
     """Run ``n_steps`` of (unadjusted) Langevin dynamics on ``log_density``.
@@ -116,7 +118,8 @@ def langevin(
         n_steps: K >= 0.
         step_size: ``s`` as a float, or a tensor ``[B]`` (one step size per example, e.g. the
             diffusion scheme's per-example level).
-        generator: ``torch.Generator`` on u's device; the only source of randomness.
+        generator: ``torch.Generator`` on u's device; the only source of randomness (or
+            :class:`hebmctl.noise.NoiseRows`: u is a shard of a batch and gets its rows of the batch's draws).
         add_noise: False drops the ``s * eps`` term (deterministic gradient ascent; no draws).
 
     Returns:
@@ -149,7 +152,7 @@ def langevin(
         # DESIGN §3: u <- u + (s^2/2) grad_u log p(u) + s eps
         u = u + half_s_sq * grad
         if add_noise:
-            eps = torch.randn(u.shape, generator=generator, device=u.device, dtype=u.dtype)
+            eps = randn(u.shape, generator, u.device, u.dtype)  # NoiseRows: this shard's rows of the batch's draw
             u = u + s * eps
 
     def _stack(xs: list[Tensor]) -> Tensor:

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from hebmctl.noise import Noise, randn
+
 __all__ = [
     "DiffusionSchedule",
     "drl_boundaries",
@@ -243,7 +245,7 @@ def _check_levels(u0: Tensor, t: Tensor, schedule: DiffusionSchedule) -> None:
 
 
 def forward_pairs(
-    u0: Tensor, t: Tensor, schedule: DiffusionSchedule, generator: torch.Generator
+    u0: Tensor, t: Tensor, schedule: DiffusionSchedule, generator: Noise
 ) -> tuple[Tensor, Tensor]:
     """Draw ``(u_t, u_{t+1})`` from the forward process (the anchor's ``q_sample_pairs``).
 
@@ -260,15 +262,15 @@ def forward_pairs(
         ``(u_t [B, D], u_{t+1} [B, D])``.
     """
     _check_levels(u0, t, schedule)
-    eps1 = torch.randn(u0.shape, generator=generator, device=u0.device, dtype=u0.dtype)
-    eps2 = torch.randn(u0.shape, generator=generator, device=u0.device, dtype=u0.dtype)
+    eps1 = randn(u0.shape, generator, u0.device, u0.dtype)
+    eps2 = randn(u0.shape, generator, u0.device, u0.dtype)
     u_t = _gather(schedule.alpha_cum, t, u0) * u0 + _gather(schedule.sigma_cum, t, u0) * eps1
     u_tp1 = _gather(schedule.alpha, t + 1, u0) * u_t + _gather(schedule.sigma, t + 1, u0) * eps2
     return u_t, u_tp1
 
 
 def forward_pairs_shared_noise(
-    u0: Tensor, t: Tensor, schedule: DiffusionSchedule, generator: torch.Generator
+    u0: Tensor, t: Tensor, schedule: DiffusionSchedule, generator: Noise
 ) -> tuple[Tensor, Tensor]:
     """CDRL's variance-reduced pairs: one ``eps`` for both levels (DESIGN §3, Cooperative scheme).
 
@@ -282,7 +284,7 @@ def forward_pairs_shared_noise(
         ``(u_t [B, D], u_{t+1} [B, D])``.
     """
     _check_levels(u0, t, schedule)
-    eps = torch.randn(u0.shape, generator=generator, device=u0.device, dtype=u0.dtype)
+    eps = randn(u0.shape, generator, u0.device, u0.dtype)
     u_t = _gather(schedule.alpha_cum, t, u0) * u0 + _gather(schedule.sigma_cum, t, u0) * eps
     u_tp1 = _gather(schedule.alpha_cum, t + 1, u0) * u0 + _gather(schedule.sigma_cum, t + 1, u0) * eps
     return u_t, u_tp1

@@ -27,7 +27,7 @@ import torch
 from hebmctl import dist, priors
 from hebmctl.data import ImageSet, from_unit_range, load_split, to_unit_range
 from hebmctl.data.subsets import subset_positions, subset_record
-from hebmctl.errors import ArtifactError, DataError
+from hebmctl.errors import ArtifactError, DataError, HebmctlError
 from hebmctl.io.console import console, progress_bar
 from hebmctl.io.hashing import sha256_file, sha256_json
 from hebmctl.io.images import save_grid
@@ -117,14 +117,22 @@ class _Source:
         return images, time.perf_counter() - t0
 
     def _sample(self) -> np.ndarray:
-        """uint8 `[N, H, W, C]` sampled exactly as `hebmctl sample` with the same options."""
+        """uint8 `[N, H, W, C]` sampled exactly as `hebmctl sample` with the same options (with several processes, each
+        rank draws its range of whole batches, as `sample` does, and every rank gets all N, gathered in order)."""
         c, parts = self.config, []
+        rows = dist.shard(c.n, c.batch_size)  # (0, N) in one process
+        error = None
         with progress_bar() as bar:
-            task = bar.add_task(f"sample {self.prior.kind}", total=c.n, unit="img", info="")
-            for batch in priors.sample_batches(self.prior, c.n, c.batch_size, c.seed, c.temperature):
-                parts.append(from_unit_range(batch.x))
-                bar.update(task, advance=batch.x.shape[0])
-        return np.concatenate(parts)
+            task = bar.add_task(f"sample {self.prior.kind}", total=rows[1] - rows[0], unit="img", info="")
+            try:
+                for batch in priors.sample_batches(self.prior, c.n, c.batch_size, c.seed, c.temperature, rows):
+                    parts.append(from_unit_range(batch.x))
+                    bar.update(task, advance=batch.x.shape[0])
+            except HebmctlError as exc:  # a divergent chain or non-finite images, perhaps on this rank only
+                error = exc
+        dist.raise_first_error(error)
+        mine = np.concatenate(parts) if parts else np.zeros((0, *self.backbone.model.image_shape), dtype=np.uint8)
+        return dist.all_gather_rows(mine)
 
 
 def _read_images(path: Path, n: int) -> ImageSet:

@@ -40,9 +40,10 @@ from hebmctl.io.manifest import (
 from hebmctl.io.output import writes_artifact
 from hebmctl.io.state import save_tensors
 from hebmctl.metrics.backbone import evaluate_backbone
-from hebmctl.models.backbone import LOG_STD_X_RANGE, Backbone, ElboTerms, NoiseRows
+from hebmctl.models.backbone import LOG_STD_X_RANGE, Backbone, ElboTerms
 from hebmctl.models.ema import ema_update
 from hebmctl.models.joint_objective import inference_loss, inference_parameters, joint_loss
+from hebmctl.noise import NoiseRows
 from hebmctl.runtime import peak_cuda_mb, peak_rss_mb, resolve_device
 from hebmctl.samplers import sample_joint_prior
 from hebmctl.samplers.posterior import sample_posterior

@@ -5,6 +5,10 @@ u_T ~ N(0, I) -> u_0 (diffusion); then z = T(tau * u_0) and x = decoder mean(z) 
 Writes `grid.png`, `images/NNNNNN.png`, `images.npz` (uint8 `images [N, H, W, C]`),
 `latents.safetensors` (`u0`, `z`), `chains.json` (per-step chain statistics), optional
 hierarchical and trajectory figures, then the manifest.
+
+Several processes (torchrun, DESIGN §8): each rank draws a contiguous range of whole batches (each batch seeded by
+(seed, its first image) as in one process), rank 0 gathers them in order and writes the very files one process
+writes (the same images and latents, bit for bit), figures included; the other ranks return None.
 """
 
 from __future__ import annotations
@@ -19,9 +23,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hebmctl import priors
+from hebmctl import dist, priors
 from hebmctl.data import from_unit_range
-from hebmctl.errors import ConfigError
+from hebmctl.errors import ConfigError, HebmctlError
 from hebmctl.io.atomic import write_text, write_with
 from hebmctl.io.console import console, progress_bar
 from hebmctl.io.images import save_grid, save_png
@@ -51,8 +55,9 @@ def sampling_options(config: SampleConfig) -> priors.SamplingOptions:
 
 
 @writes_artifact
-def run(config: SampleConfig, control: RunControl = RunControl()) -> SamplesManifest:
-    device = resolve_device(config.device)
+def run(config: SampleConfig, control: RunControl = RunControl()) -> SamplesManifest | None:
+    """Sample (or skip when up to date); None on ranks other than 0, which write nothing."""
+    device = dist.init(resolve_device(config.device))
     backbone = load_backbone(config.backbone, device)
     _check_traverse(config, backbone.model.num_layers)
     prior, prior_inputs = open_prior(config.prior_dir(), backbone, device, sampling_options(config))
@@ -65,6 +70,8 @@ def run(config: SampleConfig, control: RunControl = RunControl()) -> SamplesMani
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
     u0, z, images, chain_stats, wall_s = generate(config, prior)
+    if not dist.is_main():
+        return None  # rank 0 writes (DESIGN §8)
     names = _write_samples(out, u0, z, images, chain_stats)
     if config.hierarchical:
         names += _write_hierarchical(out, config, prior, u0[:GRID_COLUMNS])
@@ -86,15 +93,41 @@ def run(config: SampleConfig, control: RunControl = RunControl()) -> SamplesMani
 
 def generate(config: SampleConfig, prior: priors.Prior) -> tuple[Tensor, Tensor, np.ndarray, list[list[ChainStats]], float]:
     """Batched sampling (`priors.sample_batches`: batch b draws from a generator seeded by (seed, b)).
-    Returns u0, z `[n, D]`, uint8 images `[n, H, W, C]`, the chain statistics per batch and the seconds taken."""
+    Returns u0, z `[n, D]`, uint8 images `[n, H, W, C]`, the chain statistics per batch and the seconds taken.
+    With several processes each rank draws its range of whole batches (`dist.shard`) and every rank gets all n
+    rows, gathered in order; the chain statistics are only this rank's batches' (rank 0: the first ones)."""
+    rows = dist.shard(config.n, config.batch_size)  # (0, n) in one process
     u_parts, z_parts, image_parts, stats = [], [], [], []
     t0 = time.perf_counter()
+    error = None
     with progress_bar() as bar:
-        task = bar.add_task(f"sample {prior.kind}", total=config.n, unit="img", info="")
-        for batch in priors.sample_batches(prior, config.n, config.batch_size, config.seed, config.temperature):
-            u_parts.append(batch.u0), z_parts.append(batch.z), image_parts.append(from_unit_range(batch.x)), stats.append(batch.stats)
-            bar.update(task, advance=batch.u0.shape[0])
-    return torch.cat(u_parts), torch.cat(z_parts), np.concatenate(image_parts), stats, time.perf_counter() - t0
+        task = bar.add_task(f"sample {prior.kind}", total=rows[1] - rows[0], unit="img", info="")
+        try:
+            for batch in priors.sample_batches(prior, config.n, config.batch_size, config.seed, config.temperature, rows):
+                u_parts.append(batch.u0), z_parts.append(batch.z), image_parts.append(from_unit_range(batch.x)), stats.append(batch.stats)
+                bar.update(task, advance=batch.u0.shape[0])
+        except HebmctlError as exc:  # a divergent chain or non-finite images, perhaps on this rank only
+            error = exc
+    dist.raise_first_error(error)
+    u0, z, images = _gather(_cat(u_parts, prior), _cat(z_parts, prior), _cat_images(image_parts, prior))
+    return u0, z, images, stats, time.perf_counter() - t0
+
+
+def _cat(parts: list[Tensor], prior: priors.Prior) -> Tensor:
+    """`[rows, D]` float32 of this rank's batches (a rank may have none)."""
+    return torch.cat(parts) if parts else torch.zeros((0, prior.backbone.latent_dim))
+
+
+def _cat_images(parts: list[np.ndarray], prior: priors.Prior) -> np.ndarray:
+    """uint8 `[rows, H, W, C]` of this rank's batches (a rank may have none)."""
+    return np.concatenate(parts) if parts else np.zeros((0, *prior.backbone.image_shape), dtype=np.uint8)
+
+
+def _gather(u0: Tensor, z: Tensor, images: np.ndarray) -> tuple[Tensor, Tensor, np.ndarray]:
+    """Every rank's rows in rank order (the one-process order); the arrays themselves in one process."""
+    if dist.world_size() == 1:
+        return u0, z, images
+    return torch.from_numpy(dist.all_gather_rows(u0.numpy())), torch.from_numpy(dist.all_gather_rows(z.numpy())), dist.all_gather_rows(images)
 
 
 def _write_samples(out: Path, u0: Tensor, z: Tensor, images: np.ndarray, chain_stats: list[list[ChainStats]]) -> list[str]:

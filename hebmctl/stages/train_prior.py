@@ -16,20 +16,28 @@ Divergence (a non-finite loss or energy, or a positive-negative gap beyond `max_
 of the prior's loss (`TrainingOutcome.gap`), the sign that the Langevin chains have stopped reaching the
 model's high-density region) rolls back to the last checkpoint with the learning rate
 halved, at most `max_rollbacks` times, then stops with DivergenceError.
+Several processes (torchrun, DESIGN §8): each rank computes a contiguous shard of every global batch (`--batch-size`
+rows, the same rows as one process), its chains drawing their rows of the whole batch's noise (`NoiseRows`); the
+losses and statistics are the shards' means combined into the batch's (`dist.mean_of_shards`, one all_reduce), so
+the divergence guard decides the same on every rank; the gradients are summed over ranks before clipping. Rank 0
+chooses the checkpoint to resume from and writes checkpoints, metrics, weights and the manifest. Every number is
+one process's up to float summation order, and a run resumes with any number of processes.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from hebmctl import priors
-from hebmctl.errors import DivergenceError
+from hebmctl import dist, priors
+from hebmctl.errors import ConfigError, DivergenceError
 from hebmctl.io.checkpoints import TrainingState, latest_checkpoint, load_checkpoint, restore_log, save_checkpoint
 from hebmctl.io.console import append_jsonl, console, progress_bar
 from hebmctl.io.latent_batches import LatentBatches
@@ -45,8 +53,8 @@ from hebmctl.io.manifest import (
 )
 from hebmctl.io.output import writes_artifact
 from hebmctl.io.state import save_tensors
-from hebmctl.models.ebm_losses import energy_gap
 from hebmctl.models.ema import ema_update
+from hebmctl.noise import Noise, NoiseRows
 from hebmctl.runtime import peak_cuda_mb, peak_rss_mb, resolve_device
 from hebmctl.schemas.common import InputRef
 from hebmctl.schemas.latents import LatentsManifest
@@ -62,8 +70,9 @@ class RunControl:
 
 @writes_artifact
 def run(config: TrainPriorConfig, control: RunControl = RunControl()) -> PriorManifest | None:
-    """Train (or resume, or skip when up to date); None when stopped early by `control.stop_after`."""
-    device = resolve_device(config.device)
+    """Train (or resume, or skip when up to date); None when stopped early by `control.stop_after`, and on ranks
+    other than 0 (which write nothing)."""
+    device = dist.init(resolve_device(config.device))
     backbone = load_backbone(config.backbone, device)
     latents, latents_sha = read_manifest(config.latents, LatentsManifest)
     check_lineage(f"The latent cache {config.latents}", latents.input("backbone").sha256, config.backbone, backbone.manifest_sha256, config.latents)
@@ -82,6 +91,8 @@ def run(config: TrainPriorConfig, control: RunControl = RunControl()) -> PriorMa
     if not trainer.train(control.stop_after):
         console().print(f"[yellow]train-prior: stopped at step {trainer.step}; re-run the same command to continue.[/yellow]")
         return None
+    if not dist.is_main():
+        return None  # rank 0 writes the prior (DESIGN §8)
     return _finalize(config, trainer, backbone, inputs, fingerprint, device)
 
 
@@ -102,7 +113,15 @@ class _PriorTrainer:
         self.extra_emas = {name: copy.deepcopy(m).requires_grad_(False) for name, m in self.extras.items()}
         self.extra_optimizers = {name: torch.optim.Adam(m.parameters(), lr=config.lr, betas=(config.beta1, 0.999)) for name, m in self.extras.items()}
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
+        self.shard = _shard_of_batch(config.batch_size)
         self.step, self.wall_s, self.progress = 0, 0.0, _Progress()
+
+    @property
+    def noise(self) -> Noise:
+        """Where the chains' draws come from: the generator, or this rank's rows of the global batch's draws from it."""
+        if dist.world_size() == 1:
+            return self.generator
+        return NoiseRows(self.generator, *self.shard, self.config.batch_size)
 
     @property
     def checkpoints(self):
@@ -122,10 +141,16 @@ class _PriorTrainer:
         self.wall_s = float(extra["wall_s"])
         self.progress = _Progress(rollbacks=list(extra["rollbacks"]), lr_scale=float(extra["lr_scale"]))
 
+    def newest_checkpoint(self) -> Path | None:
+        """The checkpoint to continue from, chosen by rank 0 (which writes them) for every rank."""
+        found = dist.main_decides(lambda: _path_text(latest_checkpoint(self.checkpoints, self.fingerprint)))
+        return None if found is None else Path(found)
+
     def resume(self) -> None:
-        found = latest_checkpoint(self.checkpoints, self.fingerprint)
+        found = self.newest_checkpoint()
         if found is None:
-            (self.config.out / "metrics.jsonl").unlink(missing_ok=True)
+            if dist.is_main():  # the only writer (save_checkpoint, too, writes on rank 0 only)
+                (self.config.out / "metrics.jsonl").unlink(missing_ok=True)
             save_checkpoint(self.checkpoints, 0, self.fingerprint, self.state, self._extra(), self.config.keep_checkpoints)
             return
         self._restore(found)
@@ -134,21 +159,24 @@ class _PriorTrainer:
 
     def negatives_and_loss(self, u0: Tensor) -> tuple[Tensor | None, dict]:
         """One EBM loss on a batch of cached u0 `[B, D]` (the prior's own negatives and loss, plus the energy
-        regulariser); returns (loss, log record), loss None on divergence."""
+        regulariser); returns (loss, log record), loss None on divergence. With several processes u0 is this rank's
+        shard of the batch and every number is the whole batch's (`_batch_means`)."""
         cfg = self.config
-        outcome = self.prior.training_outcome(u0, self.generator)
+        outcome = self.prior.training_outcome(u0, self.noise)
         pos, neg, stats, loss = outcome.pos, outcome.neg, outcome.stats, outcome.loss
         if cfg.energy_l2 > 0:
             loss = loss + cfg.energy_l2 * (pos.pow(2) + neg.pow(2)).mean()
-        extra = {f"loss_{name}": float(v.detach()) for name, v in outcome.extra_losses.items()}
-        record = extra | {"loss": loss.item(), "energy_gap": energy_gap(pos.detach(), neg.detach()), "neg_energy_pos": pos.mean().item(),
-                  "neg_energy_neg": neg.mean().item(), "langevin_grad_norm": float(stats.grad_norm[-1]) if stats.n_steps else 0.0,
-                  "loss_gap": outcome.gap}
         finite = torch.isfinite(loss) and torch.isfinite(pos).all() and torch.isfinite(neg).all() and stats.is_finite()
         finite = finite and all(torch.isfinite(v) for v in outcome.extra_losses.values())
-        runaway = abs(outcome.gap) > cfg.max_energy_gap  # the gap in the loss's units (diffusion: G / s_t^2)
+        means = _batch_means(loss, outcome, bool(finite), u0.shape[0])
+        numbers = {name: float(value.detach()) for name, value in means.items()}
+        extra = {f"loss_{name}": numbers[name] for name in outcome.extra_losses}
+        record = extra | {"loss": numbers["loss"], "energy_gap": float((means["pos"] - means["neg"]).detach()), "neg_energy_pos": numbers["pos"],
+                  "neg_energy_neg": numbers["neg"], "langevin_grad_norm": numbers["langevin_grad_norm"], "loss_gap": numbers["gap"]}
+        finite = numbers["diverged"] == 0 and math.isfinite(numbers["loss"])  # a non-finite value on any rank
+        runaway = abs(record["loss_gap"]) > cfg.max_energy_gap  # the gap in the loss's units (diffusion: G / s_t^2)
         # The modules' parameters are disjoint, so one backward of the sum gives each its own loss's gradient.
-        total = loss + sum(outcome.extra_losses.values()) if outcome.extra_losses else loss
+        total = means["loss"] + sum(means[name] for name in outcome.extra_losses) if outcome.extra_losses else means["loss"]
         return (total if finite and not runaway else None), record
 
     def train_step(self) -> dict | None:
@@ -157,12 +185,14 @@ class _PriorTrainer:
         for optimizer in optimizers:
             for group in optimizer.param_groups:
                 group["lr"] = self.config.lr * self.progress.lr_scale
-        loss, record = self.negatives_and_loss(self.data.batch(self.step, self.config.batch_size))
+        loss, record = self.negatives_and_loss(self.data.batch(self.step, self.config.batch_size, self.shard))
         if loss is None:
             return None
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        modules = [self.energy, *self.extras.values()]
+        dist.sum_gradients(p for m in modules for p in m.parameters())  # each rank's backward reached only its rows' share
         record["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.energy.parameters(), self.config.grad_clip))
         for module in self.extras.values():
             torch.nn.utils.clip_grad_norm_(module.parameters(), self.config.grad_clip)
@@ -183,7 +213,7 @@ class _PriorTrainer:
                 "step size (--step-size / --b2), --spectral-norm or --energy-l2, then re-run with --force."
             )
         rollbacks, scale = self.progress.rollbacks, self.progress.lr_scale * 0.5
-        self._restore(latest_checkpoint(self.checkpoints, self.fingerprint))
+        self._restore(self.newest_checkpoint())
         self.progress = _Progress(rollbacks=rollbacks + [{"diverged_at_step": record_step, "resumed_from_step": self.step, "lr_scale": scale}], lr_scale=scale)
         console().print(f"[yellow]train-prior: divergence at step {record_step}; rolled back to step {self.step}, learning rate x{scale:g}[/yellow]")
 
@@ -208,6 +238,31 @@ class _PriorTrainer:
                     save_checkpoint(self.checkpoints, self.step, self.fingerprint, self.state, self._extra(), cfg.keep_checkpoints,
                                     log=cfg.out / "metrics.jsonl")
         return self.step >= cfg.steps
+
+
+def _shard_of_batch(batch_size: int) -> tuple[int, int]:
+    """This rank's rows `[start, stop)` of every global batch of `batch_size` rows; every rank needs at least one."""
+    if batch_size < dist.world_size():
+        raise ConfigError(f"train-prior: a batch of {batch_size} latents cannot be shared by {dist.world_size()} processes; "
+                          "raise --batch-size or use fewer processes.")
+    return dist.shard(batch_size)
+
+
+def _batch_means(loss: Tensor, outcome: priors.TrainingOutcome, finite: bool, rows: int) -> dict[str, Tensor]:
+    """The batch means of the step's numbers (scalars `[]` by name): the loss (differentiable), the extra modules'
+    losses (differentiable), pos, neg, gap, the last Langevin step's gradient norm, and `diverged` (> 0 when any rank
+    saw a non-finite value). Each is a mean over rows of per-row terms, so the shards' means are combined in one
+    all_reduce (`dist.mean_of_shards`); in one process these are this process's values, unchanged."""
+    stats = outcome.stats
+    named = {"loss": loss} | outcome.extra_losses | {
+        "pos": outcome.pos.detach().mean(), "neg": outcome.neg.detach().mean(), "gap": outcome.gap,
+        "langevin_grad_norm": float(stats.grad_norm[-1]) if stats.n_steps else 0.0, "diverged": 0.0 if finite else 1.0}
+    values = torch.stack([v.reshape(()) if isinstance(v, Tensor) else loss.new_tensor(v) for v in named.values()])
+    return dict(zip(named, dist.mean_of_shards(values, rows).unbind()))
+
+
+def _path_text(path: Path | None) -> str | None:
+    return None if path is None else str(path)
 
 
 def _finalize(config: TrainPriorConfig, trainer: _PriorTrainer, backbone: LoadedBackbone, inputs: list[InputRef], fingerprint: str, device: torch.device) -> PriorManifest:

@@ -1,4 +1,5 @@
-"""Stages under several processes (DESIGN §8): 2 processes, gloo on the CPU, against one process.
+"""Stages under several processes (DESIGN §8): 2 processes, gloo on the CPU, against one process (train-prior and
+sample: tests/stages/test_ddp_prior.py).
 
 pretrain is compared within a tolerance: 2 processes sum the batch statistics and the gradients in
 two partial sums instead of one, so each update differs from the one-process update by float32
@@ -20,10 +21,10 @@ from hebmctl.errors import HebmctlError
 from hebmctl.io.manifest import read_manifest
 from hebmctl.io.state import load_tensors
 from hebmctl.metrics import fid
-from hebmctl.schemas import BackboneManifest, CacheLatentsConfig, EvalFidConfig
-from hebmctl.stages import cache_latents, eval_fid, pretrain, train_prior
+from hebmctl.schemas import BackboneManifest, CacheLatentsConfig, EvalFidConfig, EvalReconConfig
+from hebmctl.stages import cache_latents, eval_fid, eval_recon, pretrain
 
-from tests.conftest import tiny_pretrain_config, tiny_prior_config
+from tests.conftest import tiny_pretrain_config
 from tests.ddp_launch import run_ranks, start, torchrun
 
 PRETRAIN_FLAGS = ["--data", "builtin:mnist-10k", "--limit", "512", "--eval-limit", "128", "--latent-dims", "8,4,2", "--channels", "8",
@@ -133,9 +134,9 @@ def test_a_killed_rank_stops_the_other_with_a_clear_error(tmp_path):
     assert "Rank 0 of 2" in text and "died" in text and "re-run the same command" in text
 
 
-def test_stages_not_yet_parallel_refuse_several_processes(tmp_path, monkeypatch, tiny_backbone, tiny_latents):
+def test_stages_not_yet_parallel_refuse_several_processes(tmp_path, monkeypatch, tiny_backbone):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
-    with pytest.raises(HebmctlError, match="only pretrain, cache-latents, eval fid run with several processes"):
-        train_prior.run(tiny_prior_config(tiny_backbone, tiny_latents, tmp_path / "prior"))
-    assert not (tmp_path / "prior").exists()
+    with pytest.raises(HebmctlError, match="only pretrain, cache-latents, train-prior, sample, eval fid run with several processes"):
+        eval_recon.run(EvalReconConfig(backbone=tiny_backbone, out=tmp_path / "recon", limit=8, device="cpu"))
+    assert not (tmp_path / "recon").exists()
