@@ -480,6 +480,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="pretrain only: one kill -9, one ENOSPC, one corrupted weight file")
     parser.add_argument("--root", type=Path, default=None, help="work folder (default: a temporary one, removed at the end)")
     parser.add_argument("--out", type=Path, default=RESULT_PATH)
+    parser.add_argument("--stages", default=None, help="comma list: run only the drills of these stages (after a fix; the golden runs "
+                        "still cover every stage)")
     parser.add_argument("--resume-log", type=Path, default=None, help="the log (stdout) of an interrupted invocation on the same --root: "
                         "reuse its golden runs and results, run the remaining drills")
     options = parser.parse_args()
@@ -501,6 +503,9 @@ def main() -> None:
         else:
             drills.make_golden()
             items = plan(drills, options.per_stage)
+        if options.stages:
+            chosen = set(options.stages.split(","))
+            items = [(method, args) for method, args in items if args[0].name in chosen]
         print(f"{len(items)} drills planned", flush=True)
         for method, args in items[skip:]:
             try:
