@@ -47,7 +47,7 @@ class RunControl:
 def sampling_options(config: SampleConfig) -> priors.SamplingOptions:
     """The sampler overrides of a sample config (None keeps the prior's training value; for the diffusion
     scheme with K != K_train every s_t is scaled by sqrt(K_train / K), CDRL's fewer-steps adjustment)."""
-    return priors.SamplingOptions(config.langevin_steps, config.step_size, config.step_scale)
+    return priors.SamplingOptions(config.langevin_steps, config.step_size, config.step_scale, config.compile)
 
 
 @writes_artifact

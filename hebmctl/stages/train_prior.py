@@ -94,7 +94,7 @@ class _Progress:
 class _PriorTrainer:
     def __init__(self, config: TrainPriorConfig, backbone: LoadedBackbone, data: LatentBatches, device: torch.device, fingerprint: str) -> None:
         self.config, self.backbone, self.data, self.device, self.fingerprint = config, backbone, data, device, fingerprint
-        self.prior = priors.for_training(config, backbone.model, device)
+        self.prior = priors.for_training(config, backbone.model, device, config.compile)
         self.energy = self.prior.energy
         self.ema = copy.deepcopy(self.energy).requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.energy.parameters(), lr=config.lr, betas=(config.beta1, 0.999))
