@@ -14,6 +14,9 @@ t ~ U{0..T-1}; (u_t, u_{t+1}) from the forward process; K Langevin steps of log 
 loss_i = mean(-(G_i(pos, t) - G_i(neg, t)) / s_t^2); Adam on the stacked weights (elementwise, so it is N
 independent Adams); gradient clip per prior; EMA per prior.
 
+On CUDA (`compile` auto/on, as train-prior's --compile) the sweep's Langevin step is captured in a CUDA graph like a
+lone prior's (`hebmctl.samplers.graphs.StaticStep`), prior i's noise drawn into its rows from its own generator.
+
 Scope: the diffusion scheme, vector-group MLP energies (what the MNIST anomaly benchmark trains). No
 rollback on divergence: a non-finite or runaway prior stops the sweep with an error that names it.
 """
@@ -32,7 +35,8 @@ from hebmctl.models.backbone import Backbone
 from hebmctl.priors.diffusion import DiffusionPrior
 from hebmctl.priors.factory import for_training
 from hebmctl.samplers.diffusion import _conditional
-from hebmctl.samplers.langevin import draw_noise, langevin_step
+from hebmctl.samplers.graphs import CaptureMode, StaticStep, capture_enabled
+from hebmctl.samplers.langevin import Density, draw_noise, langevin_step
 from hebmctl.samplers.schedules import forward_pairs
 from hebmctl.schemas.prior import TrainPriorConfig
 
@@ -68,7 +72,8 @@ def check_sweepable(configs: Sequence[TrainPriorConfig]) -> None:
 class DiffusionSweep:
     """N diffusion priors: stacked weights `[N, ...]`, N generators, one vmap per evaluation."""
 
-    def __init__(self, configs: Sequence[TrainPriorConfig], backbones: Sequence[Backbone], device: torch.device) -> None:
+    def __init__(self, configs: Sequence[TrainPriorConfig], backbones: Sequence[Backbone], device: torch.device,
+                 compile: CaptureMode = "off") -> None:
         check_sweepable(configs)
         self.config, self.n, self.device = configs[0], len(configs), device
         singles: list[DiffusionPrior] = [for_training(c, b, device) for c, b in zip(configs, backbones, strict=True)]
@@ -81,6 +86,9 @@ class DiffusionSweep:
         self.ema = {k: v.detach().clone() for k, v in self.trained.items()}
         self.optimizer = torch.optim.Adam(self.trained.values(), lr=self.config.lr, betas=(self.config.beta1, 0.999))
         self.generators = [torch.Generator(device=device).manual_seed(c.seed) for c in configs]
+        self.static: StaticStep | None = None
+        self.capture = capture_enabled(compile, device)
+        self.use_static = self.capture  # the captured step's buffers (tests set this without capture)
 
     def neg_energy(self, u: Tensor, t: Tensor, weights: dict[str, Tensor] | None = None) -> Tensor:
         """G_i(u_i, t_i) `[N, B]` for u `[N, B, D]`, t `[N, B]` (weights: the trained ones by default)."""
@@ -101,7 +109,7 @@ class DiffusionSweep:
     def negatives(self, u0: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(u_t, u_neg, t, s_t^2), `[N, B, D]`, `[N, B, D]`, `[N, B]`, `[N, B]`, for cached u0 `[N, B, D]`; prior i
         draws t, the forward noise and the Langevin noise from its own generator, in train-prior's order."""
-        T, K = self.config.T, self.config.langevin_steps
+        T = self.config.T
         t = torch.stack([torch.randint(T, (u0.shape[1],), generator=g, device=self.device) for g in self.generators])
         pairs = [forward_pairs(u0[i], t[i], self.schedule, g) for i, g in enumerate(self.generators)]
         u_t, u_tp1 = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
@@ -112,10 +120,29 @@ class DiffusionSweep:
         s = s_sq.sqrt().reshape(-1, 1)
         half_s_sq = 0.5 * s * s
         u = u_tp1.reshape(self.n * u0.shape[1], -1)
-        for _ in range(K):  # the one Langevin step (hebmctl.samplers.langevin.langevin_step), N chains of B at once
-            eps = torch.cat([draw_noise(u_tp1[i], g) for i, g in enumerate(self.generators)])
-            u, _ = langevin_step(self._log_density, u, eps, s, half_s_sq, inputs)
+        u = self._chain_static(u, s, half_s_sq, inputs) if self.use_static else self._chain(u, s, half_s_sq, inputs)
         return u_t, u.reshape(u0.shape), t, s_sq
+
+    def _chain(self, u: Tensor, s: Tensor, half_s_sq: Tensor, inputs: tuple[Tensor, ...]) -> Tensor:
+        """K steps of the one Langevin step (hebmctl.samplers.langevin.langevin_step), N chains of B at once: u `[N*B, D]`."""
+        for _ in range(self.config.langevin_steps):
+            eps = torch.cat([draw_noise(inputs[0][i], g) for i, g in enumerate(self.generators)])  # prior i: its own [B, D] draw
+            u, _ = langevin_step(self._log_density, u, eps, s, half_s_sq, inputs)
+        return u
+
+    def _chain_static(self, u: Tensor, s: Tensor, half_s_sq: Tensor, inputs: tuple[Tensor, ...]) -> Tensor:
+        """`_chain` on static buffers, replayed as a CUDA graph when captured (hebmctl.samplers.graphs.StaticStep)."""
+        density = Density(fn=self._log_density, inputs=inputs, key="sweep")
+        if self.static is None:
+            self.static = StaticStep(density, u, s, half_s_sq, True, self.capture, torch.cuda.graph_pool_handle() if self.capture else None)
+        self.static.load(density, u, s, half_s_sq)
+        n = self.n
+
+        def fill(eps: Tensor) -> None:  # prior i's rows from its own generator, as _chain draws them
+            for i, g in enumerate(self.generators):
+                eps.view(n, -1, eps.shape[-1])[i].normal_(generator=g)
+
+        return self.static.chain(self.config.langevin_steps, fill)[0]
 
     def update(self, u0: Tensor, step: int) -> Tensor:
         """One update of every prior on cached u0 `[N, B, D]`; returns per-prior statistics `[N, 6]` on the device

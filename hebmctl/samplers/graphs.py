@@ -23,6 +23,7 @@ error without CUDA (an explicit request that cannot be honoured should not silen
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -31,7 +32,7 @@ from torch import Tensor
 from hebmctl.errors import ConfigError
 from hebmctl.samplers.langevin import EAGER, Density, StepRunner, langevin_step
 
-__all__ = ["CaptureMode", "CaptureUnavailable", "LangevinGraphs", "StaticStep", "step_runner"]
+__all__ = ["CaptureMode", "CaptureUnavailable", "LangevinGraphs", "StaticStep", "capture_enabled", "step_runner"]
 
 CaptureMode = Literal["auto", "on", "off"]
 WARMUP_STEPS = 3
@@ -89,12 +90,13 @@ class StaticStep:
         self.s.copy_(s)
         self.half_s_sq.copy_(half_s_sq)
 
-    def chain(self, n_steps: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """K steps from the loaded state: (u_K ``[B, D]``, stats ``[K, 2]``), both fresh tensors."""
+    def chain(self, n_steps: int, fill_noise: Callable[[Tensor], object]) -> tuple[Tensor, Tensor]:
+        """K steps from the loaded state: (u_K ``[B, D]``, stats ``[K, 2]``), both fresh tensors; ``fill_noise(eps)``
+        draws each step's noise into the eps buffer in place (outside the graph)."""
         rows = torch.empty((n_steps, 2), dtype=self.u.dtype, device=self.u.device)
         for k in range(n_steps):
             if self.eps is not None:
-                self.eps.normal_(generator=generator)  # = torch.randn(u.shape, generator=...), the eager loop's draw
+                fill_noise(self.eps)
             self.run()
             self.u.copy_(self.u_next)
             rows[k].copy_(self.stats)
@@ -120,19 +122,25 @@ class LangevinGraphs:
         if step is None:
             step = self.steps[key] = StaticStep(density, u_init, s, half_s_sq, add_noise, self.capture, self.pool)
         step.load(density, u_init, s, half_s_sq)
-        return step.chain(n_steps, generator)
+        # eps.normal_(generator) = torch.randn(u.shape, generator=...): the eager loop's draw, same stream
+        return step.chain(n_steps, lambda eps: eps.normal_(generator=generator))
 
 
 def _signature(x: Tensor) -> tuple:
     return tuple(x.shape), x.dtype, x.device
 
 
-def step_runner(mode: CaptureMode, device: torch.device) -> StepRunner:
-    """The runner for `--compile MODE` on `device`: eager (off, or auto off CUDA), else CUDA graphs; `on` without
-    CUDA raises CaptureUnavailable."""
+def capture_enabled(mode: CaptureMode, device: torch.device) -> bool:
+    """Whether `--compile MODE` captures on `device`: off never, auto on CUDA only, on always (CaptureUnavailable
+    without CUDA)."""
     if mode == "off" or (mode == "auto" and device.type != "cuda"):
-        return EAGER
+        return False
     if device.type != "cuda":
         raise CaptureUnavailable(f"--compile on captures the Langevin step in CUDA graphs, but the device is {device}. "
                                  "Use --compile auto (graphs on CUDA, the eager loop elsewhere) or --compile off.")
-    return LangevinGraphs(capture=True)
+    return True
+
+
+def step_runner(mode: CaptureMode, device: torch.device) -> StepRunner:
+    """The runner for `--compile MODE` on `device`: CUDA graphs where `capture_enabled`, else the eager loop."""
+    return LangevinGraphs(capture=True) if capture_enabled(mode, device) else EAGER

@@ -100,7 +100,7 @@ def _open(config: TrainPriorConfig, device: torch.device) -> _Member:
 
 def _train(members: list[_Member], device: torch.device) -> list[PriorManifest]:
     first = members[0].config
-    sweep = DiffusionSweep([m.config for m in members], [m.backbone.model for m in members], device)
+    sweep = DiffusionSweep([m.config for m in members], [m.backbone.model for m in members], device, first.compile)
     for m in members:
         (m.config.out / "metrics.jsonl").unlink(missing_ok=True)
     wall_s = 0.0

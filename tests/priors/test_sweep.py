@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from hebmctl.errors import ConfigError
 from hebmctl.io.state import load_tensors
+from hebmctl.models.hvae import HierarchicalVAE
+from hebmctl.priors.sweep import DiffusionSweep
+from hebmctl.schemas.prior import TrainPriorConfig
 from hebmctl.stages import train_prior, train_prior_sweep
 
 from tests.conftest import tiny_prior_config
@@ -50,3 +54,22 @@ def test_a_sweep_refuses_priors_that_cannot_share_one_computation(tiny_backbone,
     with pytest.raises(ConfigError, match="width"):
         train_prior_sweep.run(mixed)
     assert not (tmp_path / "j0").exists()  # refused before any folder was made
+
+
+def test_the_sweeps_static_step_without_capture_gives_the_eager_numbers():
+    """The buffers a captured sweep step replays on (prior i's noise drawn into its rows from its own generator) give
+    bitwise the eager sweep's weights; two different backbones, two updates."""
+    backbones = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        backbones.append(HierarchicalVAE((28, 28, 1), (8, 4, 2), channels=8, mlp_hidden=16).eval().requires_grad_(False))
+    configs = [TrainPriorConfig(run=f"r{s}", scheme="diffusion", seed=s, width=16, depth=1, langevin_steps=3, batch_size=8) for s in (0, 1)]
+    weights = {}
+    for static in (False, True):
+        sweep = DiffusionSweep(configs, backbones, torch.device("cpu"))
+        sweep.use_static = static
+        u0 = torch.randn(2, 8, backbones[0].latent_dim, generator=torch.Generator().manual_seed(5))
+        for step in range(2):
+            sweep.update(u0, step)
+        weights[static] = [sweep.energy_state(i) for i in range(2)]
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(weights[False], weights[True], strict=True) for k in a)

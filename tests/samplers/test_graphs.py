@@ -12,7 +12,7 @@ from hebmctl.models.energy import JointEnergy
 from hebmctl.models.hvae import HierarchicalVAE
 from hebmctl.samplers import anchor_step_sizes_sq, conditional_log_density, drl_schedule, joint_prior_log_density, langevin
 from hebmctl.samplers.graphs import CaptureUnavailable, LangevinGraphs, step_runner
-from hebmctl.samplers.langevin import EAGER
+from hebmctl.samplers.langevin import EAGER, langevin_step
 from hebmctl.schemas.prior import TrainPriorConfig
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -129,3 +129,25 @@ def test_compile_modes_on_a_cpu_only_device():
     config = TrainPriorConfig(run=".", scheme="diffusion", width=8, depth=1)
     with pytest.raises(CaptureUnavailable):
         priors.for_training(config, HierarchicalVAE((28, 28, 1), (8, 4, 2), channels=8, mlp_hidden=16), cpu, "on")
+
+
+@pytest.mark.parametrize("kind", ["conditional", "joint"])
+def test_the_step_has_no_host_sync_so_a_cuda_graph_can_capture_it(nets, kind):
+    """Tracing the step with fake tensors (make_fx) fails on anything that reads a value on the host (.item(), float(),
+    a branch on a tensor): exactly what a CUDA-graph capture cannot contain. The step of both densities traces; a
+    density with a float() does not (the check can fail)."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    density, u, s = conditional(nets, 6, 0)
+    if kind == "joint":
+        model, energy = nets
+        density = joint_prior_log_density(lambda v: energy(model.u_to_z(v), torch.zeros(v.shape[0], dtype=torch.long)))
+
+    def traced(fn):
+        step = lambda u, eps, s, h, *inputs: langevin_step(fn, u, eps, s, h, inputs)  # noqa: E731
+        return make_fx(step, tracing_mode="fake", _allow_non_fake_inputs=True)(u, torch.randn_like(u), s.reshape(-1, 1),
+                                                                                  0.5 * s.reshape(-1, 1) ** 2, *density.inputs)
+
+    assert len(traced(density.fn).graph.nodes) > 50
+    with pytest.raises(Exception, match="data-dependent"):
+        traced(lambda x, *inputs: density.fn(x, *inputs) * float(x.sum()))
