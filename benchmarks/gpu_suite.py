@@ -29,6 +29,8 @@ import json
 import os
 import platform
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -59,13 +61,31 @@ class Suite:
         self.cuda = self.device.type == "cuda"
         self.records: list[dict] = []
         self.backbone = self.latents = None
+        self.started = time.perf_counter()
+        self.out = args.out or RESULTS / ("gpu_suite_smoke.json" if args.smoke else "gpu_suite.json")
 
     def record(self, section: str, **fields) -> dict:
-        """One result line, with the device's name, printed as it comes (a cut-off run keeps what it measured)."""
+        """One result, with the device's name, printed and saved as it comes (a run cut off keeps what it measured)."""
         entry = {"section": section, "device_name": device_name(torch.device(fields.get("device", str(self.device))))} | fields
         self.records.append(entry)
         print(json.dumps(entry), flush=True)
+        self.save()
         return entry
+
+    def save(self) -> dict:
+        result = {"benchmark": "gpu_suite", "machine": machine(), "device_name": device_name(self.device), "smoke": self.args.smoke,
+                  "seconds": round(time.perf_counter() - self.started, 1), "load_average": os.getloadavg()[0], "records": self.records}
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.out.write_text(json.dumps(result, indent=2) + "\n")
+        return result
+
+    def attempt(self, section: str, label: str, measure: Callable[[], object]) -> None:
+        """Run one measurement; a failure is recorded (with its traceback's last lines) and the suite goes on, so one
+        GPU run reports everything that works."""
+        try:
+            measure()
+        except Exception as exc:  # noqa: BLE001 a one-shot run on a borrowed GPU must not stop at the first failure
+            self.record(section, failed=label, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc().splitlines()[-6:])
 
     def modes(self) -> tuple[str, ...]:
         """--compile values to measure: capture needs CUDA."""
@@ -92,10 +112,13 @@ class Suite:
             self.record("train", **cpu, threads=1)
             for mode in self.modes():
                 steps = graph_n if mode == "on" else eager_n
-                result = time_train_prior(self.prior(f"{scheme}-{mode}", scheme=scheme, steps=steps, device=str(self.device), compile=mode))
-                self.record("train", **result, vs_one_cpu_thread=round(result["updates_per_s"] / cpu["updates_per_s"], 2))
+                self.attempt("train", f"{scheme} --compile {mode}", lambda: self.train_one(scheme, mode, steps, cpu["updates_per_s"]))
             if self.cuda:
-                self.capture_equality(scheme, eager_n)
+                self.attempt("train", f"{scheme} capture equality", lambda: self.capture_equality(scheme, eager_n))
+
+    def train_one(self, scheme: str, mode: str, steps: int, cpu_updates_per_s: float) -> None:
+        result = time_train_prior(self.prior(f"{scheme}-{mode}", scheme=scheme, steps=steps, device=str(self.device), compile=mode))
+        self.record("train", **result, vs_one_cpu_thread=round(result["updates_per_s"] / cpu_updates_per_s, 2))
 
     def capture_equality(self, scheme: str, steps: int) -> None:
         """The same updates with capture on and off: max |difference| of the EMA weights (0 = bitwise)."""
@@ -109,30 +132,33 @@ class Suite:
     def sample(self) -> None:
         backbone = load_backbone(self.backbone, self.device)
         folder = self.args.root / "priors" / ("diffusion-on" if self.cuda else "diffusion-off")
-        first = {}
+        first: dict[str, torch.Tensor] = {}
         for mode in self.modes():
-            n = self.sizes["sample_n"] if mode == "on" else self.sizes["eager_sample_n"]
-            prior, _ = open_prior(folder, backbone, self.device, priors.SamplingOptions(compile=mode))
-            batch = self.sizes["sample_batch"]
-            next(priors.sample_batches(prior, batch, batch, 1, 1.0))  # warm-up (and the graphs' capture)
-            self.sync()
-            t0 = time.perf_counter()
-            for b in priors.sample_batches(prior, n, batch, 0, 1.0):
-                first.setdefault(mode, b.u0)
-            self.sync()
-            seconds = time.perf_counter() - t0
-            self.record("sample", scheme="diffusion", T=3, K=prior.n_steps, compile=mode, images=n, batch_size=batch,
-                        seconds=round(seconds, 3), images_per_s=round(n / seconds, 1), decode_included=True)
+            self.attempt("sample", f"--compile {mode}", lambda: self.sample_one(folder, backbone, mode, first))
         if len(first) == 2:
             difference = float((first["on"] - first["off"]).abs().max())
             self.record("sample", check="capture on vs off, first batch", max_abs_u0_difference=difference)
 
+    def sample_one(self, folder: Path, backbone, mode: str, first: dict[str, torch.Tensor]) -> None:
+        n = self.sizes["sample_n"] if mode == "on" else self.sizes["eager_sample_n"]
+        prior, _ = open_prior(folder, backbone, self.device, priors.SamplingOptions(compile=mode))
+        batch = self.sizes["sample_batch"]
+        next(priors.sample_batches(prior, batch, batch, 1, 1.0))  # warm-up (and the graphs' capture)
+        self.sync()
+        t0 = time.perf_counter()
+        for b in priors.sample_batches(prior, n, batch, 0, 1.0):
+            first.setdefault(mode, b.u0)
+        self.sync()
+        seconds = time.perf_counter() - t0
+        self.record("sample", scheme="diffusion", T=3, K=prior.n_steps, compile=mode, images=n, batch_size=batch,
+                    seconds=round(seconds, 3), images_per_s=round(n / seconds, 1), decode_included=True)
+
     def sweep(self) -> None:
         s = self.sizes
         for mode in self.modes():
-            result = time_sweep(self.args.root / f"sweep-{mode}", self.backbone, self.latents, s["sweep_n"], s["sweep_updates"],
-                                str(self.device), self.args.smoke, compile=mode)
-            self.record("sweep", **result)
+            self.attempt("sweep", f"--compile {mode}", lambda: self.record("sweep", **time_sweep(
+                self.args.root / f"sweep-{mode}", self.backbone, self.latents, s["sweep_n"], s["sweep_updates"], str(self.device),
+                self.args.smoke, compile=mode)))
 
     def fid(self) -> None:
         from hebmctl.metrics.fid import FEATURE_DIM, InceptionFeatures, resolve_inception_weights
@@ -198,16 +224,11 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
-    suite, t0 = Suite(args), time.perf_counter()
+    suite = Suite(args)
     suite.setup()
     for name in sections:
-        getattr(suite, name)()
-    result = {"benchmark": "gpu_suite", "machine": machine(), "device_name": device_name(suite.device), "smoke": args.smoke,
-              "seconds": round(time.perf_counter() - t0, 1), "load_average": os.getloadavg()[0], "records": suite.records}
-    out = args.out or RESULTS / ("gpu_suite_smoke.json" if args.smoke else "gpu_suite.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    return result
+        suite.attempt(name, name, getattr(suite, name))
+    return suite.save()
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ def test_gpu_suite_smoke_runs_every_section_on_the_cpu(tiny_backbone, tiny_laten
     sections = {r["section"] for r in result["records"]}
     assert sections == {"setup", *gpu_suite.SECTIONS}
     assert all(r["device_name"] for r in result["records"])
+    assert not [r for r in result["records"] if "failed" in r]
     train = [r for r in result["records"] if r["section"] == "train"]
     assert {r["scheme"] for r in train} == {"diffusion", "joint"} and all(r["updates_per_s"] > 0 for r in train)
     sweep = next(r for r in result["records"] if r["section"] == "sweep")

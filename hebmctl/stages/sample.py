@@ -31,6 +31,7 @@ from hebmctl.io.plots import save_line_plot
 from hebmctl.io.state import save_tensors
 from hebmctl.runtime import peak_rss_mb, resolve_device
 from hebmctl.samplers import ChainStats, langevin
+from hebmctl.samplers.graphs import capture_enabled
 from hebmctl.schemas.common import InputRef
 from hebmctl.schemas.sample import SampleConfig, SamplesManifest
 from hebmctl.stages.artifacts import load_backbone, open_prior
@@ -53,6 +54,7 @@ def sampling_options(config: SampleConfig) -> priors.SamplingOptions:
 @writes_artifact
 def run(config: SampleConfig, control: RunControl = RunControl()) -> SamplesManifest:
     device = resolve_device(config.device)
+    capture_enabled(config.compile, device)  # --compile on without CUDA: refused before any folder work
     backbone = load_backbone(config.backbone, device)
     _check_traverse(config, backbone.model.num_layers)
     prior, prior_inputs = open_prior(config.prior_dir(), backbone, device, sampling_options(config))

@@ -48,6 +48,7 @@ from hebmctl.io.state import save_tensors
 from hebmctl.models.ebm_losses import energy_gap
 from hebmctl.models.ema import ema_update
 from hebmctl.runtime import peak_cuda_mb, peak_rss_mb, resolve_device
+from hebmctl.samplers.graphs import capture_enabled
 from hebmctl.schemas.common import InputRef
 from hebmctl.schemas.latents import LatentsManifest
 from hebmctl.schemas.prior import PriorManifest, TrainPriorConfig
@@ -64,6 +65,7 @@ class RunControl:
 def run(config: TrainPriorConfig, control: RunControl = RunControl()) -> PriorManifest | None:
     """Train (or resume, or skip when up to date); None when stopped early by `control.stop_after`."""
     device = resolve_device(config.device)
+    capture_enabled(config.compile, device)  # --compile on without CUDA: refused before any folder work
     backbone = load_backbone(config.backbone, device)
     latents, latents_sha = read_manifest(config.latents, LatentsManifest)
     check_lineage(f"The latent cache {config.latents}", latents.input("backbone").sha256, config.backbone, backbone.manifest_sha256, config.latents)

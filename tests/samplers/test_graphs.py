@@ -151,3 +151,16 @@ def test_the_step_has_no_host_sync_so_a_cuda_graph_can_capture_it(nets, kind):
     assert len(traced(density.fn).graph.nodes) > 50
     with pytest.raises(Exception, match="data-dependent"):
         traced(lambda x, *inputs: density.fn(x, *inputs) * float(x.sum()))
+
+
+@pytest.mark.parametrize("stage", ["train-prior", "sample"])
+def test_compile_on_without_cuda_is_refused_before_any_folder_work(stage, tmp_path):
+    from typer.testing import CliRunner
+
+    from hebmctl.cli import app
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = CliRunner().invoke(app, [stage, "--run", str(tmp_path / "run"), "--compile", "on", "--device", "cpu"])
+    assert result.exit_code == 2 and "--compile auto" in " ".join(result.output.split())
+    assert not (tmp_path / "run").exists()
