@@ -50,8 +50,9 @@ def time_train_prior(config: TrainPriorConfig, threads: int | None = None) -> di
 
 def time_sweep(root: Path, backbone: Path, latents: Path, n: int, steps: int, device: str, tiny: bool, compile: str = "auto") -> dict:
     """n priors (seeds 0..n-1) trained by one batched sweep against n sequential train-prior runs, same device, same
-    updates each; both sides' training-loop wall time (setup excluded) and the ratio."""
-    configs = [prior_config(backbone, latents, root / f"sweep-{i}", tiny, seed=i, steps=steps, device=device) for i in range(n)]
+    updates each, both with --compile `compile`; both sides' training-loop wall time (setup excluded) and the ratio."""
+    configs = [prior_config(backbone, latents, root / f"sweep-{i}", tiny, seed=i, steps=steps, device=device, compile=compile)
+               for i in range(n)]
     t0 = time.perf_counter()
     manifests = train_prior_sweep.run(configs, force=True)
     sweep_total = time.perf_counter() - t0
@@ -61,7 +62,7 @@ def time_sweep(root: Path, backbone: Path, latents: Path, n: int, steps: int, de
         alone = prior_config(backbone, latents, root / f"alone-{i}", tiny, seed=i, steps=steps, device=device, compile=compile)
         sequential_s += train_prior.run(alone, train_prior.RunControl(force=True)).metrics["train_wall_s"]
     sequential_total = time.perf_counter() - t0
-    return {"device": manifests[0].metrics["device"], "priors": n, "updates_each": steps, "sequential_compile": compile,
+    return {"device": manifests[0].metrics["device"], "priors": n, "updates_each": steps, "compile": compile,
             "batched_train_s": sweep_s, "sequential_train_s": round(sequential_s, 2),
             "speedup": round(sequential_s / max(sweep_s, 1e-9), 2),
             "batched_total_s": round(sweep_total, 2), "sequential_total_s": round(sequential_total, 2),
