@@ -186,11 +186,12 @@ class Suite:
             self.record("tf32", skipped="no CUDA")
             return
         steps = self.sizes["eager_updates"]
+        before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         try:
             result = time_train_prior(self.prior("diffusion-tf32", steps=steps, device="cuda", compile="on"))
         finally:
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
         a, _ = load_tensors(self.args.root / "priors" / "diffusion-tf32" / "energy.safetensors")
         b, _ = load_tensors(self.args.root / "priors" / "diffusion-same-on" / "energy.safetensors")
         self.record("tf32", **result, max_abs_weight_difference_from_fp32=max(float((a[k] - b[k]).abs().max()) for k in a))

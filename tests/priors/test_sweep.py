@@ -73,3 +73,20 @@ def test_the_sweeps_static_step_without_capture_gives_the_eager_numbers():
             sweep.update(u0, step)
         weights[static] = [sweep.energy_state(i) for i in range(2)]
     assert all(torch.equal(a[k], b[k]) for a, b in zip(weights[False], weights[True], strict=True) for k in a)
+
+
+def test_cli_sweep_writes_the_priors_train_prior_then_finds_up_to_date(tiny_backbone, tiny_latents, tmp_path):
+    from typer.testing import CliRunner
+
+    from hebmctl.cli import app
+
+    runs = [tmp_path / "a", tmp_path / "b"]
+    common = ["--backbone", str(tiny_backbone), "--latents", str(tiny_latents), "--width", "16", "--depth", "1", "--steps", "2",
+              "--batch-size", "32", "--langevin-steps", "3", "--device", "cpu"]
+    result = CliRunner().invoke(app, ["train-prior-sweep", *map(str, runs), "--seeds", "3,4", *common])
+    assert result.exit_code == 0, result.output
+    assert all((run / "priors" / "diffusion" / "manifest.json").is_file() for run in runs)
+    again = CliRunner().invoke(app, ["train-prior", "--run", str(runs[1]), "--seed", "4", *common])
+    assert again.exit_code == 0 and "up to date" in again.output
+    wrong = CliRunner().invoke(app, ["train-prior-sweep", *map(str, runs), "--seeds", "3", *common])
+    assert wrong.exit_code == 2 and "one per run" in " ".join(wrong.output.split())
