@@ -32,8 +32,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     root = args.root
-    pretrain.run(PretrainConfig(out=root / "backbone", data="builtin:mnist-10k", limit=512, eval_limit=128, latent_dims=(8, 4, 2), channels=8,
-                                mlp_hidden=32, steps=12, batch_size=32, kl_warmup_steps=4, checkpoint_every=4, log_every=2, device="cpu"))
+    pretrain.run(PretrainConfig(out=root / "backbone", data="builtin:mnist-10k", limit=512, eval_limit=128, latent_dims=(8, 4, 2),
+                                channels=8, mlp_hidden=32, steps=12, batch_size=32, kl_warmup_steps=4, checkpoint_every=4, log_every=2,
+                                device="cpu"))
     cache_latents.run(CacheLatentsConfig(backbone=root / "backbone", out=root / "latents", limit=300, device="cpu"))
     digests = {}
     for scheme in ("joint", "diffusion", "cooperative"):
