@@ -3,7 +3,7 @@
     python benchmarks/anomaly_mnist.py --data mnist:../shared/data/mnist --root runs/anomaly \
         [--protocol pooled|test-split] [--digits 1,4,5,7,9] [--seeds 0,1,2] [--schemes diffusion]
         [--pretrain-steps 6000] [--kl-warmup-steps 1000] [--prior-steps 4000]
-        [--prior-device auto|cpu|cuda] [--name anomaly_mnist] [--collect]
+        [--prior-device auto|cpu|cuda] [--batched-priors] [--name anomaly_mnist] [--collect]
 
 For every (digit, seed): a backbone that never saw the digit, its latent cache (only when EBM schemes
 are trained), one EBM prior per scheme, then `eval anomaly` (score -L^{>0}, the digit positive) for
@@ -16,6 +16,11 @@ on MNIST's train split, scored on its test split, about 10 % positives; folders 
 Every stage is resumable and skipped when complete, so re-running the command continues. Writes
 benchmarks/results/<name>.json with per-run AUPRC and AUROC, the positive fraction, mean and std per
 digit and prior, and the paper anchors.
+
+--batched-priors trains each scheme's priors of every (digit, seed) together in one process
+(`hebmctl.stages.train_prior_sweep`: stacked weights, one vmap per Langevin step; diffusion scheme only), after
+all backbones and caches exist; each prior equals the one `train-prior` would train within float rounding and has
+its fingerprint, so the per-run loop then finds it up to date.
 
 --collect runs nothing: it reads the `eval anomaly` manifests already under --root (e.g. runs made
 by several processes at once, one per digit and seed, then copied here) and summarises those; a
@@ -35,7 +40,7 @@ from hebmctl.data.protocols import pooled_spec
 from hebmctl.io.manifest import has_manifest, read_manifest
 from hebmctl.schemas import CacheLatentsConfig, EvalAnomalyConfig, EvalAnomalyManifest, PretrainConfig, TrainPriorConfig
 from hebmctl.schemas.eval import prior_label
-from hebmctl.stages import cache_latents, eval_anomaly, pretrain, train_prior
+from hebmctl.stages import cache_latents, eval_anomaly, pretrain, train_prior, train_prior_sweep
 
 TERMS = ("full", "prior")  # both anomaly scores: -L^{>0} and -Lprior^{>0}, its prior terms only (see eval anomaly --terms;
 # results before issue 12 key the prior terms as 'latent'; a diffusion prior gives Diff-EBM's DiffEBM>0 under both)
@@ -61,6 +66,20 @@ def pretrain_config(args, digit: int, seed: int) -> PretrainConfig:
     return PretrainConfig(data=args.data, exclude_classes=(digit,), **common)
 
 
+def prior_config(args, digit: int, seed: int, scheme: str) -> TrainPriorConfig:
+    return TrainPriorConfig(run=run_folder(args, digit, seed), scheme=scheme, seed=seed, steps=args.prior_steps, device=args.prior_device)
+
+
+def batched_priors(args, digits: list[int], seeds: list[int]) -> None:
+    """--batched-priors: every run's backbone and latent cache, then each scheme's priors of all runs in one batched sweep."""
+    runs = [(d, s) for d in digits for s in seeds]
+    for digit, seed in runs:
+        pretrain.run(pretrain_config(args, digit, seed))
+        cache_latents.run(CacheLatentsConfig(run=run_folder(args, digit, seed), seed=seed))
+    for scheme in args.schemes:
+        train_prior_sweep.run([prior_config(args, digit, seed, scheme) for digit, seed in runs])
+
+
 def one_run(args, digit: int, seed: int) -> dict[str, dict[str, float]]:
     """AUPRC, AUROC and positive fraction per 'prior/terms' ('gaussian', schemes...) of one (digit, seed) run."""
     run = run_folder(args, digit, seed)
@@ -68,7 +87,7 @@ def one_run(args, digit: int, seed: int) -> dict[str, dict[str, float]]:
     if args.schemes:
         cache_latents.run(CacheLatentsConfig(run=run, seed=seed))
     for scheme in args.schemes:
-        train_prior.run(TrainPriorConfig(run=run, scheme=scheme, seed=seed, steps=args.prior_steps, device=args.prior_device))
+        train_prior.run(prior_config(args, digit, seed, scheme))
     results = {}
     for prior in ["gaussian", *args.schemes]:
         for terms in TERMS:
@@ -112,11 +131,15 @@ def main() -> None:
     parser.add_argument("--prior-steps", type=int, default=4000)
     parser.add_argument("--prior-device", default="auto", help="Device of prior training. The Langevin loop is launch-bound, so "
                         "with many runs in parallel one CPU thread each can beat sharing one GPU.")
+    parser.add_argument("--batched-priors", action="store_true", help="Train each scheme's priors of all runs together in one "
+                        "batched sweep (diffusion scheme) before the per-run loop.")
     parser.add_argument("--name", default="anomaly_mnist", help="Result file: benchmarks/results/<name>.json.")
     parser.add_argument("--collect", action="store_true", help="Run no stage; summarise the evaluations already under --root.")
     args = parser.parse_args()
     args.schemes = [s for s in args.schemes.split(",") if s]
     digits, seeds = [int(d) for d in args.digits.split(",")], [int(s) for s in args.seeds.split(",")]
+    if args.batched_priors and not args.collect:
+        batched_priors(args, digits, seeds)
     step = collect_run if args.collect else one_run
     all_runs = {f"{d}/{s}": step(args, d, s) for d in digits for s in seeds}
     runs = {key: value for key, value in all_runs.items() if value is not None}
@@ -129,7 +152,7 @@ def main() -> None:
     devices = sorted({_backbone_device(run_folder(args, *map(int, key.split("/")))) for key in runs})
     settings = {"data": args.data, "protocol": args.protocol, "pretrain_steps": args.pretrain_steps,
                 "kl_warmup_steps": args.kl_warmup_steps, "prior_steps": args.prior_steps, "prior_device": args.prior_device,
-                "digits": digits, "seeds": seeds, "schemes": args.schemes}
+                "digits": digits, "seeds": seeds, "schemes": args.schemes, "batched_priors": args.batched_priors}
     emit(args.name, {"backbone_devices": devices, "settings": settings, "auprc": summary["auprc"], "auroc": summary["auroc"],
                      "positive_fraction": positive_fraction, "runs": runs, "missing": sorted(set(all_runs) - set(runs)),
                      "anchors": ANCHORS})

@@ -18,7 +18,7 @@ from rich.markup import escape
 
 from hebmctl import __version__
 from hebmctl.cli_options import build_config, config_parameters, describe_validation_error, read_config_file
-from hebmctl.errors import HebmctlError
+from hebmctl.errors import ConfigError, HebmctlError
 from hebmctl.io.console import console
 from hebmctl.schemas import CONFIG_TYPES
 from hebmctl.schemas.eval import (
@@ -188,6 +188,40 @@ def _sample(config: SampleConfig, force: bool) -> None:
     from hebmctl.stages import sample
 
     sample.run(config, sample.RunControl(force=force))
+
+
+def _train_prior_sweep(runs: list[Path], seeds: str | None, config_file: Path | None, force: bool, dry_run: bool, **options: Any) -> None:
+    from hebmctl.stages import train_prior_sweep
+
+    seed_list = [int(s) for s in seeds.split(",")] if seeds else [None] * len(runs)
+    if len(seed_list) != len(runs):
+        raise ConfigError(f"--seeds gives {len(seed_list)} seeds for {len(runs)} runs; give one per run (or none: every run uses --seed).")
+    file_values = read_config_file(config_file, "train_prior")
+    # Each prior's config is exactly the one `hebmctl train-prior --run RUN --seed SEED <options>` builds (same fingerprint).
+    configs = [build_config(TrainPriorConfig, file_values, options | {"run": run, "seed": seed}) for run, seed in zip(runs, seed_list)]
+    if dry_run:
+        typer.echo(json.dumps([json.loads(c.model_dump_json()) for c in configs], indent=2))
+        return
+    for config, manifest in zip(configs, train_prior_sweep.run(configs, force=force), strict=True):
+        console().print(f"train-prior-sweep: {config.out} (final energy gap {manifest.metrics['final_energy_gap']:+.4f})")
+
+
+_SWEEP_RUNS = inspect.Parameter("runs", inspect.Parameter.KEYWORD_ONLY, annotation=list[Path],
+                                default=typer.Argument(..., metavar="RUN", help="Run folders, one prior each (RUN/backbone, RUN/latents "
+                                                                                "-> RUN/priors/NAME unless paths are given).",
+                                                       show_default=False))
+_SWEEP_SEEDS = inspect.Parameter("seeds", inspect.Parameter.KEYWORD_ONLY, annotation=str | None,
+                                 default=typer.Option(None, "--seeds", help="One seed per run, comma-separated (default: --seed for "
+                                                                            "every run)."))
+_train_prior_sweep.__signature__ = inspect.Signature([_SWEEP_RUNS, _SWEEP_SEEDS] + CONTROL_PARAMS
+                                                     + [p for p in config_parameters(TrainPriorConfig) if p.name not in ("run", "seed")]
+                                                     + [inspect.Parameter("seed", inspect.Parameter.KEYWORD_ONLY, annotation=int | None,
+                                                                          default=typer.Option(None, "--seed", help="Seed of every run "
+                                                                                               "without --seeds (default 0)."))])
+app.command("train-prior-sweep",
+            help="Train one diffusion prior per run folder, all at once in one process (stacked weights, one batched Langevin step; "
+                 "each prior equals train-prior's within float rounding and gets its fingerprint). Restarts when stopped.",
+            no_args_is_help=True)(guarded(_train_prior_sweep, TrainPriorConfig, "train-prior-sweep"))
 
 
 AS_JSON = inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, annotation=bool,

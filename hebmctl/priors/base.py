@@ -19,6 +19,7 @@ from torch import Tensor
 from hebmctl.metrics.likelihood import SCORE_TERMS, PosteriorRefiner, likelihood_detection_scores
 from hebmctl.models.backbone import Backbone
 from hebmctl.samplers import ChainStats, LogDensity
+from hebmctl.samplers.graphs import CaptureMode
 from hebmctl.samplers.posterior import sample_posterior
 
 NegEnergyOfZ = Callable[[Tensor], Tensor]
@@ -27,11 +28,13 @@ NegEnergyOfZ = Callable[[Tensor], Tensor]
 
 @dataclass(frozen=True)
 class SamplingOptions:
-    """Overrides of the prior's training values (None = keep the training value)."""
+    """Overrides of the prior's training values (None = keep the training value), and how the Langevin steps run
+    (`compile`: CUDA-graph capture, `hebmctl.samplers.graphs.step_runner`; the same numbers either way)."""
 
     langevin_steps: int | None = None
     step_size: float | None = None  # joint: s
     step_scale: float | None = None  # diffusion: multiplies every s_t
+    compile: CaptureMode = "off"
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,8 @@ class CooperativePrior(DiffusionPrior):
     def _reverse(self, u_top: Tensor, generator: torch.Generator) -> tuple[Tensor, list[ChainStats], list[Tensor]]:
         """(u_0 `[B, D]`, stats per level, [u_T, ..., u_0]) of the reverse diffusion with the initializer's proposals."""
         return reverse_diffusion_sample(self.neg_energy_on_u, u_top, self.schedule, self.step_sizes_sq, self.n_steps, generator,
-                                        step_scale=self.step_size, return_trajectory=True, initializer=self._initializer)
+                                        step_scale=self.step_size, return_trajectory=True, initializer=self._initializer,
+                                        runner=self.runner)
 
     def trajectory(self, u_top: Tensor, generator: torch.Generator) -> Trajectory:
         """As the diffusion prior's (rows u_T, ..., u_0; the long run continues the t = 0 chain given u_1), with the
@@ -114,7 +115,7 @@ class CooperativePrior(DiffusionPrior):
         mean, u_init = self.propose(u_tp1, t, generator)
         log_p = conditional_log_density(self.neg_energy_on_u, u_tp1, t, self.schedule, self.step_sizes_sq)
         s_sq = self.step_sizes_sq[t]
-        u_neg, stats = langevin(log_p, u_init, self.n_steps, s_sq.sqrt(), generator)
+        u_neg, stats = langevin(log_p, u_init, self.n_steps, s_sq.sqrt(), generator, runner=self.runner)
         u_neg = u_neg.detach()
         pos, neg = self.neg_energy_on_u(u_t, t), self.neg_energy_on_u(u_neg, t)
         init_loss = (u_neg - mean).pow(2).mean()

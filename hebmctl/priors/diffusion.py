@@ -50,7 +50,7 @@ class DiffusionPrior(EnergyPrior):
     def from_noise(self, u_top: Tensor, generator: torch.Generator) -> tuple[Tensor, list[ChainStats]]:
         """Reverse diffusion u_T = u_top -> u_0, K Langevin steps per level (Diff-EBM Alg. 2)."""
         return reverse_diffusion_sample(self.neg_energy_on_u, u_top, self.schedule, self.step_sizes_sq, self.n_steps, generator,
-                                        step_scale=self.step_size)
+                                        step_scale=self.step_size, runner=self.runner)
 
     def resample_masked(self, u_fixed: Tensor, mask: Tensor, generator: torch.Generator) -> Tensor:
         return resample_masked_diffusion(self.neg_energy_on_u, u_fixed, mask, self.schedule, self.step_sizes_sq, self.n_steps, generator,
@@ -126,7 +126,7 @@ class DiffusionPrior(EnergyPrior):
         u_t, u_tp1 = forward_pairs(u0, t, self.schedule, generator)
         log_p = conditional_log_density(self.neg_energy_on_u, u_tp1, t, self.schedule, self.step_sizes_sq)
         s_sq = self.step_sizes_sq[t]
-        u_neg, stats = langevin(log_p, u_tp1, self.n_steps, s_sq.sqrt(), generator)
+        u_neg, stats = langevin(log_p, u_tp1, self.n_steps, s_sq.sqrt(), generator, runner=self.runner)
         pos, neg = self.neg_energy_on_u(u_t, t), self.neg_energy_on_u(u_neg, t)
         return TrainingOutcome(diffusion_ebm_loss(pos, neg, s_sq), pos, neg, stats, scaled_gap(pos, neg, s_sq))
 

@@ -12,6 +12,7 @@ from hebmctl.models.backbone import Backbone
 from hebmctl.models.energy import JointEnergy
 from hebmctl.noise import Noise
 from hebmctl.priors.base import Prior, SamplingOptions, TrainingOutcome
+from hebmctl.samplers.graphs import step_runner
 from hebmctl.schemas.prior import DEFAULT_CONV_CHANNELS, DEFAULT_CONV_DEPTH, TrainPriorConfig
 
 
@@ -23,6 +24,7 @@ class EnergyPrior(Prior):
         n_steps = options.langevin_steps if options.langevin_steps is not None else config.langevin_steps
         super().__init__(backbone, device, n_steps, self.resolve_step(config, n_steps, options))
         self.config, self.energy = config, energy
+        self.runner = step_runner(options.compile, device)  # eager, or the Langevin step captured in CUDA graphs
 
     @classmethod
     @abstractmethod

@@ -14,6 +14,7 @@ from hebmctl.priors.diffusion import DiffusionPrior
 from hebmctl.priors.energy_prior import EnergyPrior
 from hebmctl.priors.gaussian import GaussianPrior
 from hebmctl.priors.joint import JointPrior
+from hebmctl.samplers.graphs import CaptureMode
 from hebmctl.schemas.prior import TrainPriorConfig
 
 PRIOR_CLASSES: dict[str, type[EnergyPrior]] = {cls.kind: cls for cls in (JointPrior, DiffusionPrior, CooperativePrior)}
@@ -45,10 +46,10 @@ def load(config: TrainPriorConfig | None, energy: JointEnergy | None, backbone: 
     return from_energy(config, energy, backbone, device, options)
 
 
-def for_training(config: TrainPriorConfig, backbone: Backbone, device: torch.device) -> EnergyPrior:
+def for_training(config: TrainPriorConfig, backbone: Backbone, device: torch.device, compile: CaptureMode = "off") -> EnergyPrior:
     """A prior with a freshly initialised energy network (seeded by config.seed, global RNG untouched) and the
-    training sampler settings (K = config.langevin_steps, the training step sizes)."""
+    training sampler settings (K = config.langevin_steps, the training step sizes); `compile` as `SamplingOptions`."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         energy = energy_network(config, backbone.group_shapes).to(device)
-    return from_energy(config, energy, backbone, device)
+    return from_energy(config, energy, backbone, device, SamplingOptions(compile=compile))

@@ -29,7 +29,7 @@ class JointPrior(EnergyPrior):
 
     def from_noise(self, u_top: Tensor, generator: torch.Generator) -> tuple[Tensor, list[ChainStats]]:
         """K Langevin steps of log p(u) from u_top (Joint-EBM short run)."""
-        u0, stats = sample_joint_prior(self._neg_energy, u_top, self.n_steps, self.step_size, generator)
+        u0, stats = sample_joint_prior(self._neg_energy, u_top, self.n_steps, self.step_size, generator, runner=self.runner)
         return u0, [stats]
 
     def resample_masked(self, u_fixed: Tensor, mask: Tensor, generator: torch.Generator) -> Tensor:
@@ -56,6 +56,6 @@ class JointPrior(EnergyPrior):
     def training_outcome(self, u0: Tensor, generator: Noise) -> TrainingOutcome:
         """Negatives: K Langevin steps from N(0, I); loss mean F(T(u_neg)) - mean F(T(u_pos)) (Joint-EBM eq. 17)."""
         u_init = randn(u0.shape, generator, self.device)
-        u_neg, stats = sample_joint_prior(self._neg_energy, u_init, self.n_steps, self.step_size, generator)
+        u_neg, stats = sample_joint_prior(self._neg_energy, u_init, self.n_steps, self.step_size, generator, runner=self.runner)
         pos, neg = self._neg_energy(u0), self._neg_energy(u_neg)
         return TrainingOutcome(joint_ebm_loss(pos, neg), pos, neg, stats, energy_gap(pos, neg))

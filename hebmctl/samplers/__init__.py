@@ -1,4 +1,5 @@
-"""Samplers: Langevin dynamics, diffusion schedules, reverse-diffusion sampling.
+"""Samplers: Langevin dynamics, diffusion schedules, reverse-diffusion sampling; CUDA-graph capture of the Langevin
+step in :mod:`hebmctl.samplers.graphs`.
 
 Pure functions (DESIGN §7): no I/O, no global RNG (always an explicit ``torch.Generator``), no
 hidden counters. Never imports ``hebmctl.stages``, ``hebmctl.cli`` or ``hebmctl.io``.
@@ -12,9 +13,11 @@ from hebmctl.samplers.diffusion import (
 )
 from hebmctl.samplers.langevin import (
     ChainStats,
+    Density,
     LogDensity,
     joint_prior_log_density,
     langevin,
+    langevin_step,
     sample_joint_prior,
 )
 from hebmctl.samplers.schedules import (
@@ -30,6 +33,7 @@ from hebmctl.samplers.schedules import (
 
 __all__ = [
     "ChainStats",
+    "Density",
     "DiffusionSchedule",
     "Initializer",
     "LevelNegEnergy",
@@ -43,6 +47,7 @@ __all__ = [
     "forward_pairs_shared_noise",
     "joint_prior_log_density",
     "langevin",
+    "langevin_step",
     "make_schedule",
     "reverse_diffusion_sample",
     "sample_joint_prior",

@@ -14,12 +14,13 @@ Pure functions; randomness only through the caller's ``torch.Generator`` (DESIGN
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Literal, overload
 
 import torch
 from torch import Tensor
 
-from hebmctl.samplers.langevin import ChainStats, LogDensity, langevin
+from hebmctl.samplers.langevin import EAGER, ChainStats, Density, StepRunner, langevin
 from hebmctl.samplers.schedules import DiffusionSchedule
 
 __all__ = [
@@ -48,7 +49,7 @@ def conditional_log_density(
     t: Tensor,
     schedule: DiffusionSchedule,
     step_size_sq: Tensor,
-) -> LogDensity:
+) -> Density:
     """The level-t conditional log-density ``u_t -> log p(u_t | u_{t+1})`` (DESIGN §3).
 
     ``G(u_t, t) / s_t^2 - |u_t|^2/2 - [t < T-1] * |u_{t+1} - alpha_{t+1} u_t|^2 / (2 sigma_{t+1}^2)``,
@@ -62,7 +63,8 @@ def conditional_log_density(
         step_size_sq: ``s^2`` per level ``[T]`` (the values the EBM is trained with); gathered at t.
 
     Returns:
-        A callable u_t ``[B, D]`` -> ``[B]``.
+        A :class:`~hebmctl.samplers.langevin.Density` u_t ``[B, D]`` -> ``[B]`` whose inputs are the
+        per-example tensors above (so a captured Langevin step can be refilled per chain).
     """
     T = schedule.num_levels
     if step_size_sq.shape != (T,):
@@ -77,14 +79,19 @@ def conditional_log_density(
     # is_recovery: the kernel term is dropped at the top level t = T-1 (anchor's is_recovery[T] = 0).
     is_recovery = (t < T - 1).to(u_tp1.dtype)  # [B]
 
-    def log_density(u_t: Tensor) -> Tensor:
-        g = neg_energy(u_t, t)  # G(T(u_t), t)  [B]
-        prior = 0.5 * u_t.flatten(1).pow(2).sum(dim=1)  # |u_t|^2 / 2
-        resid = (u_tp1 - alpha_next * u_t).flatten(1).pow(2).sum(dim=1)
-        kernel = is_recovery * resid / (2.0 * sigma_next_sq)
-        return g / s_sq - prior - kernel
+    return Density(fn=functools.partial(_conditional, neg_energy), inputs=(u_tp1, t, s_sq, alpha_next, sigma_next_sq, is_recovery),
+                   key=("conditional", neg_energy))
 
-    return log_density
+
+def _conditional(neg_energy: LevelNegEnergy, u_t: Tensor, u_tp1: Tensor, t: Tensor, s_sq: Tensor, alpha_next: Tensor,
+                 sigma_next_sq: Tensor, is_recovery: Tensor) -> Tensor:
+    """``log p(u_t | u_{t+1})`` ``[B]`` (DESIGN §3): u_t, u_tp1 ``[B, D]``; t, s_sq, sigma_next_sq, is_recovery ``[B]``;
+    alpha_next ``[B, 1]``."""
+    g = neg_energy(u_t, t)  # G(T(u_t), t)  [B]
+    prior = 0.5 * u_t.flatten(1).pow(2).sum(dim=1)  # |u_t|^2 / 2
+    resid = (u_tp1 - alpha_next * u_t).flatten(1).pow(2).sum(dim=1)
+    kernel = is_recovery * resid / (2.0 * sigma_next_sq)
+    return g / s_sq - prior - kernel
 
 
 @overload
@@ -99,6 +106,7 @@ def reverse_diffusion_sample(
     return_trajectory: Literal[False] = ...,
     initializer: Initializer | None = ...,
     add_noise: bool = ...,
+    runner: StepRunner = ...,
 ) -> tuple[Tensor, list[ChainStats]]: ...
 
 
@@ -114,6 +122,7 @@ def reverse_diffusion_sample(
     return_trajectory: Literal[True] = ...,
     initializer: Initializer | None = ...,
     add_noise: bool = ...,
+    runner: StepRunner = ...,
 ) -> tuple[Tensor, list[ChainStats], list[Tensor]]: ...
 
 
@@ -128,6 +137,7 @@ def reverse_diffusion_sample(
     return_trajectory: bool = False,
     initializer: Initializer | None = None,
     add_noise: bool = True,
+    runner: StepRunner = EAGER,
 ) -> tuple[Tensor, list[ChainStats]] | tuple[Tensor, list[ChainStats], list[Tensor]]:
     """Reverse-diffusion sampling (Diff-EBM Alg. 2; DESIGN §3 "Sampling").
 
@@ -152,6 +162,7 @@ def reverse_diffusion_sample(
         return_trajectory: also return ``[u_T, u_{T-1}, ..., u_0]`` (T+1 detached tensors).
         initializer: optional start-of-chain proposal per level (default: ``u_{t+1}`` itself).
         add_noise: False runs noiseless chains (passed to :func:`langevin`).
+        runner: how each level's K steps run (passed to :func:`langevin`; eager by default).
 
     Returns:
         ``(u_0 [B, D], stats)`` where ``stats`` holds one :class:`ChainStats` per level, ordered
@@ -173,7 +184,7 @@ def reverse_diffusion_sample(
         u_init = u if initializer is None else initializer(u, t, generator).detach()
         # Langevin step s = sqrt(s_t^2) * step_scale; the target keeps G / s_t^2 (training value).
         s = step_sizes_sq[level].to(device=u.device, dtype=u.dtype).sqrt() * step_scale
-        u, level_stats = langevin(log_p, u_init, n_steps, s, generator, add_noise=add_noise)
+        u, level_stats = langevin(log_p, u_init, n_steps, s, generator, add_noise=add_noise, runner=runner)
         stats.append(level_stats)
         trajectory.append(u)
     if return_trajectory:

@@ -19,8 +19,9 @@ is exactly this rule with ``log p = G / s^2 - Q``: ``(s^2/2) * grad(G/s^2 - Q) =
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Hashable, Protocol
 
 import torch
 from torch import Tensor
@@ -28,8 +29,15 @@ from torch import Tensor
 from hebmctl.noise import Noise, randn
 
 __all__ = [
+    "EAGER",
     "ChainStats",
+    "Density",
+    "EagerSteps",
     "LogDensity",
+    "StepRunner",
+    "as_density",
+    "draw_noise",
+    "langevin_step",
     "langevin",
     "joint_prior_log_density",
     "sample_joint_prior",
@@ -95,13 +103,106 @@ def _per_example_step(step_size: float | Tensor, u: Tensor) -> Tensor:
     return s.reshape((batch,) + (1,) * (u.dim() - 1))
 
 
+@dataclass(frozen=True)
+class Density:
+    """A log-density whose conditioning tensors are explicit inputs: ``u -> fn(u, *inputs)`` ``[B]``.
+
+    A plain :data:`LogDensity` closure hides the tensors it reads, so a captured step could not be
+    fed the next chain's ``u_{t+1}`` or levels; a ``Density`` names them, so a CUDA-graph step
+    (:mod:`hebmctl.samplers.graphs`) keeps static copies and refills them per chain. ``key``
+    (hashable) identifies ``fn`` (same key = same computation on same-shaped inputs).
+
+    Attributes:
+        fn: ``(u [B, D], *inputs) -> [B]``; pure, no host sync, no randomness.
+        inputs: tensors the density reads (each with a leading batch or level dimension).
+        key: identifies ``fn`` for the cache of captured steps.
+    """
+
+    fn: Callable[..., Tensor]
+    inputs: tuple[Tensor, ...] = ()
+    key: Hashable = None
+
+    def __call__(self, u: Tensor) -> Tensor:
+        return self.fn(u, *self.inputs)
+
+
+def as_density(log_density: LogDensity) -> Density:
+    """A :class:`Density` as is; a plain callable as a Density without inputs (key None: never captured)."""
+    return log_density if isinstance(log_density, Density) else Density(fn=log_density)
+
+
+def langevin_step(fn: Callable[..., Tensor], u: Tensor, eps: Tensor | None, s: Tensor, half_s_sq: Tensor,
+                  inputs: tuple[Tensor, ...] = ()) -> tuple[Tensor, Tensor]:
+    """One Langevin update, the only one (eager loop and captured graph run this same function).
+
+    DESIGN §3: ``u' = u + (s^2/2) * grad_u log p(u) + s * eps``.
+
+    Args:
+        fn: ``(u [B, D], *inputs) -> log p(u)`` ``[B]``.
+        u: state ``[B, D]`` (not modified).
+        eps: noise ``[B, D]`` or None (no noise term).
+        s, half_s_sq: ``s`` and ``s^2 / 2`` as ``[B, 1, ..., 1]``.
+        inputs: the density's tensors.
+
+    Returns:
+        ``(u' [B, D] detached, stats [2])`` with stats = (batch mean of log p(u), batch mean of
+        ``|grad_u log p(u)|``), both before the update; on u's device (no host sync).
+    """
+    with torch.enable_grad():
+        u_req = u.detach().requires_grad_(True)
+        log_p = fn(u_req, *inputs)
+        if log_p.shape != (u.shape[0],):
+            raise ValueError(f"log_density must return shape [B]=[{u.shape[0]}], got {tuple(log_p.shape)}")
+        # grad_u log p(u): w.r.t. u only; parameters' .grad stay untouched.
+        (grad,) = torch.autograd.grad(log_p.sum(), u_req)
+    grad = grad.detach()
+    stats = torch.stack([log_p.detach().mean(), grad.flatten(1).norm(dim=1).mean()])
+    # DESIGN §3: u <- u + (s^2/2) grad_u log p(u) + s eps
+    u_next = u + half_s_sq * grad
+    if eps is not None:
+        u_next = u_next + s * eps
+    return u_next.detach(), stats
+
+
+def draw_noise(like: Tensor, generator: Noise) -> Tensor:
+    """eps ~ N(0, I) of like's shape, dtype and device from ``generator`` (one draw per step, in step order); with
+    :class:`hebmctl.noise.NoiseRows` (u is a shard of a batch), this shard's rows of the whole batch's draw."""
+    return randn(like.shape, generator, like.device, like.dtype)
+
+
+class StepRunner(Protocol):
+    """Runs a chain of :func:`langevin_step` (eager: :class:`EagerSteps`; CUDA graphs: ``hebmctl.samplers.graphs``)."""
+
+    def chain(self, density: Density, u_init: Tensor, n_steps: int, s: Tensor, half_s_sq: Tensor,
+              generator: Noise, add_noise: bool) -> tuple[Tensor, Tensor]:
+        """``(u_K [B, D], stats [K, 2])`` from u_init ``[B, D]``; stats rows as :func:`langevin_step`'s."""
+        ...
+
+
+class EagerSteps:
+    """The plain loop: noise then :func:`langevin_step`, K times; statistics stacked once at the end."""
+
+    def chain(self, density: Density, u_init: Tensor, n_steps: int, s: Tensor, half_s_sq: Tensor,
+              generator: Noise, add_noise: bool) -> tuple[Tensor, Tensor]:
+        u, rows = u_init.detach().clone(), []
+        for _ in range(n_steps):
+            eps = draw_noise(u, generator) if add_noise else None
+            u, stats = langevin_step(density.fn, u, eps, s, half_s_sq, density.inputs)
+            rows.append(stats)
+        return u, (torch.stack(rows) if rows else torch.zeros((0, 2), dtype=u.dtype, device=u.device))
+
+
+EAGER = EagerSteps()
+
+
 def langevin(
-    log_density: LogDensity,
+    log_density: LogDensity | Density,
     u_init: Tensor,
     n_steps: int,
     step_size: float | Tensor,
     generator: Noise,
     add_noise: bool = True,
+    runner: StepRunner = EAGER,
 ) -> tuple[Tensor, ChainStats]:
     """Run ``n_steps`` of (unadjusted) Langevin dynamics on ``log_density``.
 
@@ -110,10 +211,12 @@ def langevin(
 
     Gradients are taken w.r.t. u only (``torch.autograd.grad``): nothing is accumulated into the
     ``.grad`` of any model parameter. Works inside or outside ``torch.no_grad()`` (gradients are
-    enabled internally). No graph is kept across steps; the returned u is detached.
+    enabled internally). No graph is kept across steps; the returned u is detached. No host sync
+    inside the loop: the per-step statistics stay on the device and are copied to the CPU once.
 
     Args:
-        log_density: callable, u ``[B, D]`` -> unnormalised ``log p(u)`` ``[B]``.
+        log_density: callable, u ``[B, D]`` -> unnormalised ``log p(u)`` ``[B]``, or a
+            :class:`Density` (explicit inputs; what a captured runner needs).
         u_init: initial state ``[B, D]`` (not modified).
         n_steps: K >= 0.
         step_size: ``s`` as a float, or a tensor ``[B]`` (one step size per example, e.g. the
@@ -121,6 +224,8 @@ def langevin(
         generator: ``torch.Generator`` on u's device; the only source of randomness (or
             :class:`hebmctl.noise.NoiseRows`: u is a shard of a batch and gets its rows of the batch's draws).
         add_noise: False drops the ``s * eps`` term (deterministic gradient ascent; no draws).
+        runner: how the K steps run (default eager; ``hebmctl.samplers.graphs.LangevinGraphs``
+            captures the step in a CUDA graph, same numbers).
 
     Returns:
         ``(u_K [B, D], ChainStats)`` with u_K detached, same dtype and device as ``u_init``.
@@ -131,44 +236,22 @@ def langevin(
         raise ValueError(f"u_init must have shape [B, D], got {tuple(u_init.shape)}")
     s = _per_example_step(step_size, u_init)
     half_s_sq = 0.5 * s * s
-    s_mean = s.detach().mean()
-
-    u = u_init.detach().clone()
-    log_p_means: list[Tensor] = []
-    grad_norm_means: list[Tensor] = []
-    for _ in range(n_steps):
-        with torch.enable_grad():
-            u_req = u.detach().requires_grad_(True)
-            log_p = log_density(u_req)
-            if log_p.shape != (u.shape[0],):
-                raise ValueError(
-                    f"log_density must return shape [B]=[{u.shape[0]}], got {tuple(log_p.shape)}"
-                )
-            # grad_u log p(u): w.r.t. u only; parameters' .grad stay untouched.
-            (grad,) = torch.autograd.grad(log_p.sum(), u_req)
-        grad = grad.detach()
-        log_p_means.append(log_p.detach().mean())
-        grad_norm_means.append(grad.flatten(1).norm(dim=1).mean())
-        # DESIGN §3: u <- u + (s^2/2) grad_u log p(u) + s eps
-        u = u + half_s_sq * grad
-        if add_noise:
-            eps = randn(u.shape, generator, u.device, u.dtype)  # NoiseRows: this shard's rows of the batch's draw
-            u = u + s * eps
-
-    def _stack(xs: list[Tensor]) -> Tensor:
-        if not xs:
-            return torch.zeros(0, dtype=torch.float32)
-        return torch.stack(xs).to(device="cpu", dtype=torch.float32)
-
+    u, rows = runner.chain(as_density(log_density), u_init, n_steps, s, half_s_sq, generator, add_noise)
+    rows = rows.to(device="cpu", dtype=torch.float32)  # the chain's one host sync
     stats = ChainStats(
-        log_density=_stack(log_p_means),
-        grad_norm=_stack(grad_norm_means),
-        step_size=s_mean.to(device="cpu", dtype=torch.float32).expand(n_steps).clone(),
+        log_density=rows[:, 0].clone(),
+        grad_norm=rows[:, 1].clone(),
+        step_size=s.detach().mean().to(device="cpu", dtype=torch.float32).expand(n_steps).clone(),
     )
     return u.detach(), stats
 
 
-def joint_prior_log_density(neg_energy_of_u: Callable[[Tensor], Tensor]) -> LogDensity:
+def _joint_log_density(neg_energy_of_u: Callable[[Tensor], Tensor], u: Tensor) -> Tensor:
+    """``F(T(u)) - |u|^2 / 2`` ``[B]`` of u ``[B, D]`` (DESIGN §3, Joint scheme)."""
+    return neg_energy_of_u(u) - 0.5 * u.flatten(1).pow(2).sum(dim=1)
+
+
+def joint_prior_log_density(neg_energy_of_u: Callable[[Tensor], Tensor]) -> Density:
     """The Joint-EBM prior in u-space: ``log p(u) = F(T(u)) - |u|^2 / 2`` (DESIGN §3, Joint scheme).
 
     Args:
@@ -176,13 +259,9 @@ def joint_prior_log_density(neg_energy_of_u: Callable[[Tensor], Tensor]) -> LogD
             map ``T`` with the negative-energy network).
 
     Returns:
-        A callable u ``[B, D]`` -> ``[B]``.
+        A :class:`Density` u ``[B, D]`` -> ``[B]`` without inputs (keyed by ``neg_energy_of_u``).
     """
-
-    def log_density(u: Tensor) -> Tensor:
-        return neg_energy_of_u(u) - 0.5 * u.flatten(1).pow(2).sum(dim=1)
-
-    return log_density
+    return Density(fn=functools.partial(_joint_log_density, neg_energy_of_u), key=("joint", neg_energy_of_u))
 
 
 def sample_joint_prior(
@@ -190,13 +269,14 @@ def sample_joint_prior(
     u_init: Tensor,
     n_steps: int,
     step_size: float | Tensor,
-    generator: torch.Generator,
+    generator: Noise,
     add_noise: bool = True,
+    runner: StepRunner = EAGER,
 ) -> tuple[Tensor, ChainStats]:
     """Short-run Langevin on the Joint-EBM prior ``F(T(u)) - |u|^2/2`` from ``u_init`` ``[B, D]``.
 
     The caller draws ``u_init`` (usually ``N(0, I)``; anchors: ``s = 0.4``, ``K = 40..60``).
-    Returns ``(u_K [B, D], ChainStats)`` as :func:`langevin`.
+    Returns ``(u_K [B, D], ChainStats)`` as :func:`langevin` (``runner`` as there).
     """
     return langevin(
         joint_prior_log_density(neg_energy_of_u),
@@ -205,4 +285,5 @@ def sample_joint_prior(
         step_size,
         generator,
         add_noise=add_noise,
+        runner=runner,
     )

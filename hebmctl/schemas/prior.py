@@ -26,7 +26,8 @@ class TrainPriorConfig(StageConfig):
     """Learn an energy-based prior in u-space on a frozen backbone's cached latents."""
 
     run_defaults: ClassVar[dict[str, str]] = {"backbone": "backbone", "latents": "latents", "out": "priors/{name}"}
-    unhashed: ClassVar[frozenset[str]] = frozenset({"run", "device", "name", "out", "log_every", "checkpoint_every", "keep_checkpoints"})
+    unhashed: ClassVar[frozenset[str]] = frozenset({"run", "device", "compile", "name", "out", "log_every", "checkpoint_every",
+                                                    "keep_checkpoints"})
     hashed_when_set: ClassVar[frozenset[str]] = frozenset({"conv_channels", "conv_depth", "shared_noise", "tweedie"})
     """Unset = DEFAULT_CONV_CHANNELS / DEFAULT_CONV_DEPTH, left unset so that priors written before spatial groups keep their "
         "fingerprints; shared_noise and tweedie (cooperative scheme) likewise stay unset unless given."""
@@ -76,6 +77,8 @@ class TrainPriorConfig(StageConfig):
     log_every: int = Field(50, ge=1, description="Append a line to metrics.jsonl every N steps.")
     seed: int = Field(0, description="Seed of every random number generator of the stage.")
     device: str = Field("auto", description="Torch device: 'auto' (CUDA when present, else CPU), 'cpu', 'cuda', ...")
+    compile: Literal["auto", "on", "off"] = Field("auto", description="Capture the Langevin step in a CUDA graph (replayed each "
+        "step; the same numbers as the eager loop): 'auto' on CUDA only, 'on' (an error without CUDA), 'off' the eager loop.")
 
     @classmethod
     def _derived_defaults(cls, data: dict[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,8 @@ class SampleConfig(StageConfig):
     """Generate images from the backbone with the Gaussian prior or a trained EBM prior."""
 
     run_defaults: ClassVar[dict[str, str]] = {"backbone": "backbone", "out": "samples/{prior.name}"}
-    unhashed: ClassVar[frozenset[str]] = frozenset({"run", "device", "out", "prior"})  # the prior is an input (hashed by manifest)
+    # the prior is an input (hashed by its manifest)
+    unhashed: ClassVar[frozenset[str]] = frozenset({"run", "device", "compile", "out", "prior"})
     hashed_when_set: ClassVar[frozenset[str]] = frozenset({"traverse", "traverse_dims"})
     """Added with latent traversals: hashed only when set, so earlier samples keep their fingerprints."""
 
@@ -41,6 +42,8 @@ class SampleConfig(StageConfig):
     batch_size: int = Field(500, ge=1, description="Images per sampling batch.")
     seed: int = Field(0, description="Seed of the sampling noise.")
     device: str = Field("auto", description="Torch device: 'auto' (CUDA when present, else CPU), 'cpu', 'cuda', ...")
+    compile: Literal["auto", "on", "off"] = Field("auto", description="Capture the Langevin step in a CUDA graph (replayed each "
+        "step; the same numbers as the eager loop): 'auto' on CUDA only, 'on' (an error without CUDA), 'off' the eager loop.")
 
     _csv = field_validator("traverse", mode="before")(lambda cls, v: split_csv(v))
 

@@ -35,6 +35,7 @@ from hebmctl.io.plots import save_line_plot
 from hebmctl.io.state import save_tensors
 from hebmctl.runtime import peak_rss_mb, resolve_device
 from hebmctl.samplers import ChainStats, langevin
+from hebmctl.samplers.graphs import capture_enabled
 from hebmctl.schemas.common import InputRef
 from hebmctl.schemas.sample import SampleConfig, SamplesManifest
 from hebmctl.stages.artifacts import load_backbone, open_prior
@@ -51,13 +52,14 @@ class RunControl:
 def sampling_options(config: SampleConfig) -> priors.SamplingOptions:
     """The sampler overrides of a sample config (None keeps the prior's training value; for the diffusion
     scheme with K != K_train every s_t is scaled by sqrt(K_train / K), CDRL's fewer-steps adjustment)."""
-    return priors.SamplingOptions(config.langevin_steps, config.step_size, config.step_scale)
+    return priors.SamplingOptions(config.langevin_steps, config.step_size, config.step_scale, config.compile)
 
 
 @writes_artifact
 def run(config: SampleConfig, control: RunControl = RunControl()) -> SamplesManifest | None:
     """Sample (or skip when up to date); None on ranks other than 0, which write nothing."""
     device = dist.init(resolve_device(config.device))
+    capture_enabled(config.compile, device)  # --compile on without CUDA: refused before any folder work
     backbone = load_backbone(config.backbone, device)
     _check_traverse(config, backbone.model.num_layers)
     prior, prior_inputs = open_prior(config.prior_dir(), backbone, device, sampling_options(config))

@@ -56,6 +56,7 @@ from hebmctl.io.state import save_tensors
 from hebmctl.models.ema import ema_update
 from hebmctl.noise import Noise, NoiseRows
 from hebmctl.runtime import peak_cuda_mb, peak_rss_mb, resolve_device
+from hebmctl.samplers.graphs import capture_enabled
 from hebmctl.schemas.common import InputRef
 from hebmctl.schemas.latents import LatentsManifest
 from hebmctl.schemas.prior import PriorManifest, TrainPriorConfig
@@ -73,6 +74,7 @@ def run(config: TrainPriorConfig, control: RunControl = RunControl()) -> PriorMa
     """Train (or resume, or skip when up to date); None when stopped early by `control.stop_after`, and on ranks
     other than 0 (which write nothing)."""
     device = dist.init(resolve_device(config.device))
+    capture_enabled(config.compile, device)  # --compile on without CUDA: refused before any folder work
     backbone = load_backbone(config.backbone, device)
     latents, latents_sha = read_manifest(config.latents, LatentsManifest)
     check_lineage(f"The latent cache {config.latents}", latents.input("backbone").sha256, config.backbone, backbone.manifest_sha256, config.latents)
@@ -105,7 +107,7 @@ class _Progress:
 class _PriorTrainer:
     def __init__(self, config: TrainPriorConfig, backbone: LoadedBackbone, data: LatentBatches, device: torch.device, fingerprint: str) -> None:
         self.config, self.backbone, self.data, self.device, self.fingerprint = config, backbone, data, device, fingerprint
-        self.prior = priors.for_training(config, backbone.model, device)
+        self.prior = priors.for_training(config, backbone.model, device, config.compile)
         self.energy = self.prior.energy
         self.ema = copy.deepcopy(self.energy).requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.energy.parameters(), lr=config.lr, betas=(config.beta1, 0.999))
