@@ -55,7 +55,9 @@ def run(config: EvalFidConfig, control: RunControl = RunControl()) -> EvalFidMan
     ref_images, ref_data = load_data(f"reference:{config.split}", ref_spec, config.split, config.ref_limit)
     source = _Source(config, ref_images, device)
     inputs = [ref_data, weights_ref, *source.inputs]
-    fingerprint, existing = up_to_date(config, inputs, EvalFidManifest, control.force, "fid", reference_problems)
+    stats_folder, _ = reference_folder(config, ref_images, ref_data, weights_ref)
+    fingerprint, existing = up_to_date(config, inputs, EvalFidManifest, control.force, "fid",
+                                       lambda manifest: reference_problems(manifest, stats_folder))
     if existing is not None:
         return existing
     config.out.mkdir(parents=True, exist_ok=True)
@@ -173,22 +175,29 @@ def _slug(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{kind}-{Path(argument).name}").strip("_")
 
 
-def reference_problems(manifest: EvalFidManifest) -> list[str]:
-    """Problems with the reference statistics an evaluation recorded (its role "reference" input): missing,
-    replaced since, or damaged. Such an evaluation is re-run, which rebuilds the cache (found by the fault drills:
-    a damaged cache used to pass unnoticed while the evaluation was up to date)."""
-    for ref in manifest.inputs:
-        if ref.role != "reference":
-            continue
-        folder = Path(ref.path)
-        try:
-            stats, sha = read_manifest(folder, FidStatsManifest)
-        except ArtifactError as exc:
-            return [f"its reference statistics {folder}: {exc}"]
-        if sha != ref.sha256:
-            return [f"its reference statistics {folder} were replaced since"]
-        return [f"its reference statistics {folder}: {problem}" for problem in verify_outputs(folder, stats)]
-    return []
+def reference_problems(manifest: EvalFidManifest, folder: Path) -> list[str]:
+    """Problems with the reference statistics in `folder` (where this evaluation's settings keep them) against the
+    ones the evaluation recorded (its role "reference" input): missing, replaced since, or damaged. Such an
+    evaluation is re-run, which rebuilds the cache (found by the fault drills: a damaged cache used to pass
+    unnoticed while the evaluation was up to date)."""
+    recorded = next((ref for ref in manifest.inputs if ref.role == "reference"), None)
+    if recorded is None:
+        return []
+    try:
+        stats, sha = read_manifest(folder, FidStatsManifest)
+    except ArtifactError as exc:
+        return [f"its reference statistics {folder}: {exc}"]
+    if sha != recorded.sha256:
+        return [f"its reference statistics {folder} are not the ones it used (replaced or changed since)"]
+    return [f"its reference statistics {folder}: {problem}" for problem in verify_outputs(folder, stats)]
+
+
+def reference_folder(config: EvalFidConfig, ref_images: ImageSet, ref_data: InputRef, weights_ref: InputRef) -> tuple[Path, str]:
+    """(the cache folder of the reference statistics under `--stats-dir`, its key): the key is the data content,
+    split, limit, weights and preprocessing mode."""
+    key = sha256_json({"data": ref_data.sha256, "split": config.split, "limit": config.ref_limit, "weights": weights_ref.sha256,
+                       "mode": "clean", "schema": SCHEMA_VERSION})
+    return config.stats_dir / f"{_slug(ref_data.path)}-{config.split}-{len(ref_images)}-{key[:12]}", key
 
 
 def reference_statistics(
@@ -199,9 +208,7 @@ def reference_statistics(
     The cache key is the data content, split, limit, weights and preprocessing mode; a folder whose
     manifest or files are damaged is recomputed.
     """
-    key = sha256_json({"data": ref_data.sha256, "split": config.split, "limit": config.ref_limit, "weights": weights_ref.sha256,
-                       "mode": "clean", "schema": SCHEMA_VERSION})
-    folder = config.stats_dir / f"{_slug(ref_data.path)}-{config.split}-{len(ref_images)}-{key[:12]}"
+    folder, key = reference_folder(config, ref_images, ref_data, weights_ref)
     if has_manifest(folder):
         try:
             manifest, sha = read_manifest(folder, FidStatsManifest)
