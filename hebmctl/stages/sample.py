@@ -33,6 +33,7 @@ from hebmctl.runtime import peak_rss_mb, resolve_device
 from hebmctl.samplers import ChainStats, langevin
 from hebmctl.schemas.common import InputRef
 from hebmctl.schemas.sample import SampleConfig, SamplesManifest
+from hebmctl.stages import inpainting
 from hebmctl.stages.artifacts import load_backbone, open_prior
 
 GRID_COLUMNS = 8
@@ -55,8 +56,10 @@ def run(config: SampleConfig, control: RunControl = RunControl()) -> SamplesMani
     device = resolve_device(config.device)
     backbone = load_backbone(config.backbone, device)
     _check_traverse(config, backbone.model.num_layers)
+    inpaint_job = inpainting.prepare(config, backbone.model)  # checks --inpaint / --mask before any compute
     prior, prior_inputs = open_prior(config.prior_dir(), backbone, device, sampling_options(config))
     inputs = [InputRef(role="backbone", path=str(config.backbone), kind="backbone", sha256=backbone.manifest_sha256), *prior_inputs]
+    inputs += inpaint_job.input_refs(config) if inpaint_job else []
     fingerprint = stage_fingerprint(config, inputs)
     existing = prepare_output(config.out, SamplesManifest, fingerprint, control.force)
     if existing is not None:
@@ -64,6 +67,8 @@ def run(config: SampleConfig, control: RunControl = RunControl()) -> SamplesMani
         return existing
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
+    if inpaint_job is not None:
+        return _finish_inpainting(out, config, prior, inpaint_job, fingerprint, inputs)
     u0, z, images, chain_stats, wall_s = generate(config, prior)
     names = _write_samples(out, u0, z, images, chain_stats)
     if config.hierarchical:
@@ -81,6 +86,19 @@ def run(config: SampleConfig, control: RunControl = RunControl()) -> SamplesMani
                                metrics=metrics, prior_kind=prior.kind, sampler=prior.describe(config.temperature, config.seed))
     write_manifest(out, manifest)
     console().print(f"[green]sample: done[/green] {config.n} images from the {prior.kind} prior in {wall_s:.1f} s -> {out}")
+    return manifest
+
+
+def _finish_inpainting(out: Path, config: SampleConfig, prior: priors.Prior, job: inpainting.InpaintJob, fingerprint: str,
+                       inputs: list[InputRef]) -> SamplesManifest:
+    """`--inpaint`: the inpainting outputs (`hebmctl.stages.inpainting`) and the manifest."""
+    names, metrics, settings = inpainting.write(out, config, prior, job)
+    metrics |= {"peak_rss_mb": round(peak_rss_mb(), 1), "device": str(prior.device)}
+    manifest = SamplesManifest(**common_fields(fingerprint), config=config, inputs=inputs, outputs=[describe_file(out, n) for n in names],
+                               metrics=metrics, prior_kind=prior.kind, sampler=prior.describe(config.temperature, config.seed) | settings)
+    write_manifest(out, manifest)
+    console().print(f"[green]sample: done[/green] {metrics['n_images']} images inpainted x {job.draws} draws with the {prior.kind} "
+                    f"prior -> {out}")
     return manifest
 
 
