@@ -9,7 +9,8 @@ ground truth at each diffusion level. We carry the replacement to the latents of
    (`Backbone.latent_footprint_mask`), restricted to the chosen layers;
 3. replacement: u = `prior.resample_masked(u_q, M)`: the fixed coordinates stay exactly u_q (the diffusion prior
    replaces them by ONE forward trajectory of u_q at each level), the free ones are drawn from p(u_free | u_fixed);
-   the temperature tau scales the free coordinates only (the fixed ones are the image's);
+   the temperature tau scales the free coordinates only (the fixed ones are the image's); with `fix_in_z`, the fixed
+   latents keep their inferred z instead of their u (`anchor_in_z`: per-layer replacement down the hierarchy);
 4. optional data consistency (also ours): K Langevin steps on the free coordinates of
    log p(x_vis | T(u)) + F(T(u)) - |u|^2 / 2 (the posterior Langevin of Joint-EBM §3.2 with the likelihood of the
    visible pixels only; F = the prior's `neg_energy_of_z`, 0 where it has none);
@@ -37,10 +38,12 @@ s = 0.1 makes the chain on the visible pixels bounce, 0.03 converges; docs/decis
 
 @dataclass(frozen=True)
 class InpaintSettings:
-    """layers: 0-based layers whose latents may be redrawn (None: all); guidance: data-consistency Langevin K and s;
+    """layers: 0-based layers whose latents may be redrawn (None: all); fix_in_z: keep the fixed latents' z (`anchor_in_z`)
+    instead of their u (the prior's coordinates); guidance: data-consistency Langevin K and s;
     temperature: tau of the free coordinates."""
 
     layers: tuple[int, ...] | None = None
+    fix_in_z: bool = False
     guidance_steps: int = DEFAULT_GUIDANCE_STEPS
     guidance_step_size: float = DEFAULT_GUIDANCE_STEP_SIZE
     temperature: float = 1.0
@@ -109,13 +112,28 @@ def data_consistency(prior: Prior, x: Tensor, pixel_mask: Tensor, u: Tensor, lat
     return compose(u, v.detach(), latent_mask)
 
 
+def anchor_in_z(backbone: Backbone, u: Tensor, u_q: Tensor, latent_mask: Tensor) -> Tensor:
+    """Top-down replacement in z (our variant of step 3): u `[B, D]` -> u' whose free coordinates (latent_mask `[D]` = 1)
+    are those of u and whose z = T(u') equals z_q = T(u_q) on the fixed coordinates. In a conditional hierarchy
+    z_i = mu_i(z_{>i}) + sigma_i(z_{>i}) u_i, so a fixed u_i under redrawn parents is another z_i; here each fixed z_i is
+    the inferred one and each free z_i is drawn around its new parents. Fixed point u' <- compose(T^{-1}(compose(z_q,
+    T(u'))), u): pass k makes the top k groups exact, so L passes (L = layers) make every group exact."""
+    with torch.no_grad():
+        z_q, anchored = backbone.u_to_z(u_q), u
+        for _ in range(backbone.num_layers):
+            anchored = compose(backbone.z_to_u(compose(z_q, backbone.u_to_z(anchored), latent_mask)), u, latent_mask)
+    return anchored
+
+
 def inpaint(prior: Prior, x: Tensor, pixel_mask: Tensor, u_q: Tensor, latent_mask: Tensor, settings: InpaintSettings,
             generator: torch.Generator) -> Inpainting:
     """Steps 3-5 of the module docstring for images x `[B, C, H, W]` in [-1, 1], their inferred u_q `[B, D]`,
     pixel_mask `[H, W]` and latent_mask `[D]` (1 = free)."""
     u = prior.resample_masked(u_q, latent_mask, generator)
     u = compose(u_q, settings.temperature * u, latent_mask)
+    u = anchor_in_z(prior.backbone, u, u_q, latent_mask) if settings.fix_in_z else u
     u = data_consistency(prior, x, pixel_mask, u, latent_mask, settings, generator)
+    u = anchor_in_z(prior.backbone, u, u_q, latent_mask) if settings.fix_in_z else u  # the chain moved free parents
     with torch.no_grad():
         x_raw = prior.backbone.decode(prior.backbone.u_to_z(u)).clamp(-1, 1)
     return Inpainting(u, x_raw, paste_visible(x_raw, x, pixel_mask))

@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from hebmctl.schemas.common import ManifestBase, StageConfig, prior_folder, split_csv
 
-INPAINT_FIELDS = ("inpaint", "mask", "inpaint_layers", "inpaint_draws", "inpaint_guidance_steps", "inpaint_step_size")
+INPAINT_FIELDS = ("inpaint", "mask", "inpaint_layers", "inpaint_fix", "inpaint_draws", "inpaint_guidance_steps", "inpaint_step_size")
 EXCLUSIVE_WITH_INPAINT = ("hierarchical", "trajectory", "traverse")
 
 
@@ -49,6 +49,9 @@ class SampleConfig(StageConfig):
                                                 "named mask: center, left-half, right-half, top-half, bottom-half.")
     inpaint_layers: tuple[int, ...] | None = Field(None, description="With --inpaint: the layers (1 = bottom, comma-separated) whose "
         "latents may be redrawn (default: all); the others keep the values inferred from the visible image.")
+    inpaint_fix: Literal["u", "z"] | None = Field(None, description="With --inpaint: what the latents outside the mask keep, 'u' "
+        "(default: their prior coordinates, what the prior's masked sampler holds fixed) or 'z' (the inferred latents themselves: "
+        "in a conditional hierarchy (nvae, hvae) a fixed u under redrawn parents is another z, so 'z' re-anchors them after the draw).")
     inpaint_draws: int | None = Field(None, ge=1, description="With --inpaint: inpaintings per image, each from its own seed "
                                                               "(default 4). --n does not apply.")
     inpaint_guidance_steps: int | None = Field(None, ge=0, description="With --inpaint: K steps of data-consistency Langevin after "

@@ -66,7 +66,7 @@ def prepare(config: SampleConfig, backbone: Backbone) -> InpaintJob | None:
         return None
     inputs = read_inpaint_inputs(config.inpaint, config.mask, backbone.image_shape)
     layers = _layers(config.inpaint_layers, backbone.num_layers)
-    settings = InpaintSettings(layers, _or(config.inpaint_guidance_steps, DEFAULT_GUIDANCE_STEPS),
+    settings = InpaintSettings(layers, config.inpaint_fix == "z", _or(config.inpaint_guidance_steps, DEFAULT_GUIDANCE_STEPS),
                                _or(config.inpaint_step_size, DEFAULT_GUIDANCE_STEP_SIZE), config.temperature)
     pixel_mask = torch.from_numpy(inputs.mask.astype(np.float32))
     latent_mask = free_latent_mask(backbone, pixel_mask, layers).cpu()
@@ -175,5 +175,5 @@ def _describe(job: InpaintJob, backbone: Backbone) -> dict:
                         "mask": job.inputs.mask_name or "png", "mask_fraction": float(job.inputs.mask.mean()),
                         "image_sha256": job.inputs.image_sha256, "mask_sha256": job.inputs.mask_sha256,
                         "free_latent_fraction_per_layer": per_layer, "layers": None if settings.layers is None else [k + 1 for k in settings.layers],
-                        "draws": job.draws, "guidance_steps": settings.guidance_steps, "guidance_step_size": settings.guidance_step_size,
+                        "fixed_in": "z" if settings.fix_in_z else "u", "draws": job.draws, "guidance_steps": settings.guidance_steps, "guidance_step_size": settings.guidance_step_size,
                         "encoder_fill": "mean of the visible pixels", "temperature_on": "free latents"}}

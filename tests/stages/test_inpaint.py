@@ -19,7 +19,7 @@ from hebmctl.data import load_split, to_unit_range
 from hebmctl.data.inpaint_inputs import NAMED_MASKS
 from hebmctl.errors import ConfigError, DataError
 from hebmctl.io.manifest import read_manifest
-from hebmctl.priors.inpainting import InpaintSettings, free_latent_mask, infer_latents, inpaint, visible_log_density
+from hebmctl.priors.inpainting import InpaintSettings, anchor_in_z, free_latent_mask, infer_latents, inpaint, visible_log_density
 from hebmctl.schemas import CacheLatentsConfig, SampleConfig, SamplesManifest
 from hebmctl.stages import cache_latents, pretrain, sample, train_prior
 from hebmctl.stages.artifacts import load_backbone
@@ -114,6 +114,28 @@ def test_unmasked_latents_stay_fixed_and_visible_pixels_are_the_input(nvae_run, 
     roles = {i.role: i for i in manifest.inputs}
     assert roles["inpaint:mask"].kind == "named-mask" and len(roles["inpaint:image"].sha256) == 64
     assert manifest.sampler["inpaint"]["draws"] == 2 and read_manifest(tmp_path / "s", SamplesManifest)[0] == manifest
+
+
+def test_fixing_in_z_keeps_the_inferred_latents_under_redrawn_parents(nvae_run, digits, tmp_path, single_thread):
+    """nvae is a conditional hierarchy: with u fixed, the fixed positions' z move when free parents are redrawn; with
+    --inpaint-fix z they keep z_q = T(u_q) (to float32 rounding) and the free coordinates keep the prior's draw."""
+    model = load_backbone(nvae_run / "backbone", torch.device("cpu")).model
+    generator = torch.Generator().manual_seed(0)
+    u_q, u = torch.randn(4, model.latent_dim, generator=generator), torch.randn(4, model.latent_dim, generator=generator)
+    free = model.latent_footprint_mask(torch.from_numpy(NAMED_MASKS["center"](28, 28).astype(np.float32)))
+    fixed = free == 0
+    u_draw = u_q * (1 - free) + u * free
+    anchored = anchor_in_z(model, u_draw, u_q, free)
+    with torch.no_grad():
+        z_q, z_draw, z_anchored = model.u_to_z(u_q), model.u_to_z(u_draw), model.u_to_z(anchored)
+    assert torch.equal(anchored[:, free == 1], u_draw[:, free == 1])
+    assert torch.allclose(z_anchored[:, fixed], z_q[:, fixed], atol=1e-5)
+    assert not torch.allclose(z_draw[:, fixed], z_q[:, fixed], atol=1e-3)  # u fixed is not z fixed
+    manifest = sample.run(_config(nvae_run / "backbone", tmp_path / "s", inpaint=digits, mask="center", inpaint_fix="z"))
+    latents = load_file(str(tmp_path / "s" / "latents.safetensors"))
+    with torch.no_grad():
+        z_out, z_in = model.u_to_z(latents["u"][:, 0]), model.u_to_z(latents["u_inferred"])
+    assert torch.allclose(z_out[:, fixed], z_in[:, fixed], atol=1e-5) and manifest.sampler["inpaint"]["fixed_in"] == "z"
 
 
 @pytest.mark.parametrize("layers", [None, (0,)])
