@@ -81,6 +81,14 @@ def _class_names(arrays: dict[str, np.ndarray], path: Path) -> tuple[str, ...]:
     return tuple(n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in names.tolist())
 
 
+def npz_images(path: Path) -> np.ndarray:
+    """The validated ``images`` of an npz file as uint8 ``[N, H, W, C]`` (other keys are ignored); DataError otherwise."""
+    arrays = _read_npz(path)
+    if "images" not in arrays:
+        raise DataError(f"{path} has no key 'images' (keys found: {sorted(arrays)}). {_FORMAT}.")
+    return _images(arrays, path)
+
+
 def npz_split(path: Path, split: str) -> RawSplit:
     """Every 10th row (positions 9, 19, ...) is "test", the rest "train"; index = row in the file."""
     arrays = _read_npz(path)

@@ -124,6 +124,25 @@ class Backbone(nn.Module, ABC):
         """`[D]` 0/1 mask with 1 on the coordinates of the given 0-based layers."""
         return torch.cat([torch.full((d,), float(i in layers), device=device) for i, d in enumerate(self.group_dims)])
 
+    def latent_footprint_mask(self, pixel_mask: Tensor) -> Tensor:
+        """Pixel mask `[H, W]` (1 = pixel to fill) -> latent mask `[D]`: 1 where a latent's footprint overlaps a masked pixel.
+
+        The footprint of position (i, j) of a spatial group `[c, h, w]` is the pixel block its up-sampling covers,
+        rows [floor(i H / h), ceil((i + 1) H / h)) and likewise columns (adaptive max-pooling of the pixel mask to
+        (h, w); every channel of the position shares it). A vector group `[d]` has no spatial map: its footprint is
+        the whole image, so it is free as soon as any pixel is masked. The decoder's convolutions spread each latent
+        a little beyond its block; the block is the nominal footprint (docs/decisions.md "Latent inpainting").
+        """
+        mask = (pixel_mask > 0).to(torch.float32)[None, None]  # [1, 1, H, W]
+        parts = []
+        for shape in self.group_shapes:
+            if len(shape) == 3:
+                pooled = torch.nn.functional.adaptive_max_pool2d(mask, shape[1:])[0]  # [1, h, w]
+                parts.append(pooled.expand(shape[0], -1, -1).flatten())
+            else:
+                parts.append(mask.amax().expand(math.prod(shape)))
+        return torch.cat(parts)
+
     # ---- inference ----------------------------------------------------------------------
     @abstractmethod
     def encode(self, x: Tensor) -> Features:

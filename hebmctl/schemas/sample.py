@@ -5,19 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from hebmctl.schemas.common import ManifestBase, StageConfig, prior_folder, split_csv
+
+INPAINT_FIELDS = ("inpaint", "mask", "inpaint_layers", "inpaint_fix", "inpaint_draws", "inpaint_guidance_steps", "inpaint_step_size")
+EXCLUSIVE_WITH_INPAINT = ("hierarchical", "trajectory", "traverse")
 
 
 class SampleConfig(StageConfig):
     """Generate images from the backbone with the Gaussian prior or a trained EBM prior."""
 
     run_defaults: ClassVar[dict[str, str]] = {"backbone": "backbone", "out": "samples/{prior.name}"}
-    # the prior is an input (hashed by its manifest)
-    unhashed: ClassVar[frozenset[str]] = frozenset({"run", "device", "compile", "out", "prior"})
-    hashed_when_set: ClassVar[frozenset[str]] = frozenset({"traverse", "traverse_dims"})
-    """Added with latent traversals: hashed only when set, so earlier samples keep their fingerprints."""
+    unhashed: ClassVar[frozenset[str]] = frozenset({"run", "device", "compile", "out", "prior", "inpaint"})
+    """The prior and the --inpaint images are inputs, hashed by content (the manifest's `inputs`)."""
+    hashed_when_set: ClassVar[frozenset[str]] = frozenset({"traverse", "traverse_dims", *INPAINT_FIELDS[1:]})
+    """Added with latent traversals and inpainting: hashed only when set, so earlier samples keep their fingerprints."""
 
     backbone: Path = Field(None, description="Backbone folder (default: RUN/backbone).")
     prior: str = Field("gaussian", description="'gaussian' (the backbone alone), a prior folder, or a prior name under RUN/priors/.")
@@ -38,6 +41,24 @@ class SampleConfig(StageConfig):
         "other coordinate fixed (Hier-EBM Fig. 11). Rows: the layer's coordinates that change the image most.")
     traverse_dims: int | None = Field(None, ge=1, description="Rows per traversal grid: the coordinates of the layer with the largest "
                                                               "image change over the sweep (default 10).")
+    inpaint: Path | None = Field(None, description="Inpaint instead of sampling: a PNG (one image) or an .npz with key 'images' "
+        "(uint8 [N, H, W] or [N, H, W, C]) of the backbone's image size. The latents inferred from the visible pixels are kept "
+        "where their footprint misses --mask and redrawn under the prior where it overlaps (replacement; docs/decisions.md "
+        "'Latent inpainting'). Writes grid.png (rows: masked input, one inpainting per draw, original). Needs --mask.")
+    mask: str | None = Field(None, description="With --inpaint: the pixels to fill, a PNG of the image size (white = fill) or a "
+                                                "named mask: center, left-half, right-half, top-half, bottom-half.")
+    inpaint_layers: tuple[int, ...] | None = Field(None, description="With --inpaint: the layers (1 = bottom, comma-separated) whose "
+        "latents may be redrawn (default: all); the others keep the values inferred from the visible image.")
+    inpaint_fix: Literal["u", "z"] | None = Field(None, description="With --inpaint: what the latents outside the mask keep, 'u' "
+        "(default: their prior coordinates, what the prior's masked sampler holds fixed) or 'z' (the inferred latents themselves: "
+        "in a conditional hierarchy (nvae, hvae) a fixed u under redrawn parents is another z, so 'z' re-anchors them after the draw).")
+    inpaint_draws: int | None = Field(None, ge=1, description="With --inpaint: inpaintings per image, each from its own seed "
+                                                              "(default 4). --n does not apply.")
+    inpaint_guidance_steps: int | None = Field(None, ge=0, description="With --inpaint: K steps of data-consistency Langevin after "
+        "the prior's draw, on the redrawn latents, of log p(x_visible | z) + F(z) - |u|^2/2 (default 0: replacement alone). "
+        "Needed where no latent has a spatial footprint (hvae, vlae: every latent is redrawn).")
+    inpaint_step_size: float | None = Field(None, gt=0, description="With --inpaint: the data-consistency Langevin step s (default "
+                                                                    "0.03; the posterior anchor 0.1 bounces on the visible pixels).")
     trajectory_steps: int = Field(2500, ge=1, description="Length of the long run for the energy profile (--trajectory).")
     batch_size: int = Field(500, ge=1, description="Images per sampling batch.")
     seed: int = Field(0, description="Seed of the sampling noise.")
@@ -54,10 +75,37 @@ class SampleConfig(StageConfig):
             raise ValueError("--traverse takes layer numbers from 1 (the bottom layer z1), comma-separated, e.g. 3 or 1,2,3")
         return value
 
+    _csv_layers = field_validator("inpaint_layers", mode="before")(lambda cls, v: split_csv(v))
+
+    @field_validator("inpaint_layers")
+    @classmethod
+    def _inpaint_layers_from_one(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if value is not None and (not value or min(value) < 1):
+            raise ValueError("--inpaint-layers takes layer numbers from 1 (the bottom layer z1), comma-separated, e.g. 1 or 1,2")
+        return value
+
+    @model_validator(mode="after")
+    def _inpaint_options_together(self) -> SampleConfig:
+        """--inpaint and --mask go together; the other inpainting options need them; the figure options do not combine."""
+        if (self.inpaint is None) != (self.mask is None):
+            raise ValueError("--inpaint IMAGE and --mask MASK go together: give both (or neither)")
+        if self.inpaint is None:
+            stray = [f"--{name.replace('_', '-')}" for name in INPAINT_FIELDS[2:] if getattr(self, name) is not None]
+            if stray:
+                raise ValueError(f"{', '.join(stray)} only apply with --inpaint IMAGE --mask MASK")
+            return self
+        clash = [f"--{name}" for name in EXCLUSIVE_WITH_INPAINT if getattr(self, name)]
+        if clash:
+            raise ValueError(f"{', '.join(clash)} do not combine with --inpaint (it writes its own grid); run them separately")
+        return self
+
     @classmethod
     def _derived_defaults(cls, data: dict[str, Any]) -> dict[str, Any]:
-        """The samples folder is named after the prior: RUN/samples/gaussian, RUN/samples/<prior folder name>."""
+        """The samples folder is named after the prior: RUN/samples/gaussian, RUN/samples/<prior folder name>
+        (RUN/samples/inpaint-<prior folder name> with --inpaint)."""
         data["prior"] = str(data.get("prior") or "gaussian")
+        if data.get("inpaint") is not None and data.get("out") is None:  # --inpaint: RUN/samples/inpaint-<prior name>
+            data["out"] = Path(data.get("run") or cls.model_fields["run"].default) / "samples" / f"inpaint-{Path(data['prior']).name}"
         return data
 
     def prior_dir(self) -> Path | None:

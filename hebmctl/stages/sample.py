@@ -38,6 +38,7 @@ from hebmctl.samplers import ChainStats, langevin
 from hebmctl.samplers.graphs import capture_enabled
 from hebmctl.schemas.common import InputRef
 from hebmctl.schemas.sample import SampleConfig, SamplesManifest
+from hebmctl.stages import inpainting
 from hebmctl.stages.artifacts import load_backbone, open_prior
 
 GRID_COLUMNS = 8
@@ -62,8 +63,10 @@ def run(config: SampleConfig, control: RunControl = RunControl()) -> SamplesMani
     capture_enabled(config.compile, device)  # --compile on without CUDA: refused before any folder work
     backbone = load_backbone(config.backbone, device)
     _check_traverse(config, backbone.model.num_layers)
+    inpaint_job = inpainting.prepare(config, backbone.model)  # checks --inpaint / --mask before any compute
     prior, prior_inputs = open_prior(config.prior_dir(), backbone, device, sampling_options(config))
     inputs = [InputRef(role="backbone", path=str(config.backbone), kind="backbone", sha256=backbone.manifest_sha256), *prior_inputs]
+    inputs += inpaint_job.input_refs(config) if inpaint_job else []
     fingerprint = stage_fingerprint(config, inputs)
     existing = prepare_output(config.out, SamplesManifest, fingerprint, control.force)
     if existing is not None:
@@ -71,6 +74,8 @@ def run(config: SampleConfig, control: RunControl = RunControl()) -> SamplesMani
         return existing
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
+    if inpaint_job is not None:
+        return _finish_inpainting(out, config, prior, inpaint_job, fingerprint, inputs)
     u0, z, images, chain_stats, wall_s = generate(config, prior)
     if not dist.is_main():
         return None  # rank 0 writes (DESIGN §8)
@@ -90,6 +95,19 @@ def run(config: SampleConfig, control: RunControl = RunControl()) -> SamplesMani
                                metrics=metrics, prior_kind=prior.kind, sampler=prior.describe(config.temperature, config.seed))
     write_manifest(out, manifest)
     console().print(f"[green]sample: done[/green] {config.n} images from the {prior.kind} prior in {wall_s:.1f} s -> {out}")
+    return manifest
+
+
+def _finish_inpainting(out: Path, config: SampleConfig, prior: priors.Prior, job: inpainting.InpaintJob, fingerprint: str,
+                       inputs: list[InputRef]) -> SamplesManifest:
+    """`--inpaint`: the inpainting outputs (`hebmctl.stages.inpainting`) and the manifest."""
+    names, metrics, settings = inpainting.write(out, config, prior, job)
+    metrics |= {"peak_rss_mb": round(peak_rss_mb(), 1), "device": str(prior.device)}
+    manifest = SamplesManifest(**common_fields(fingerprint), config=config, inputs=inputs, outputs=[describe_file(out, n) for n in names],
+                               metrics=metrics, prior_kind=prior.kind, sampler=prior.describe(config.temperature, config.seed) | settings)
+    write_manifest(out, manifest)
+    console().print(f"[green]sample: done[/green] {metrics['n_images']} images inpainted x {job.draws} draws with the {prior.kind} "
+                    f"prior -> {out}")
     return manifest
 
 
