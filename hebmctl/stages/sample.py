@@ -64,6 +64,8 @@ def run(config: SampleConfig, control: RunControl = RunControl()) -> SamplesMani
     backbone = load_backbone(config.backbone, device)
     _check_traverse(config, backbone.model.num_layers)
     inpaint_job = inpainting.prepare(config, backbone.model)  # checks --inpaint / --mask before any compute
+    if inpaint_job is not None and dist.world_size() > 1:
+        raise ConfigError("sample --inpaint runs in one process (its images are few): run it without torchrun.")
     prior, prior_inputs = open_prior(config.prior_dir(), backbone, device, sampling_options(config))
     inputs = [InputRef(role="backbone", path=str(config.backbone), kind="backbone", sha256=backbone.manifest_sha256), *prior_inputs]
     inputs += inpaint_job.input_refs(config) if inpaint_job else []
