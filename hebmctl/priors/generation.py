@@ -10,6 +10,7 @@ from torch import Tensor
 
 from hebmctl.errors import ConfigError, DivergenceError
 from hebmctl.priors.base import Prior
+from hebmctl.priors.labels import ClassCondition
 from hebmctl.samplers import ChainStats
 
 
@@ -29,13 +30,17 @@ def batch_generator(seed: int, start: int, device: torch.device) -> torch.Genera
     return torch.Generator(device=device).manual_seed(seed * 1_000_003 + start)
 
 
-def sample_batches(prior: Prior, n: int, batch_size: int, seed: int, temperature: float) -> Iterator[SampleBatch]:
-    """n samples in batches of batch_size; raises DivergenceError (non-finite u_0) or ConfigError (non-finite
-    z or x at this temperature) before anything is returned for that batch."""
+def sample_batches(prior: Prior, n: int, batch_size: int, seed: int, temperature: float,
+                   condition: ClassCondition | None = None) -> Iterator[SampleBatch]:
+    """n samples in batches of batch_size (image i under row i of `condition`, targets `[n, M]`, when given); raises
+    DivergenceError (non-finite u_0) or ConfigError (non-finite z or x at this temperature) before anything is returned
+    for that batch."""
     model = prior.backbone
     for start in range(0, n, batch_size):
         generator = batch_generator(seed, start, prior.device)
-        u0, chain = prior.draw(min(batch_size, n - start), generator)
+        stop = min(start + batch_size, n)
+        sampler = prior if condition is None else prior.conditioned(condition.rows(start, stop))
+        u0, chain = sampler.draw(stop - start, generator)
         _require_finite(u0, prior)
         with torch.no_grad():
             z = model.u_to_z(temperature * u0)  # DESIGN §3: z = T(tau * u_0)

@@ -29,10 +29,11 @@ import torch
 from torch import Tensor
 
 from hebmctl import priors
-from hebmctl.errors import DivergenceError
+from hebmctl.errors import ConfigError, DataError, DivergenceError
 from hebmctl.io.checkpoints import TrainingState, latest_checkpoint, load_checkpoint, save_checkpoint
 from hebmctl.io.console import append_jsonl, console, progress_bar, truncate_jsonl
 from hebmctl.io.latent_batches import LatentBatches
+from hebmctl.io.latent_store import read_labels
 from hebmctl.io.manifest import (
     check_lineage,
     common_fields,
@@ -50,7 +51,7 @@ from hebmctl.models.ema import ema_update
 from hebmctl.runtime import peak_cuda_mb, peak_rss_mb, resolve_device
 from hebmctl.schemas.common import InputRef
 from hebmctl.schemas.latents import LatentsManifest
-from hebmctl.schemas.prior import PriorManifest, TrainPriorConfig
+from hebmctl.schemas.prior import DEFAULT_LABEL_WEIGHT, LabelCoupling, PriorManifest, TrainPriorConfig
 from hebmctl.stages.artifacts import ENERGY_NAME, LoadedBackbone, load_backbone
 
 
@@ -68,6 +69,7 @@ def run(config: TrainPriorConfig, control: RunControl = RunControl()) -> PriorMa
     latents, latents_sha = read_manifest(config.latents, LatentsManifest)
     check_lineage(f"The latent cache {config.latents}", latents.input("backbone").sha256, config.backbone, backbone.manifest_sha256, config.latents)
     require_intact(config.latents, latents)
+    coupling = label_coupling(config, backbone.model.num_layers)
     inputs = [
         InputRef(role="backbone", path=str(config.backbone), kind="backbone", sha256=backbone.manifest_sha256),
         InputRef(role="latents", path=str(config.latents), kind="latents", sha256=latents_sha),
@@ -78,11 +80,38 @@ def run(config: TrainPriorConfig, control: RunControl = RunControl()) -> PriorMa
         console().print(f"[green]train-prior: {config.out} is up to date[/green]")
         return existing
     config.out.mkdir(parents=True, exist_ok=True)
-    trainer = _PriorTrainer(config, backbone, LatentBatches(config.latents / "train.h5", device, config.seed), device, fingerprint)
+    data = LatentBatches(config.latents / "train.h5", device, config.seed)
+    trainer = _PriorTrainer(config, backbone, data, device, fingerprint, coupling)
     if not trainer.train(control.stop_after):
         console().print(f"[yellow]train-prior: stopped at step {trainer.step}; re-run the same command to continue.[/yellow]")
         return None
     return _finalize(config, trainer, backbone, inputs, fingerprint, device)
+
+
+def label_coupling(config: TrainPriorConfig, num_layers: int) -> LabelCoupling | None:
+    """The label coupling of `--labels` (None without it), checked before any compute: the scheme must support it, the
+    cache must hold labels (C = max label + 1 classes) and `--label-layers` must name the backbone's layers."""
+    if not config.labels:
+        return None
+    priors.check_labels_supported(config.scheme)
+    labels = read_labels(config.latents / "train.h5")
+    known = labels[labels >= 0]
+    if known.size == 0:
+        raise DataError(f"--labels: the latent cache {config.latents} has no labels (every label is -1: the data set is unlabelled). "
+                        "Cache a labelled data set (e.g. mnist:DIR, or a folder with one sub-folder per class), or drop --labels.")
+    if known.size < labels.size:
+        raise DataError(f"--labels: {labels.size - known.size} of {labels.size} cached latents in {config.latents} have no label (-1); "
+                        "label coupling needs every training example labelled.")
+    n_classes = int(known.max()) + 1
+    if n_classes < 2:
+        raise DataError(f"--labels: the latent cache {config.latents} holds a single class; label coupling needs at least two.")
+    layers = config.label_layers or tuple(range(1, num_layers + 1))
+    if max(layers) > num_layers:
+        raise ConfigError(f"--label-layers {','.join(map(str, layers))}: the backbone has {num_layers} latent layers (z1 = bottom ... "
+                          f"z{num_layers} = top).")
+    dropout = config.label_dropout or 0.0
+    return LabelCoupling(n_classes=n_classes, label_groups=tuple(sorted(i - 1 for i in layers)), null_class=dropout > 0,
+                         label_dropout=dropout, label_weight=config.label_weight or DEFAULT_LABEL_WEIGHT)
 
 
 @dataclass
@@ -92,9 +121,11 @@ class _Progress:
 
 
 class _PriorTrainer:
-    def __init__(self, config: TrainPriorConfig, backbone: LoadedBackbone, data: LatentBatches, device: torch.device, fingerprint: str) -> None:
+    def __init__(self, config: TrainPriorConfig, backbone: LoadedBackbone, data: LatentBatches, device: torch.device, fingerprint: str,
+                 coupling: LabelCoupling | None = None) -> None:
         self.config, self.backbone, self.data, self.device, self.fingerprint = config, backbone, data, device, fingerprint
-        self.prior = priors.for_training(config, backbone.model, device)
+        self.coupling = coupling
+        self.prior = priors.for_training(config, backbone.model, device, coupling)
         self.energy = self.prior.energy
         self.ema = copy.deepcopy(self.energy).requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.energy.parameters(), lr=config.lr, betas=(config.beta1, 0.999))
@@ -132,15 +163,15 @@ class _PriorTrainer:
         truncate_jsonl(self.config.out / "metrics.jsonl", self.step)
         console().print(f"train-prior: resuming from {found.name} (step {self.step})")
 
-    def negatives_and_loss(self, u0: Tensor) -> tuple[Tensor | None, dict]:
-        """One EBM loss on a batch of cached u0 `[B, D]` (the prior's own negatives and loss, plus the energy
-        regulariser); returns (loss, log record), loss None on divergence."""
+    def negatives_and_loss(self, u0: Tensor, y: Tensor | None = None) -> tuple[Tensor | None, dict]:
+        """One EBM loss on a batch of cached u0 `[B, D]` (labels y `[B]` for --labels) (the prior's own negatives and loss,
+        plus the energy regulariser); returns (loss, log record), loss None on divergence."""
         cfg = self.config
-        outcome = self.prior.training_outcome(u0, self.generator)
+        outcome = self.prior.training_outcome(u0, self.generator, y)
         pos, neg, stats, loss = outcome.pos, outcome.neg, outcome.stats, outcome.loss
         if cfg.energy_l2 > 0:
             loss = loss + cfg.energy_l2 * (pos.pow(2) + neg.pow(2)).mean()
-        extra = {f"loss_{name}": float(v.detach()) for name, v in outcome.extra_losses.items()}
+        extra = {f"loss_{name}": float(v.detach()) for name, v in outcome.extra_losses.items()} | outcome.records
         record = extra | {"loss": loss.item(), "energy_gap": energy_gap(pos.detach(), neg.detach()), "neg_energy_pos": pos.mean().item(),
                   "neg_energy_neg": neg.mean().item(), "langevin_grad_norm": float(stats.grad_norm[-1]) if stats.n_steps else 0.0,
                   "loss_gap": outcome.gap}
@@ -157,7 +188,10 @@ class _PriorTrainer:
         for optimizer in optimizers:
             for group in optimizer.param_groups:
                 group["lr"] = self.config.lr * self.progress.lr_scale
-        loss, record = self.negatives_and_loss(self.data.batch(self.step, self.config.batch_size))
+        if self.coupling is not None:
+            loss, record = self.negatives_and_loss(*self.data.batch_with_labels(self.step, self.config.batch_size))
+        else:
+            loss, record = self.negatives_and_loss(self.data.batch(self.step, self.config.batch_size))
         if loss is None:
             return None
         for optimizer in optimizers:
@@ -238,6 +272,7 @@ def _finalize(config: TrainPriorConfig, trainer: _PriorTrainer, backbone: Loaded
         group_dims=backbone.model.group_dims,
         group_shapes=backbone.model.group_shapes,
         **trainer.prior.manifest_fields(),
+        label_coupling=trainer.coupling,
     )
     write_manifest(out, manifest)
     console().print(f"[green]train-prior: done[/green] {config.scheme}, energy gap {metrics['final_energy_gap']:+.4f}, {metrics['steps_per_s']:.2f} steps/s -> {out}")
