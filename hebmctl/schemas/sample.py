@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from hebmctl.schemas.common import ManifestBase, StageConfig, prior_folder, split_csv
 
@@ -15,8 +15,10 @@ class SampleConfig(StageConfig):
 
     run_defaults: ClassVar[dict[str, str]] = {"backbone": "backbone", "out": "samples/{prior.name}"}
     unhashed: ClassVar[frozenset[str]] = frozenset({"run", "device", "out", "prior"})  # the prior is an input (hashed by manifest)
-    hashed_when_set: ClassVar[frozenset[str]] = frozenset({"traverse", "traverse_dims"})
-    """Added with latent traversals: hashed only when set, so earlier samples keep their fingerprints."""
+    hashed_when_set: ClassVar[frozenset[str]] = frozenset({"traverse", "traverse_dims", "classes", "guidance"})
+    """Added with latent traversals and class conditions: hashed only when set, so earlier samples keep their fingerprints."""
+    cli_flags: ClassVar[dict[str, str]] = {"classes": "--class"}
+    repeated_options: ClassVar[frozenset[str]] = frozenset({"classes"})
 
     backbone: Path = Field(None, description="Backbone folder (default: RUN/backbone).")
     prior: str = Field("gaussian", description="'gaussian' (the backbone alone), a prior folder, or a prior name under RUN/priors/.")
@@ -37,12 +39,50 @@ class SampleConfig(StageConfig):
         "other coordinate fixed (Hier-EBM Fig. 11). Rows: the layer's coordinates that change the image most.")
     traverse_dims: int | None = Field(None, ge=1, description="Rows per traversal grid: the coordinates of the layer with the largest "
                                                               "image change over the sweep (default 10).")
+    classes: tuple[tuple[int, ...], ...] | None = Field(None, description="Class-conditional sampling from a prior trained with "
+        "--labels: level 0 samples F(z, y) instead of the marginal. One class for every image (--class 3) or a comma list, one class "
+        "per grid row, repeating (--class 0,1,2); given several times (--class A --class B), the classes are composed as a product "
+        "of experts, the sum of their energies (CDRL sec. 4.5), row by row.")
+    guidance: float | None = Field(None, ge=0, description="Classifier-free guidance weight w with --class: level 0 samples "
+        "(1 + w) F(z, y) - w F(z, null) (CDRL sec. 3.5); needs a prior trained with --label-dropout (default: no guidance).")
     trajectory_steps: int = Field(2500, ge=1, description="Length of the long run for the energy profile (--trajectory).")
     batch_size: int = Field(500, ge=1, description="Images per sampling batch.")
     seed: int = Field(0, description="Seed of the sampling noise.")
     device: str = Field("auto", description="Torch device: 'auto' (CUDA when present, else CPU), 'cpu', 'cuda', ...")
 
     _csv = field_validator("traverse", mode="before")(lambda cls, v: split_csv(v))
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _class_lists(cls, value: Any) -> Any:
+        """"3" / 3 / [3, "0,1"] / [[0, 1], [2]] -> one tuple of classes per --class; nothing given -> None."""
+        if value is None or isinstance(value, (str, int)):
+            value = None if value is None else [value]
+        if value is not None and not value:
+            return None
+        return value if value is None else tuple(split_csv(v) if isinstance(v, str) else ((v,) if isinstance(v, int) else v) for v in value)
+
+    @field_validator("classes")
+    @classmethod
+    def _classes_shape(cls, value: tuple[tuple[int, ...], ...] | None) -> tuple[tuple[int, ...], ...] | None:
+        if value is None:
+            return value
+        if any(not v or min(v) < 0 for v in value):
+            raise ValueError("takes class indices from 0, e.g. --class 3 or --class 0,1,2")
+        lengths = {len(v) for v in value} - {1}
+        if len(lengths) > 1:
+            raise ValueError(f"composed per-row lists must have one length (or a single class each), got lengths {sorted(lengths)}")
+        return value
+
+    @model_validator(mode="after")
+    def _guidance_needs_class(self) -> "SampleConfig":
+        if self.guidance is not None and self.classes is None:
+            raise ValueError("--guidance guides class-conditional samples: add --class")
+        return self
+
+    def class_rows(self) -> int:
+        """R, the rows the class lists cycle through (1 for single classes)."""
+        return max(len(v) for v in self.classes) if self.classes else 1
 
     @field_validator("traverse")
     @classmethod

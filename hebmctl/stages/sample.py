@@ -56,6 +56,7 @@ def run(config: SampleConfig, control: RunControl = RunControl()) -> SamplesMani
     backbone = load_backbone(config.backbone, device)
     _check_traverse(config, backbone.model.num_layers)
     prior, prior_inputs = open_prior(config.prior_dir(), backbone, device, sampling_options(config))
+    condition = class_condition(config, prior)
     inputs = [InputRef(role="backbone", path=str(config.backbone), kind="backbone", sha256=backbone.manifest_sha256), *prior_inputs]
     fingerprint = stage_fingerprint(config, inputs)
     existing = prepare_output(config.out, SamplesManifest, fingerprint, control.force)
@@ -64,8 +65,8 @@ def run(config: SampleConfig, control: RunControl = RunControl()) -> SamplesMani
         return existing
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
-    u0, z, images, chain_stats, wall_s = generate(config, prior)
-    names = _write_samples(out, u0, z, images, chain_stats)
+    u0, z, images, chain_stats, wall_s = generate(config, prior, condition)
+    names = _write_samples(out, u0, z, images, chain_stats, GRID_COLUMNS * max(GRID_COLUMNS, config.class_rows()))
     if config.hierarchical:
         names += _write_hierarchical(out, config, prior, u0[:GRID_COLUMNS])
     long_run: dict = {}
@@ -78,27 +79,59 @@ def run(config: SampleConfig, control: RunControl = RunControl()) -> SamplesMani
     metrics = long_run | {"wall_s": round(wall_s, 3), "images_per_s": round(config.n / max(wall_s, 1e-9), 2),
                "pixel_saturation": float(np.mean((images == 0) | (images == 255))), "peak_rss_mb": round(peak_rss_mb(), 1), "device": str(device)}
     manifest = SamplesManifest(**common_fields(fingerprint), config=config, inputs=inputs, outputs=[describe_file(out, n) for n in names],
-                               metrics=metrics, prior_kind=prior.kind, sampler=prior.describe(config.temperature, config.seed))
+                               metrics=metrics, prior_kind=prior.kind, sampler=prior.describe(config.temperature, config.seed)
+                               | _describe_condition(config))
     write_manifest(out, manifest)
     console().print(f"[green]sample: done[/green] {config.n} images from the {prior.kind} prior in {wall_s:.1f} s -> {out}")
     return manifest
 
 
-def generate(config: SampleConfig, prior: priors.Prior) -> tuple[Tensor, Tensor, np.ndarray, list[list[ChainStats]], float]:
-    """Batched sampling (`priors.sample_batches`: batch b draws from a generator seeded by (seed, b)).
-    Returns u0, z `[n, D]`, uint8 images `[n, H, W, C]`, the chain statistics per batch and the seconds taken."""
+def class_condition(config: SampleConfig, prior: priors.Prior) -> priors.ClassCondition | None:
+    """The targets `[n, M]` of --class (image i takes row (i // GRID_COLUMNS) mod R of each of the M lists, so each grid
+    row holds one class) and --guidance, checked against the prior before any compute; None without --class."""
+    if config.classes is None:
+        return None
+    heads = prior.labels
+    if heads is None:
+        raise ConfigError(f"--class needs a prior trained with train-prior --labels; {config.prior} is an unlabelled {prior.kind} prior.")
+    wrong = sorted({c for v in config.classes for c in v if c >= heads.n_classes})
+    if wrong:
+        raise ConfigError(f"--class {','.join(map(str, wrong))}: the prior {config.prior} was trained on {heads.n_classes} classes "
+                          f"(0 .. {heads.n_classes - 1}).")
+    if config.guidance and not heads.coupling.null_class:
+        raise ConfigError(f"--guidance needs a null class: the prior {config.prior} was trained without label dropout. Train it with "
+                          "train-prior --labels --label-dropout 0.1 (CDRL sec. 3.5), or sample without --guidance.")
+    rows = (torch.arange(config.n) // GRID_COLUMNS) % config.class_rows()  # [n]
+    lists = [torch.tensor(v)[rows % len(v)] for v in config.classes]  # M x [n]
+    return priors.ClassCondition(torch.stack(lists, dim=1).to(prior.device), float(config.guidance or 0.0))
+
+
+def _describe_condition(config: SampleConfig) -> dict:
+    if config.classes is None:
+        return {}
+    return {"class_condition": {"classes": [list(v) for v in config.classes], "grid_rows": config.class_rows(),
+                                "composition": "product of experts (sum of energies)" if len(config.classes) > 1 else None,
+                                "guidance": config.guidance or 0.0, "coupled_level": "t = 0 (diffusion) / every row (joint)"}}
+
+
+def generate(config: SampleConfig, prior: priors.Prior,
+             condition: priors.ClassCondition | None = None) -> tuple[Tensor, Tensor, np.ndarray, list[list[ChainStats]], float]:
+    """Batched sampling (`priors.sample_batches`: batch b draws from a generator seeded by (seed, b)), under the class
+    condition when given. Returns u0, z `[n, D]`, uint8 images `[n, H, W, C]`, the chain statistics per batch and the
+    seconds taken."""
     u_parts, z_parts, image_parts, stats = [], [], [], []
     t0 = time.perf_counter()
     with progress_bar() as bar:
         task = bar.add_task(f"sample {prior.kind}", total=config.n, unit="img", info="")
-        for batch in priors.sample_batches(prior, config.n, config.batch_size, config.seed, config.temperature):
+        for batch in priors.sample_batches(prior, config.n, config.batch_size, config.seed, config.temperature, condition):
             u_parts.append(batch.u0), z_parts.append(batch.z), image_parts.append(from_unit_range(batch.x)), stats.append(batch.stats)
             bar.update(task, advance=batch.u0.shape[0])
     return torch.cat(u_parts), torch.cat(z_parts), np.concatenate(image_parts), stats, time.perf_counter() - t0
 
 
-def _write_samples(out: Path, u0: Tensor, z: Tensor, images: np.ndarray, chain_stats: list[list[ChainStats]]) -> list[str]:
-    save_grid(out / "grid.png", images[: GRID_COLUMNS * GRID_COLUMNS], GRID_COLUMNS)
+def _write_samples(out: Path, u0: Tensor, z: Tensor, images: np.ndarray, chain_stats: list[list[ChainStats]], grid_images: int) -> list[str]:
+    """grid.png (the first grid_images images, GRID_COLUMNS per row), the images, latents and chain statistics."""
+    save_grid(out / "grid.png", images[:grid_images], GRID_COLUMNS)
     (out / "images").mkdir(exist_ok=True)
     for k, image in enumerate(images):
         save_png(out / "images" / f"{k:06d}.png", image)
