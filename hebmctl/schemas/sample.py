@@ -40,10 +40,11 @@ class SampleConfig(StageConfig):
     traverse_dims: int | None = Field(None, ge=1, description="Rows per traversal grid: the coordinates of the layer with the largest "
                                                               "image change over the sweep (default 10).")
     classes: tuple[tuple[int, ...], ...] | None = Field(None, description="Class-conditional sampling from a prior trained with "
-        "--labels: level 0 samples F(z, y) instead of the marginal. One class for every image (--class 3) or a comma list, one class "
+        "--labels: the coupled levels (t = 0; every level for --label-levels all) sample F(z, y) instead of the marginal. "
+        "One class for every image (--class 3) or a comma list, one class "
         "per grid row, repeating (--class 0,1,2); given several times (--class A --class B), the classes are composed as a product "
         "of experts, the sum of their energies (CDRL sec. 4.5), row by row.")
-    guidance: float | None = Field(None, ge=0, description="Classifier-free guidance weight w with --class: level 0 samples "
+    guidance: float | None = Field(None, ge=0, description="Classifier-free guidance weight w with --class: the coupled levels sample "
         "(1 + w) F(z, y) - w F(z, null) (CDRL sec. 3.5); needs a prior trained with --label-dropout (default: no guidance).")
     trajectory_steps: int = Field(2500, ge=1, description="Length of the long run for the energy profile (--trajectory).")
     batch_size: int = Field(500, ge=1, description="Images per sampling batch.")
