@@ -145,3 +145,16 @@ def test_unlabelled_training_step_is_unchanged_by_the_label_code():
     a = priors.for_training(config, IdentityBackbone(), CPU).training_outcome(u0, g1)
     b = priors.for_training(config, IdentityBackbone(), CPU).training_outcome(u0, g2, None)
     assert a.loss.item() == b.loss.item() and a.records == {} and torch.equal(g1.get_state(), g2.get_state())
+
+
+def test_label_options_are_checked_by_the_config():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="add --labels"):
+        TrainPriorConfig(label_dropout=0.1)
+    with pytest.raises(ValidationError, match="--scheme joint has none"):
+        TrainPriorConfig(scheme="joint", labels=True, label_levels="all")
+    with pytest.raises(ValidationError, match="distinct layer numbers"):
+        TrainPriorConfig(labels=True, label_layers="2,2")
+    plain, labelled = TrainPriorConfig(), TrainPriorConfig(labels=True)
+    assert "labels" not in plain.hashed_fields() and labelled.hashed_fields()["labels"] is True  # old fingerprints unchanged
