@@ -4,7 +4,8 @@ u_0 comes from N(0, I) (gaussian), K Langevin steps from N(0, I) (joint), or rev
 u_T ~ N(0, I) -> u_0 (diffusion); then z = T(tau * u_0) and x = decoder mean(z) (DESIGN §3).
 Writes `grid.png`, `images/NNNNNN.png`, `images.npz` (uint8 `images [N, H, W, C]`),
 `latents.safetensors` (`u0`, `z`), `chains.json` (per-step chain statistics), optional
-hierarchical and trajectory figures, then the manifest.
+hierarchical and trajectory figures, then the manifest. `--class` / `--guidance` sample a label-coupled prior's
+class-conditional (guided, composed) energy at its coupled levels; grid.png then holds one class per row.
 """
 
 from __future__ import annotations

@@ -9,6 +9,10 @@ negative energy F; density is proportional to exp(F)):
   loss mean(-(G(pos, t) - G(neg, t)) / s_t^2).
 - `cooperative` (CDRL): the diffusion scheme's EBMs, chains started by an initializer network regressed on the
   refined samples.
+`--labels` (diffusion and joint schemes) couples the cached class labels: per-class energies, the marginal as the
+prior's density, the conditional recovery likelihood at the coupled level and a cross-entropy term (the prior
+classes and `hebmctl.priors.labels`); the coupling is checked against the cache before any compute and recorded
+in the manifest (`label_coupling`).
 A prior's extra trainable networks (`prior.extra_modules()`, e.g. the cooperative initializer) get, generically,
 their own Adam (same learning rate and betas), EMA, gradient clip and checkpoint entries; their EMA weights are
 written as NAME.safetensors next to the energy.
