@@ -76,7 +76,8 @@ def config_parameters(model: type[BaseModel]) -> list[inspect.Parameter]:
         flag = option_name(name, model)
         decls = [f"{flag}/--no-{flag[2:]}"] if typ is bool else [flag]
         help_text = escape(f"{field.description}{extra}{_default_text(field)}")
-        option = typer.Option(None, *decls, help=help_text, show_default=False, metavar="" if typ is bool else None)
+        metavar = "" if typ is bool else ("<str>" if name in repeated else None)
+        option = typer.Option(None, *decls, help=help_text, show_default=False, metavar=metavar)
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=typ | None))
     return params
 
