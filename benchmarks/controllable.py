@@ -11,8 +11,8 @@ requested class?
    --guidance w`: level 0 samples (1 + w) F(z, y) - w F(z, null); w = 0 is the plain conditional F(z, y)); the fraction
    classified as y, per class and overall. The unconditional samples' predicted-class histogram is the baseline.
 3. Ceilings: the classifier's per-class accuracy on the real test images and on the backbone's reconstructions of them.
-4. With `--fid-n N > 0`: FID per class of N samples (w = 0) against N real test images of that class (small N: biased
-   upwards, only comparable at equal N).
+4. With `--fid-n N > 0`: FID per class of N samples (w = 0) against N real test images of that class, and of N other
+   real test images of the class against the same N (the floor at this N: small N biases FID upwards).
 
 Writes benchmarks/results/<name>.json.
 """
@@ -152,10 +152,12 @@ def fid_per_class(args: argparse.Namespace, prior: priors.Prior) -> dict:
     """FID (w = 0) per class, N generated vs N real test images of the class (N = --fid-n)."""
     extractor = InceptionFeatures(resolve_inception_weights(), CPU)
     x_test, y_test = _load_idx_split(SHARED_DATA / DATA_FOLDERS[args.data], "test", N_CLASSES)
-    out = {"n": args.fid_n}
+    n, out = args.fid_n, {"n": args.fid_n, "samples_vs_real": {}, "real_vs_real": {}}
     for c in range(N_CLASSES):
-        generated = samples(prior, torch.full((args.fid_n,), c), 0.0, args.seed + 1)
-        out[str(c)] = round(fid_from_images(generated, x_test[y_test == c][: args.fid_n], extractor), 2)
+        generated = samples(prior, torch.full((n,), c), 0.0, args.seed + 1)
+        real = x_test[y_test == c]
+        out["samples_vs_real"][str(c)] = round(fid_from_images(generated, real[:n], extractor), 2)
+        out["real_vs_real"][str(c)] = round(fid_from_images(real[n : 2 * n], real[:n], extractor), 2)  # the small-N floor
     return out
 
 
