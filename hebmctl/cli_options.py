@@ -44,9 +44,11 @@ def _option_type(annotation: Any) -> tuple[Any, str]:
     return str, ""
 
 
-def option_name(field: str) -> str:
-    """The command-line flag of a config field: `langevin_steps` -> `--langevin-steps`."""
-    return "--" + field.replace("_", "-")
+def option_name(field: str, model: type[BaseModel] | None = None) -> str:
+    """The command-line flag of a config field: `langevin_steps` -> `--langevin-steps`, or the model's `cli_flags`
+    entry (a flag that is not a Python name, e.g. `classes` -> `--class`)."""
+    flags = getattr(model, "cli_flags", {}) if model is not None else {}
+    return flags.get(field) or "--" + field.replace("_", "-")
 
 
 def _default_text(field: FieldInfo) -> str:
@@ -67,12 +69,15 @@ def _default_text(field: FieldInfo) -> str:
 def config_parameters(model: type[BaseModel]) -> list[inspect.Parameter]:
     """One keyword-only Typer option per config field (help text escaped: it is not Rich markup)."""
     params = []
+    repeated = getattr(model, "repeated_options", frozenset())
     for name, field in model.model_fields.items():
         typ, extra = _option_type(field.annotation)
-        flag = option_name(name)
+        typ = list[str] if name in repeated else typ  # given several times: one value each (e.g. --class A --class B)
+        flag = option_name(name, model)
         decls = [f"{flag}/--no-{flag[2:]}"] if typ is bool else [flag]
         help_text = escape(f"{field.description}{extra}{_default_text(field)}")
-        option = typer.Option(None, *decls, help=help_text, show_default=False, metavar="" if typ is bool else None)
+        metavar = "" if typ is bool else ("<str>" if name in repeated else None)
+        option = typer.Option(None, *decls, help=help_text, show_default=False, metavar=metavar)
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=typ | None))
     return params
 
@@ -146,7 +151,7 @@ def describe_validation_error(exc: ValidationError, model: type[BaseModel] | Non
     for error in exc.errors():
         loc = error["loc"]
         name = str(loc[0]) if loc else ""
-        where = (f"[{table}] {name}" if table else option_name(name)) if name else (f"[{table}]" if table else "the settings")
+        where = (f"[{table}] {name}" if table else option_name(name, model)) if name else (f"[{table}]" if table else "the settings")
         message = error["msg"].removeprefix("Value error, ")
         shown = _shown(error["input"]) if "input" in error and not isinstance(error["input"], dict) else None
         got = f", got {shown}" if shown is not None and shown not in message else ""
@@ -154,7 +159,7 @@ def describe_validation_error(exc: ValidationError, model: type[BaseModel] | Non
             problems.append(f"{where} is required")
         elif error["type"] == "extra_forbidden":
             guesses = difflib.get_close_matches(name, list(fields), n=1)
-            hint = f" (did you mean {guesses[0] if table else option_name(guesses[0])}?)" if guesses else ""
+            hint = f" (did you mean {guesses[0] if table else option_name(guesses[0], model)}?)" if guesses else ""
             problems.append(f"{where} is not a setting of this stage{hint}")
         elif error["type"] in NUMBER_ERRORS and name in fields:
             problems.append(f"{where} must be {_number_rule(fields[name])}{got}")

@@ -12,6 +12,8 @@ import h5py
 import numpy as np
 import torch
 
+from hebmctl.io.latent_store import read_labels
+
 IN_MEMORY_LIMIT_BYTES = 4 * 2**30
 """u0 caches up to this size (as float32) are loaded whole; larger ones are read per batch."""
 
@@ -26,6 +28,7 @@ class LatentBatches:
         self.n_images, self.samples_per_image, self.dim = n, s, d
         self.in_memory = n * s * d * 4 <= in_memory_limit_bytes
         self._u0: torch.Tensor | None = None
+        self._labels: torch.Tensor | None = None
         if self.in_memory:
             with h5py.File(self.path, "r") as handle:
                 self._u0 = torch.from_numpy(handle["u0"][...].astype(np.float32).reshape(n * s, d)).to(device)
@@ -43,6 +46,14 @@ class LatentBatches:
         if self._u0 is not None:
             return self._u0[rows.to(self.device)]
         return self._read_rows(rows).to(self.device)
+
+    def batch_with_labels(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows of `batch(step, batch_size)` `[B, D]` and their images' labels `[B]` int64 (sample r of image i has i's label)."""
+        if self._labels is None:
+            self._labels = torch.from_numpy(read_labels(self.path).astype(np.int64)).to(self.device)
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        rows = torch.randint(len(self), (batch_size,), generator=gen)
+        return self.batch(step, batch_size), self._labels[(rows // self.samples_per_image).to(self.device)]
 
     def _read_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """Streamed path: h5py reads sorted unique image rows, then the sample axis is picked in memory."""

@@ -222,3 +222,14 @@ def read_latents(path: Path) -> LatentSplit:
             )
     except (OSError, KeyError) as exc:
         raise ArtifactError(f"Could not read the latent file {path} ({exc}). Delete the latent folder and re-run cache-latents.") from exc
+
+
+def read_labels(path: Path) -> np.ndarray:
+    """The labels `[N]` int64 of a complete latent file (-1 = unlabelled), without reading the latents."""
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as handle:
+            return handle["labels"][...].astype(np.int64)
+    except (OSError, KeyError) as exc:
+        raise ArtifactError(f"Could not read the labels of the latent file {path} ({exc}). Delete the latent folder and re-run "
+                            "cache-latents.") from exc

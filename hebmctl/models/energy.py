@@ -299,15 +299,18 @@ class JointEnergy(nn.Module):
         """Each ``f_i(z_i, t)``: ``[B]``, or ``[B, n_classes]`` for label groups."""
         return [f(z_i, t) for f, z_i in zip(self.groups, self.split(z))]
 
-    def class_logits(self, z: Tensor, t: Tensor | None = None) -> Tensor:
+    def class_logits(self, z: Tensor, t: Tensor | None = None, groups: Sequence[int] | None = None) -> Tensor:
         """``F(z, y)`` for every class: ``[B, n_classes]`` (label groups' per-class outputs summed,
-        the other groups' scalars broadcast over classes)."""
+        the other groups' scalars broadcast over classes); with ``groups``, the sum over those groups only."""
         if self.n_classes == 0:
             raise ValueError("class_logits needs a labelled energy (n_classes > 0)")
         parts = self.group_neg_energies(z, t)
+        chosen = set(range(len(parts))) if groups is None else set(groups)
         scalar = torch.zeros(z.shape[0], 1, device=z.device, dtype=z.dtype)
         per_class = torch.zeros(z.shape[0], self.n_classes, device=z.device, dtype=z.dtype)
         for i, p in enumerate(parts):
+            if i not in chosen:
+                continue
             if i in self.label_groups:
                 per_class = per_class + p
             else:

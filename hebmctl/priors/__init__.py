@@ -9,13 +9,17 @@ from hebmctl.priors.base import NegEnergyOfZ, PosteriorLangevin, Prior, Sampling
 from hebmctl.priors.cooperative import CooperativePrior
 from hebmctl.priors.diffusion import DiffusionPrior
 from hebmctl.priors.energy_prior import EnergyPrior
-from hebmctl.priors.factory import PRIOR_CLASSES, energy_network, for_training, from_energy, gaussian, load
+from hebmctl.priors.factory import PRIOR_CLASSES, check_labels_supported, energy_network, for_training, from_energy, gaussian, load
 from hebmctl.priors.gaussian import GaussianPrior
 from hebmctl.priors.generation import SampleBatch, sample_batches
 from hebmctl.priors.joint import JointPrior
+from hebmctl.priors.labels import MARGINAL, ClassCondition, LabelHeads
 
 __all__ = [
+    "MARGINAL",
     "PRIOR_CLASSES",
+    "ClassCondition",
+    "LabelHeads",
     "CooperativePrior",
     "DiffusionPrior",
     "EnergyPrior",
@@ -28,6 +32,7 @@ __all__ = [
     "SamplingOptions",
     "TrainingOutcome",
     "Trajectory",
+    "check_labels_supported",
     "energy_network",
     "for_training",
     "from_energy",

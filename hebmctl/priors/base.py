@@ -16,8 +16,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from hebmctl.errors import ConfigError
 from hebmctl.metrics.likelihood import SCORE_TERMS, PosteriorRefiner, likelihood_detection_scores
 from hebmctl.models.backbone import Backbone
+from hebmctl.priors.labels import ClassCondition, LabelHeads
 from hebmctl.samplers import ChainStats, LogDensity
 from hebmctl.samplers.graphs import CaptureMode
 from hebmctl.samplers.posterior import sample_posterior
@@ -50,7 +52,8 @@ class TrainingOutcome:
     """One batch of the EBM loss: loss `[]`, negative energies on positives and negatives `[B]`, the chain's
     statistics, and `gap`, the positive-negative gap in the units the loss uses (the runaway guard's quantity).
     `extra_losses`: the losses `[]` of the prior's extra trainable modules (`EnergyPrior.extra_modules`), by module
-    name; each is minimised by that module's own optimizer (the trainer adds them to the backward pass)."""
+    name; each is minimised by that module's own optimizer (the trainer adds them to the backward pass). `records`: values
+    for metrics.jsonl (a label-coupled prior's cross-entropy, which `loss` already includes, and its batch accuracy)."""
 
     loss: Tensor
     pos: Tensor
@@ -58,6 +61,7 @@ class TrainingOutcome:
     stats: ChainStats
     gap: float
     extra_losses: dict[str, Tensor] = field(default_factory=dict)
+    records: dict[str, float] = field(default_factory=dict)  # further values to log (e.g. the label cross-entropy)
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,7 @@ class Prior(ABC):
 
     kind: ClassVar[str]
     energy_in_score: ClassVar[str] = "none"
+    labels: LabelHeads | None = None  # the label coupling of a prior trained with --labels (`EnergyPrior`)
 
     def __init__(self, backbone: Backbone, device: torch.device, n_steps: int = 0, step_size: float = 0.0) -> None:
         self.backbone, self.device = backbone, device
@@ -121,6 +126,10 @@ class Prior(ABC):
         neg_energy = self.neg_energy_of_z()
         return lambda u_q, generator: sample_posterior(self.backbone, neg_energy, x, u_q, posterior.n_steps, posterior.step_size,
                                                        generator)[0]
+
+    def conditioned(self, condition: ClassCondition) -> Prior:
+        """This prior sampling under a class condition at its coupled level; only label-coupled priors have one."""
+        raise ConfigError(f"The {self.kind} prior has no class labels; train one with train-prior --labels.")
 
     def describe(self, temperature: float, seed: int) -> dict:
         """Every number of the sampler, for manifests."""

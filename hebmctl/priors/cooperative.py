@@ -105,7 +105,9 @@ class CooperativePrior(DiffusionPrior):
     def describe(self, temperature: float, seed: int) -> dict:
         return super().describe(temperature, seed) | {"initializer": True, "tweedie": self.tweedie}
 
-    def training_outcome(self, u0: Tensor, generator: Noise) -> TrainingOutcome:
+    supports_labels = False  # the initializer g(u_{t+1}, t) is unconditional; --labels is refused before compute
+
+    def training_outcome(self, u0: Tensor, generator: Noise, y: Tensor | None = None) -> TrainingOutcome:
         """t ~ U{0..T-1}; (u_t, u_{t+1}) with shared noise (or the forward kernel); u_init from the initializer;
         K Langevin steps of log p(u_t | u_{t+1}) from u_init; EBM loss mean(-(G(pos, t) - G(neg, t)) / s_t^2) as the
         diffusion scheme; initializer loss mean |sg(u_K) - g(u_{t+1}, t)|^2 over the batch and coordinates (CDRL eq. 7)."""

@@ -25,16 +25,17 @@ from hebmctl.samplers import (
     reverse_diffusion_sample,
 )
 from hebmctl.samplers.conditional import resample_masked_diffusion
-from hebmctl.schemas.prior import TrainPriorConfig
+from hebmctl.schemas.prior import LabelCoupling, TrainPriorConfig
 
 
 class DiffusionPrior(EnergyPrior):
     kind = "diffusion"
+    supports_labels = True  # coupled at t = 0 (Diff-EBM sec. 3.3)
     energy_in_score = "Diff-EBM sec. 5.2: G^{>k}(u_0, 0) / s_0^2 of u_0 ~ p(u_0 | u_1), u_1 = the posterior's u_{>k} at level 1"
 
     def __init__(self, config: TrainPriorConfig, energy: JointEnergy, backbone: Backbone, device: torch.device,
-                 options: SamplingOptions) -> None:
-        super().__init__(config, energy, backbone, device, options)
+                 options: SamplingOptions, coupling: LabelCoupling | None = None) -> None:
+        super().__init__(config, energy, backbone, device, options, coupling)
         self.schedule = make_schedule(config.schedule, config.T).to(device)
         self.step_sizes_sq = anchor_step_sizes_sq(self.schedule, config.b2).to(device)  # training s_t^2 `[T]`
 
@@ -46,6 +47,15 @@ class DiffusionPrior(EnergyPrior):
     @classmethod
     def n_levels(cls, config: TrainPriorConfig) -> int:
         return config.T
+
+    def level_scale(self, t: Tensor | None, like: Tensor) -> Tensor:
+        """s_t^2 `[B]`: the level-t density holds G / s_t^2 (scaled parametrisation), so class logits are G(z, y, t) / s_t^2."""
+        return self.step_sizes_sq[t].to(like.dtype)
+
+    def coupled_rows(self, t: Tensor | None, like: Tensor) -> Tensor:
+        """The rows at t = 0, where Diff-EBM couples the label (sec. 3.3): log p(u_0, y | u_1) uses F(z, y); every row with
+        --label-levels all (the all-level coupling variant: log p(u_t, y | u_{t+1}) uses F(z_t, y, t) at each level)."""
+        return torch.ones_like(t, dtype=torch.bool) if self.config.label_levels == "all" else t == 0
 
     def from_noise(self, u_top: Tensor, generator: torch.Generator) -> tuple[Tensor, list[ChainStats]]:
         """Reverse diffusion u_T = u_top -> u_0, K Langevin steps per level (Diff-EBM Alg. 2)."""
@@ -61,8 +71,11 @@ class DiffusionPrior(EnergyPrior):
         z = T(u) only (F = sum_i f_i(z_i, t), so this is the sum over the top groups; a labelled group is marginalised
         over its classes by logsumexp)."""
         t = self._levels(0, u)
-        per_group = self.energy.group_neg_energies(self.backbone.u_to_z(u), t)
-        top = [g.logsumexp(-1) if g.dim() == 2 else g for g in per_group[k:]]
+        z = self.backbone.u_to_z(u)
+        if self.labels is not None:  # the marginal over the real classes of the top groups' class logits
+            logits = self.energy.class_logits(z, t, groups=range(k, self.backbone.num_layers))
+            return self.labels.marginal(logits, self.level_scale(t, u)) / float(self.step_sizes_sq[0])
+        top = self.energy.group_neg_energies(z, t)[k:]
         return torch.stack(top, 0).sum(0) / float(self.step_sizes_sq[0])
 
     def diffebm_ood(self, u_q: Tensor, k: int, generator: torch.Generator) -> Tensor:
@@ -119,16 +132,21 @@ class DiffusionPrior(EnergyPrior):
         step = float(self.step_sizes_sq[0].sqrt()) * self.step_size
         return Trajectory(levels, u0, log_density, lambda u: self.neg_energy_on_u(u, self._levels(0, u)), step)
 
-    def training_outcome(self, u0: Tensor, generator: Noise) -> TrainingOutcome:
+    def training_outcome(self, u0: Tensor, generator: Noise, y: Tensor | None = None) -> TrainingOutcome:
         """t ~ U{0..T-1} per example, (u_t, u_{t+1}) forward from u_0, K Langevin steps of log p(u_t | u_{t+1}) from
-        u_{t+1}; loss mean(-(G(pos, t) - G(neg, t)) / s_t^2) (Diff-EBM eq. 12-13, scaled parametrisation)."""
+        u_{t+1}; loss mean(-(G(pos, t) - G(neg, t)) / s_t^2) (Diff-EBM eq. 12-13, scaled parametrisation).
+        With labels y `[B]` (Diff-EBM App. A.2): G is the marginal s_t^2 logsumexp_y G(z, y, t) / s_t^2 (F(z, null) on
+        the rows label dropout picks at t = 0), and the loss adds the weighted cross-entropy of softmax_y G(z, y, 0) / s_0^2
+        on the t = 0 positives: together -log p(u_0, y | u_1) at weight 1."""
         t = randint(self.config.T, (u0.shape[0],), generator, self.device)
         u_t, u_tp1 = forward_pairs(u0, t, self.schedule, generator)
-        log_p = conditional_log_density(self.neg_energy_on_u, u_tp1, t, self.schedule, self.step_sizes_sq)
+        neg_energy, ce, records = self.label_terms(u_t, t, y, generator)
+        log_p = conditional_log_density(neg_energy, u_tp1, t, self.schedule, self.step_sizes_sq)
         s_sq = self.step_sizes_sq[t]
         u_neg, stats = langevin(log_p, u_tp1, self.n_steps, s_sq.sqrt(), generator, runner=self.runner)
-        pos, neg = self.neg_energy_on_u(u_t, t), self.neg_energy_on_u(u_neg, t)
-        return TrainingOutcome(diffusion_ebm_loss(pos, neg, s_sq), pos, neg, stats, scaled_gap(pos, neg, s_sq))
+        pos, neg = neg_energy(u_t, t), neg_energy(u_neg, t)
+        loss = diffusion_ebm_loss(pos, neg, s_sq)
+        return TrainingOutcome(loss if ce is None else loss + ce, pos, neg, stats, scaled_gap(pos, neg, s_sq), records=records)
 
 
 def scaled_gap(pos: Tensor, neg: Tensor, step_size_sq: Tensor) -> float:

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from hebmctl.errors import ConfigError, DivergenceError
 from hebmctl.priors.base import Prior
+from hebmctl.priors.labels import ClassCondition
 from hebmctl.samplers import ChainStats
 
 
@@ -30,18 +31,20 @@ def batch_generator(seed: int, start: int, device: torch.device) -> torch.Genera
 
 
 def sample_batches(prior: Prior, n: int, batch_size: int, seed: int, temperature: float,
-                   rows: tuple[int, int] | None = None) -> Iterator[SampleBatch]:
+                   rows: tuple[int, int] | None = None, condition: ClassCondition | None = None) -> Iterator[SampleBatch]:
     """n samples in batches of batch_size (with `rows` `(start, stop)`, start a multiple of batch_size: only the
-    batches of samples start .. stop - 1, exactly as they come in the whole run, one process's share); raises
-    DivergenceError (non-finite u_0) or ConfigError (non-finite z or x at this temperature) before anything is
-    returned for that batch."""
+    batches of samples start .. stop - 1, exactly as they come in the whole run, one process's share; image i under
+    row i of `condition`, targets `[n, M]`, when given); raises DivergenceError (non-finite u_0) or ConfigError
+    (non-finite z or x at this temperature) before anything is returned for that batch."""
     model = prior.backbone
     first, stop = rows if rows is not None else (0, n)
     if first < stop and first % batch_size:  # an empty range (a rank without batches) may start anywhere
         raise ValueError(f"rows must start at a whole batch: {first} is not a multiple of {batch_size}")
     for start in range(first, stop, batch_size):
         generator = batch_generator(seed, start, prior.device)
-        u0, chain = prior.draw(min(batch_size, stop - start), generator)
+        batch_stop = min(start + batch_size, stop)
+        sampler = prior if condition is None else prior.conditioned(condition.rows(start, batch_stop))
+        u0, chain = sampler.draw(batch_stop - start, generator)
         _require_finite(u0, prior)
         with torch.no_grad():
             z = model.u_to_z(temperature * u0)  # DESIGN §3: z = T(tau * u_0)

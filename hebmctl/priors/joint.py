@@ -19,6 +19,7 @@ TRAJECTORY_ROWS = 4
 class JointPrior(EnergyPrior):
     kind = "joint"
     energy_in_score = "F(z)"
+    supports_labels = True  # one level: the label couples at every row (Joint-EBM has no diffusion levels)
 
     @classmethod
     def resolve_step(cls, config: TrainPriorConfig, n_steps: int, options: SamplingOptions) -> float:
@@ -36,6 +37,9 @@ class JointPrior(EnergyPrior):
         return resample_masked_joint(self._neg_energy, u_fixed, mask, self.n_steps, self.step_size, generator)[0]
 
     def neg_energy_of_z(self) -> NegEnergyOfZ:
+        """F(z) `[B]`; for a labelled energy the marginal logsumexp_y F(z, y) over the real classes."""
+        if self.labels is not None:
+            return lambda z: self.labels.marginal(self.energy.class_logits(z, None), torch.ones(z.shape[0], device=z.device))
         return lambda z: self.energy(z, None)
 
     def describe(self, temperature: float, seed: int) -> dict:
@@ -53,9 +57,14 @@ class JointPrior(EnergyPrior):
             rows.append(u)
         return Trajectory(rows, u, joint_prior_log_density(self._neg_energy), self._neg_energy, self.step_size)
 
-    def training_outcome(self, u0: Tensor, generator: Noise) -> TrainingOutcome:
-        """Negatives: K Langevin steps from N(0, I); loss mean F(T(u_neg)) - mean F(T(u_pos)) (Joint-EBM eq. 17)."""
+    def training_outcome(self, u0: Tensor, generator: Noise, y: Tensor | None = None) -> TrainingOutcome:
+        """Negatives: K Langevin steps from N(0, I); loss mean F(T(u_neg)) - mean F(T(u_pos)) (Joint-EBM eq. 17).
+        With labels y `[B]`: F is the marginal logsumexp_y F(z, y) (F(z, null) on the rows label dropout picks; row i's
+        chain targets row i's energy) and the loss adds the weighted cross-entropy of softmax_y F(z_pos, y)."""
         u_init = randn(u0.shape, generator, self.device)
-        u_neg, stats = sample_joint_prior(self._neg_energy, u_init, self.n_steps, self.step_size, generator, runner=self.runner)
-        pos, neg = self._neg_energy(u0), self._neg_energy(u_neg)
-        return TrainingOutcome(joint_ebm_loss(pos, neg), pos, neg, stats, energy_gap(pos, neg))
+        neg_energy, ce, records = self.label_terms(u0, None, y, generator)
+        u_neg, stats = sample_joint_prior(lambda u: neg_energy(u, None), u_init, self.n_steps, self.step_size, generator,
+                                          runner=self.runner)
+        pos, neg = neg_energy(u0, None), neg_energy(u_neg, None)
+        loss = joint_ebm_loss(pos, neg)
+        return TrainingOutcome(loss if ce is None else loss + ce, pos, neg, stats, energy_gap(pos, neg), records=records)

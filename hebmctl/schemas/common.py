@@ -72,6 +72,10 @@ class StageConfig(StrictModel):
     hashed_when_set: ClassVar[frozenset[str]] = frozenset()
     """Optional fields added after artifacts were written: hashed only when not None, so that the
     fingerprints of earlier artifacts (which lack them) stay valid."""
+    cli_flags: ClassVar[dict[str, str]] = {}
+    """Field -> command-line flag where the flag is not the field's kebab-case name (e.g. `classes` -> `--class`)."""
+    repeated_options: ClassVar[frozenset[str]] = frozenset()
+    """Fields whose flag may be given several times, one value each."""
     hashed_as_default: ClassVar[frozenset[str]] = frozenset()
     """Fields that do not change the result but were once hashed: they enter the fingerprint at their
     default value, so that changing them neither re-runs the stage nor invalidates existing artifacts."""

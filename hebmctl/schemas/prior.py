@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
-from hebmctl.schemas.common import ManifestBase, StageConfig
+from hebmctl.schemas.common import ManifestBase, StageConfig, StrictModel, split_csv
 
 DEFAULT_LANGEVIN_STEPS = {"joint": 60, "diffusion": 30, "cooperative": 30}
 DEFAULT_STEP_SIZE = {"joint": 0.1}
@@ -16,6 +16,9 @@ DEFAULT_STEP_SIZE = {"joint": 0.1}
 (docs/fashion-mnist.md)."""
 DEFAULT_ENERGY_L2 = {"joint": 0.1, "diffusion": 0.0, "cooperative": 0.0}
 DEFAULT_CONV_CHANNELS, DEFAULT_CONV_DEPTH = 64, 2
+DEFAULT_LABEL_WEIGHT = 1.0
+"""The cross-entropy weight of --labels: log p(u_0, y | u_1) = log p(u_0 | u_1) + log p(y | u_0), and softmax_y of the
+level-0 density's own logits G(z, y, 0) / s_0^2 is p(y | u_0), so weight 1 is maximum likelihood of the joint."""
 DEFAULT_MAX_ENERGY_GAP = {"joint": 100.0, "diffusion": 1e5, "cooperative": 1e5}
 """The runaway guard compares the gap in the units of each scheme's loss. Diffusion: mean((G_pos - G_neg) / s_t^2),
 whose healthy batch-to-batch spread is large because s_0^2 ~ 1e-5 (MNIST vlae-small, 843 steps: median |gap| 102,
@@ -28,9 +31,10 @@ class TrainPriorConfig(StageConfig):
     run_defaults: ClassVar[dict[str, str]] = {"backbone": "backbone", "latents": "latents", "out": "priors/{name}"}
     unhashed: ClassVar[frozenset[str]] = frozenset({"run", "device", "compile", "name", "out", "log_every", "checkpoint_every",
                                                     "keep_checkpoints"})
-    hashed_when_set: ClassVar[frozenset[str]] = frozenset({"conv_channels", "conv_depth", "shared_noise", "tweedie"})
+    hashed_when_set: ClassVar[frozenset[str]] = frozenset({"conv_channels", "conv_depth", "shared_noise", "tweedie", "labels",
+                                                           "label_layers", "label_levels", "label_dropout", "label_weight"})
     """Unset = DEFAULT_CONV_CHANNELS / DEFAULT_CONV_DEPTH, left unset so that priors written before spatial groups keep their "
-        "fingerprints; shared_noise and tweedie (cooperative scheme) likewise stay unset unless given."""
+        "fingerprints; shared_noise and tweedie (cooperative scheme) and the label options likewise stay unset unless given."""
 
     backbone: Path = Field(None, description="Backbone folder (default: RUN/backbone).")
     latents: Path = Field(None, description="Latent cache folder (default: RUN/latents).")
@@ -45,6 +49,18 @@ class TrainPriorConfig(StageConfig):
         "kernel, as the diffusion scheme.")
     tweedie: bool | None = Field(None, description="Cooperative scheme: after the last level, the noiseless Tweedie step "
         "u_0 <- u_0 + sigma_0^2 grad log p(u_0 | u_1) (CDRL; default false).")
+    labels: bool | None = Field(None, description="Couple the class label at t = 0 (Diff-EBM sec. 3.3 / App. A.2): the energy "
+        "outputs one logit per class F(z, y), the marginal logsumexp_y F(z, y) is the prior's density, and training adds the "
+        "cross-entropy of softmax_y F(z, y) on the cached labels (default off; the diffusion and joint schemes).")
+    label_layers: tuple[int, ...] | None = Field(None, description="With --labels: couple the label at these latent layers only (1 = "
+        "bottom z1, comma-separated); the other layers keep one scalar output (default: every layer).")
+    label_levels: Literal["0", "all"] | None = Field(None, description="With --labels, diffusion scheme: the levels the label couples "
+        "at. '0' (default): t = 0 only, as Diff-EBM sec. 3.3; 'all' (a variant, 'all-level coupling'): every level t has its own "
+        "F(z_t, y, t), trained with its own cross-entropy, and `sample --class` conditions every level of the reverse diffusion.")
+    label_dropout: float | None = Field(None, ge=0, lt=1, description="With --labels: replace the label by a null class with this "
+        "probability at t = 0, training F(z, null) for classifier-free guidance (CDRL sec. 3.5; e.g. 0.1; default: no null class).")
+    label_weight: float | None = Field(None, gt=0, description="With --labels: weight of the cross-entropy term (default "
+        f"{DEFAULT_LABEL_WEIGHT:g}: the loss is then the joint likelihood -log p(u_0, y | u_1), both terms in nats).")
     schedule: Literal["drl", "cosine"] = Field("drl", description="Noise schedule of the diffusion scheme.")
     b2: float = Field(3e-5, gt=0, description="Diffusion scheme step-size scale: "
                                               "s_t^2 = (sigma_cum[t] / sigma_cum[0]) * b2 * sigma[t+1]^2.")
@@ -80,6 +96,21 @@ class TrainPriorConfig(StageConfig):
     compile: Literal["auto", "on", "off"] = Field("auto", description="Capture the Langevin step in a CUDA graph (replayed each "
         "step; the same numbers as the eager loop): 'auto' on CUDA only, 'on' (an error without CUDA), 'off' the eager loop.")
 
+    _csv = field_validator("label_layers", mode="before")(lambda cls, v: split_csv(v))
+
+    @model_validator(mode="after")
+    def _label_options_need_labels(self) -> "TrainPriorConfig":
+        given = [name for name in ("label_layers", "label_levels", "label_dropout", "label_weight") if getattr(self, name) is not None]
+        if given and not self.labels:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise ValueError(f"{flags} only apply to a label-coupled prior: add --labels")
+        if self.label_levels is not None and self.scheme != "diffusion":
+            raise ValueError(f"--label-levels applies to the diffusion scheme's levels; --scheme {self.scheme} has none to choose")
+        if self.label_layers is not None and (not self.label_layers or min(self.label_layers) < 1
+                                              or len(set(self.label_layers)) != len(self.label_layers)):
+            raise ValueError("--label-layers takes distinct layer numbers from 1 (the bottom layer z1), comma-separated, e.g. 3 or 2,3")
+        return self
+
     @classmethod
     def _derived_defaults(cls, data: dict[str, Any]) -> dict[str, Any]:
         """K, s and the energy L2 weight depend on the scheme; the name defaults to the scheme."""
@@ -96,6 +127,21 @@ class TrainPriorConfig(StageConfig):
         return data
 
 
+class LabelCoupling(StrictModel):
+    """How a label-coupled prior's energy network is built and trained (train-prior --labels)."""
+
+    n_classes: int = Field(ge=2, description="Classes C of the latent cache's labels (0..C-1).")
+    label_groups: tuple[int, ...] = Field(description="0-based latent groups (layers) whose energy outputs one value per class.")
+    null_class: bool = Field(description="True when trained with label dropout: the energy has one more output, F(z, null) = index C.")
+    label_dropout: float = Field(ge=0, lt=1, description="Probability that a level-0 label was replaced by the null class.")
+    label_weight: float = Field(gt=0, description="Weight of the cross-entropy term.")
+
+    @property
+    def n_outputs(self) -> int:
+        """Outputs of each label group's head: C, plus the null class."""
+        return self.n_classes + int(self.null_class)
+
+
 class PriorManifest(ManifestBase):
     kind: Literal["prior"] = Field("prior", description="Artifact kind.")
     config: TrainPriorConfig = Field(description="The resolved stage config.")
@@ -108,6 +154,8 @@ class PriorManifest(ManifestBase):
     schedule: dict[str, Any] | None = Field(description="Diffusion schedule (alpha, sigma, alpha_cum, sigma_cum per level) for the "
         "diffusion scheme; None for joint.")
     step_sizes: list[float] = Field(description="Langevin step size per level s_t (diffusion, t = 0..T-1) or [s] (joint).")
+    label_coupling: LabelCoupling | None = Field(None, description="Classes, coupled layers and label dropout of a prior trained "
+        "with --labels; absent for unlabelled priors.")
     learned_jointly: bool | None = Field(None, description="True for a prior learned together with its backbone by `pretrain --prior "
         "joint` (no latent cache: config.latents is not read; config.steps and batch_size are the backbone's); absent for two-stage "
         "priors.")

@@ -19,8 +19,11 @@ class SampleConfig(StageConfig):
     run_defaults: ClassVar[dict[str, str]] = {"backbone": "backbone", "out": "samples/{prior.name}"}
     unhashed: ClassVar[frozenset[str]] = frozenset({"run", "device", "compile", "out", "prior", "inpaint"})
     """The prior and the --inpaint images are inputs, hashed by content (the manifest's `inputs`)."""
-    hashed_when_set: ClassVar[frozenset[str]] = frozenset({"traverse", "traverse_dims", *INPAINT_FIELDS[1:]})
-    """Added with latent traversals and inpainting: hashed only when set, so earlier samples keep their fingerprints."""
+    hashed_when_set: ClassVar[frozenset[str]] = frozenset({"traverse", "traverse_dims", "classes", "guidance", *INPAINT_FIELDS[1:]})
+    """Added with latent traversals, class conditions and inpainting: hashed only when set, so earlier samples keep their
+    fingerprints."""
+    cli_flags: ClassVar[dict[str, str]] = {"classes": "--class"}
+    repeated_options: ClassVar[frozenset[str]] = frozenset({"classes"})
 
     backbone: Path = Field(None, description="Backbone folder (default: RUN/backbone).")
     prior: str = Field("gaussian", description="'gaussian' (the backbone alone), a prior folder, or a prior name under RUN/priors/.")
@@ -59,6 +62,13 @@ class SampleConfig(StageConfig):
         "Needed where no latent has a spatial footprint (hvae, vlae: every latent is redrawn).")
     inpaint_step_size: float | None = Field(None, gt=0, description="With --inpaint: the data-consistency Langevin step s (default "
                                                                     "0.03; the posterior anchor 0.1 bounces on the visible pixels).")
+    classes: tuple[tuple[int, ...], ...] | None = Field(None, description="Class-conditional sampling from a prior trained with "
+        "--labels: the coupled levels (t = 0; every level for --label-levels all) sample F(z, y) instead of the marginal. "
+        "One class for every image (--class 3) or a comma list, one class "
+        "per grid row, repeating (--class 0,1,2); given several times (--class A --class B), the classes are composed as a product "
+        "of experts, the sum of their energies (CDRL sec. 4.5), row by row.")
+    guidance: float | None = Field(None, ge=0, description="Classifier-free guidance weight w with --class: the coupled levels sample "
+        "(1 + w) F(z, y) - w F(z, null) (CDRL sec. 3.5); needs a prior trained with --label-dropout (default: no guidance).")
     trajectory_steps: int = Field(2500, ge=1, description="Length of the long run for the energy profile (--trajectory).")
     batch_size: int = Field(500, ge=1, description="Images per sampling batch.")
     seed: int = Field(0, description="Seed of the sampling noise.")
@@ -67,6 +77,38 @@ class SampleConfig(StageConfig):
         "step; the same numbers as the eager loop): 'auto' on CUDA only, 'on' (an error without CUDA), 'off' the eager loop.")
 
     _csv = field_validator("traverse", mode="before")(lambda cls, v: split_csv(v))
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _class_lists(cls, value: Any) -> Any:
+        """"3" / 3 / [3, "0,1"] / [[0, 1], [2]] -> one tuple of classes per --class; nothing given -> None."""
+        if value is None or isinstance(value, (str, int)):
+            value = None if value is None else [value]
+        if value is not None and not value:
+            return None
+        return value if value is None else tuple(split_csv(v) if isinstance(v, str) else ((v,) if isinstance(v, int) else v) for v in value)
+
+    @field_validator("classes")
+    @classmethod
+    def _classes_shape(cls, value: tuple[tuple[int, ...], ...] | None) -> tuple[tuple[int, ...], ...] | None:
+        if value is None:
+            return value
+        if any(not v or min(v) < 0 for v in value):
+            raise ValueError("takes class indices from 0, e.g. --class 3 or --class 0,1,2")
+        lengths = {len(v) for v in value} - {1}
+        if len(lengths) > 1:
+            raise ValueError(f"composed per-row lists must have one length (or a single class each), got lengths {sorted(lengths)}")
+        return value
+
+    @model_validator(mode="after")
+    def _guidance_needs_class(self) -> "SampleConfig":
+        if self.guidance is not None and self.classes is None:
+            raise ValueError("--guidance guides class-conditional samples: add --class")
+        return self
+
+    def class_rows(self) -> int:
+        """R, the rows the class lists cycle through (1 for single classes)."""
+        return max(len(v) for v in self.classes) if self.classes else 1
 
     @field_validator("traverse")
     @classmethod

@@ -77,7 +77,7 @@ def load_prior(folder: Path, backbone: LoadedBackbone, device: torch.device) -> 
     manifest, sha = read_manifest(folder, PriorManifest)
     check_lineage(f"The prior {folder}", manifest.input("backbone").sha256, backbone.folder, backbone.manifest_sha256, folder)
     require_intact(folder, manifest)
-    energy = priors.energy_network(manifest.config, manifest.resolved_group_shapes()).to(device)
+    energy = priors.energy_network(manifest.config, manifest.resolved_group_shapes(), manifest.label_coupling).to(device)
     load_module_state(energy, Path(folder) / ENERGY_NAME)
     energy.eval().requires_grad_(False)
     return LoadedPrior(energy=energy, manifest=manifest, manifest_sha256=sha, folder=Path(folder))
@@ -90,7 +90,7 @@ def open_prior(folder: Path | None, backbone: LoadedBackbone, device: torch.devi
     if folder is None:
         return priors.gaussian(backbone.model, device), []
     loaded = load_prior(folder, backbone, device)
-    prior = priors.from_energy(loaded.manifest.config, loaded.energy, backbone.model, device, options)
+    prior = priors.from_energy(loaded.manifest.config, loaded.energy, backbone.model, device, options, loaded.manifest.label_coupling)
     for name, module in prior.extra_modules().items():  # e.g. the cooperative scheme's initializer (EMA weights)
         load_module_state(module, Path(folder) / f"{name}.safetensors")
         module.eval().requires_grad_(False)

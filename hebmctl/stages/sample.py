@@ -4,7 +4,8 @@ u_0 comes from N(0, I) (gaussian), K Langevin steps from N(0, I) (joint), or rev
 u_T ~ N(0, I) -> u_0 (diffusion); then z = T(tau * u_0) and x = decoder mean(z) (DESIGN §3).
 Writes `grid.png`, `images/NNNNNN.png`, `images.npz` (uint8 `images [N, H, W, C]`),
 `latents.safetensors` (`u0`, `z`), `chains.json` (per-step chain statistics), optional
-hierarchical and trajectory figures, then the manifest.
+hierarchical and trajectory figures, then the manifest. `--class` / `--guidance` sample a label-coupled prior's
+class-conditional (guided, composed) energy at its coupled levels; grid.png then holds one class per row.
 
 Several processes (torchrun, DESIGN §8): each rank draws a contiguous range of whole batches (each batch seeded by
 (seed, its first image) as in one process), rank 0 gathers them in order and writes the very files one process
@@ -67,6 +68,7 @@ def run(config: SampleConfig, control: RunControl = RunControl()) -> SamplesMani
     if inpaint_job is not None and dist.world_size() > 1:
         raise ConfigError("sample --inpaint runs in one process (its images are few): run it without torchrun.")
     prior, prior_inputs = open_prior(config.prior_dir(), backbone, device, sampling_options(config))
+    condition = class_condition(config, prior)
     inputs = [InputRef(role="backbone", path=str(config.backbone), kind="backbone", sha256=backbone.manifest_sha256), *prior_inputs]
     inputs += inpaint_job.input_refs(config) if inpaint_job else []
     fingerprint = stage_fingerprint(config, inputs)
@@ -78,10 +80,10 @@ def run(config: SampleConfig, control: RunControl = RunControl()) -> SamplesMani
     out.mkdir(parents=True, exist_ok=True)
     if inpaint_job is not None:
         return _finish_inpainting(out, config, prior, inpaint_job, fingerprint, inputs)
-    u0, z, images, chain_stats, wall_s = generate(config, prior)
+    u0, z, images, chain_stats, wall_s = generate(config, prior, condition)
     if not dist.is_main():
         return None  # rank 0 writes (DESIGN §8)
-    names = _write_samples(out, u0, z, images, chain_stats)
+    names = _write_samples(out, u0, z, images, chain_stats, GRID_COLUMNS * max(GRID_COLUMNS, config.class_rows()))
     if config.hierarchical:
         names += _write_hierarchical(out, config, prior, u0[:GRID_COLUMNS])
     long_run: dict = {}
@@ -94,7 +96,8 @@ def run(config: SampleConfig, control: RunControl = RunControl()) -> SamplesMani
     metrics = long_run | {"wall_s": round(wall_s, 3), "images_per_s": round(config.n / max(wall_s, 1e-9), 2),
                "pixel_saturation": float(np.mean((images == 0) | (images == 255))), "peak_rss_mb": round(peak_rss_mb(), 1), "device": str(device)}
     manifest = SamplesManifest(**common_fields(fingerprint), config=config, inputs=inputs, outputs=[describe_file(out, n) for n in names],
-                               metrics=metrics, prior_kind=prior.kind, sampler=prior.describe(config.temperature, config.seed))
+                               metrics=metrics, prior_kind=prior.kind, sampler=prior.describe(config.temperature, config.seed)
+                               | _describe_condition(config))
     write_manifest(out, manifest)
     console().print(f"[green]sample: done[/green] {config.n} images from the {prior.kind} prior in {wall_s:.1f} s -> {out}")
     return manifest
@@ -113,11 +116,40 @@ def _finish_inpainting(out: Path, config: SampleConfig, prior: priors.Prior, job
     return manifest
 
 
-def generate(config: SampleConfig, prior: priors.Prior) -> tuple[Tensor, Tensor, np.ndarray, list[list[ChainStats]], float]:
-    """Batched sampling (`priors.sample_batches`: batch b draws from a generator seeded by (seed, b)).
-    Returns u0, z `[n, D]`, uint8 images `[n, H, W, C]`, the chain statistics per batch and the seconds taken.
-    With several processes each rank draws its range of whole batches (`dist.shard`) and every rank gets all n
-    rows, gathered in order; the chain statistics are only this rank's batches' (rank 0: the first ones)."""
+def class_condition(config: SampleConfig, prior: priors.Prior) -> priors.ClassCondition | None:
+    """The targets `[n, M]` of --class (image i takes row (i // GRID_COLUMNS) mod R of each of the M lists, so each grid
+    row holds one class) and --guidance, checked against the prior before any compute; None without --class."""
+    if config.classes is None:
+        return None
+    heads = prior.labels
+    if heads is None:
+        raise ConfigError(f"--class needs a prior trained with train-prior --labels; {config.prior} is an unlabelled {prior.kind} prior.")
+    wrong = sorted({c for v in config.classes for c in v if c >= heads.n_classes})
+    if wrong:
+        raise ConfigError(f"--class {','.join(map(str, wrong))}: the prior {config.prior} was trained on {heads.n_classes} classes "
+                          f"(0 .. {heads.n_classes - 1}).")
+    if config.guidance and not heads.coupling.null_class:
+        raise ConfigError(f"--guidance needs a null class: the prior {config.prior} was trained without label dropout. Train it with "
+                          "train-prior --labels --label-dropout 0.1 (CDRL sec. 3.5), or sample without --guidance.")
+    rows = (torch.arange(config.n) // GRID_COLUMNS) % config.class_rows()  # [n]
+    lists = [torch.tensor(v)[rows % len(v)] for v in config.classes]  # M x [n]
+    return priors.ClassCondition(torch.stack(lists, dim=1).to(prior.device), float(config.guidance or 0.0))
+
+
+def _describe_condition(config: SampleConfig) -> dict:
+    if config.classes is None:
+        return {}
+    return {"class_condition": {"classes": [list(v) for v in config.classes], "grid_rows": config.class_rows(),
+                                "composition": "product of experts (sum of energies)" if len(config.classes) > 1 else None,
+                                "guidance": config.guidance or 0.0, "coupled_level": "t = 0 (diffusion) / every row (joint)"}}
+
+
+def generate(config: SampleConfig, prior: priors.Prior,
+             condition: priors.ClassCondition | None = None) -> tuple[Tensor, Tensor, np.ndarray, list[list[ChainStats]], float]:
+    """Batched sampling (`priors.sample_batches`: batch b draws from a generator seeded by (seed, b)), under the class
+    condition when given. Returns u0, z `[n, D]`, uint8 images `[n, H, W, C]`, the chain statistics per batch and the
+    seconds taken. With several processes each rank draws its range of whole batches (`dist.shard`) and every rank gets
+    all n rows, gathered in order; the chain statistics are only this rank's batches' (rank 0: the first ones)."""
     rows = dist.shard(config.n, config.batch_size)  # (0, n) in one process
     u_parts, z_parts, image_parts, stats = [], [], [], []
     t0 = time.perf_counter()
@@ -125,7 +157,8 @@ def generate(config: SampleConfig, prior: priors.Prior) -> tuple[Tensor, Tensor,
     with progress_bar() as bar:
         task = bar.add_task(f"sample {prior.kind}", total=rows[1] - rows[0], unit="img", info="")
         try:
-            for batch in priors.sample_batches(prior, config.n, config.batch_size, config.seed, config.temperature, rows):
+            for batch in priors.sample_batches(prior, config.n, config.batch_size, config.seed, config.temperature, rows,
+                                                  condition):
                 u_parts.append(batch.u0), z_parts.append(batch.z), image_parts.append(from_unit_range(batch.x)), stats.append(batch.stats)
                 bar.update(task, advance=batch.u0.shape[0])
         except HebmctlError as exc:  # a divergent chain or non-finite images, perhaps on this rank only
@@ -152,8 +185,9 @@ def _gather(u0: Tensor, z: Tensor, images: np.ndarray) -> tuple[Tensor, Tensor, 
     return torch.from_numpy(dist.all_gather_rows(u0.numpy())), torch.from_numpy(dist.all_gather_rows(z.numpy())), dist.all_gather_rows(images)
 
 
-def _write_samples(out: Path, u0: Tensor, z: Tensor, images: np.ndarray, chain_stats: list[list[ChainStats]]) -> list[str]:
-    save_grid(out / "grid.png", images[: GRID_COLUMNS * GRID_COLUMNS], GRID_COLUMNS)
+def _write_samples(out: Path, u0: Tensor, z: Tensor, images: np.ndarray, chain_stats: list[list[ChainStats]], grid_images: int) -> list[str]:
+    """grid.png (the first grid_images images, GRID_COLUMNS per row), the images, latents and chain statistics."""
+    save_grid(out / "grid.png", images[:grid_images], GRID_COLUMNS)
     (out / "images").mkdir(exist_ok=True)
     for k, image in enumerate(images):
         save_png(out / "images" / f"{k:06d}.png", image)

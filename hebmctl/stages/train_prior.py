@@ -9,6 +9,10 @@ negative energy F; density is proportional to exp(F)):
   loss mean(-(G(pos, t) - G(neg, t)) / s_t^2).
 - `cooperative` (CDRL): the diffusion scheme's EBMs, chains started by an initializer network regressed on the
   refined samples.
+`--labels` (diffusion and joint schemes) couples the cached class labels: per-class energies, the marginal as the
+prior's density, the conditional recovery likelihood at the coupled level and a cross-entropy term (the prior
+classes and `hebmctl.priors.labels`); the coupling is checked against the cache before any compute and recorded
+in the manifest (`label_coupling`).
 A prior's extra trainable networks (`prior.extra_modules()`, e.g. the cooperative initializer) get, generically,
 their own Adam (same learning rate and betas), EMA, gradient clip and checkpoint entries; their EMA weights are
 written as NAME.safetensors next to the energy.
@@ -37,10 +41,11 @@ import torch
 from torch import Tensor
 
 from hebmctl import dist, priors
-from hebmctl.errors import ConfigError, DivergenceError
+from hebmctl.errors import ConfigError, DataError, DivergenceError
 from hebmctl.io.checkpoints import TrainingState, latest_checkpoint, load_checkpoint, restore_log, save_checkpoint
 from hebmctl.io.console import append_jsonl, console, progress_bar
 from hebmctl.io.latent_batches import LatentBatches
+from hebmctl.io.latent_store import read_labels
 from hebmctl.io.manifest import (
     check_lineage,
     common_fields,
@@ -59,7 +64,7 @@ from hebmctl.runtime import peak_cuda_mb, peak_rss_mb, resolve_device
 from hebmctl.samplers.graphs import capture_enabled
 from hebmctl.schemas.common import InputRef
 from hebmctl.schemas.latents import LatentsManifest
-from hebmctl.schemas.prior import PriorManifest, TrainPriorConfig
+from hebmctl.schemas.prior import DEFAULT_LABEL_WEIGHT, LabelCoupling, PriorManifest, TrainPriorConfig
 from hebmctl.stages.artifacts import ENERGY_NAME, LoadedBackbone, load_backbone
 
 
@@ -79,6 +84,7 @@ def run(config: TrainPriorConfig, control: RunControl = RunControl()) -> PriorMa
     latents, latents_sha = read_manifest(config.latents, LatentsManifest)
     check_lineage(f"The latent cache {config.latents}", latents.input("backbone").sha256, config.backbone, backbone.manifest_sha256, config.latents)
     require_intact(config.latents, latents)
+    coupling = label_coupling(config, backbone.model.num_layers)
     inputs = [
         InputRef(role="backbone", path=str(config.backbone), kind="backbone", sha256=backbone.manifest_sha256),
         InputRef(role="latents", path=str(config.latents), kind="latents", sha256=latents_sha),
@@ -89,13 +95,43 @@ def run(config: TrainPriorConfig, control: RunControl = RunControl()) -> PriorMa
         console().print(f"[green]train-prior: {config.out} is up to date[/green]")
         return existing
     config.out.mkdir(parents=True, exist_ok=True)
-    trainer = _PriorTrainer(config, backbone, LatentBatches(config.latents / "train.h5", device, config.seed), device, fingerprint)
+    data = LatentBatches(config.latents / "train.h5", device, config.seed)
+    trainer = _PriorTrainer(config, backbone, data, device, fingerprint, coupling)
     if not trainer.train(control.stop_after):
         console().print(f"[yellow]train-prior: stopped at step {trainer.step}; re-run the same command to continue.[/yellow]")
         return None
     if not dist.is_main():
         return None  # rank 0 writes the prior (DESIGN §8)
     return _finalize(config, trainer, backbone, inputs, fingerprint, device)
+
+
+def label_coupling(config: TrainPriorConfig, num_layers: int) -> LabelCoupling | None:
+    """The label coupling of `--labels` (None without it), checked before any compute: the scheme must support it, the
+    cache must hold labels (C = max label + 1 classes) and `--label-layers` must name the backbone's layers."""
+    if not config.labels:
+        return None
+    priors.check_labels_supported(config.scheme)
+    if dist.world_size() > 1:
+        raise ConfigError("train-prior --labels runs in one process for now (its label statistics are not combined across "
+                          "processes): run it without torchrun.")
+    labels = read_labels(config.latents / "train.h5")
+    known = labels[labels >= 0]
+    if known.size == 0:
+        raise DataError(f"--labels: the latent cache {config.latents} has no labels (every label is -1: the data set is unlabelled). "
+                        "Cache a labelled data set (e.g. mnist:DIR, or a folder with one sub-folder per class), or drop --labels.")
+    if known.size < labels.size:
+        raise DataError(f"--labels: {labels.size - known.size} of {labels.size} cached latents in {config.latents} have no label (-1); "
+                        "label coupling needs every training example labelled.")
+    n_classes = int(known.max()) + 1
+    if n_classes < 2:
+        raise DataError(f"--labels: the latent cache {config.latents} holds a single class; label coupling needs at least two.")
+    layers = config.label_layers or tuple(range(1, num_layers + 1))
+    if max(layers) > num_layers:
+        raise ConfigError(f"--label-layers {','.join(map(str, layers))}: the backbone has {num_layers} latent layers (z1 = bottom ... "
+                          f"z{num_layers} = top).")
+    dropout = config.label_dropout or 0.0
+    return LabelCoupling(n_classes=n_classes, label_groups=tuple(sorted(i - 1 for i in layers)), null_class=dropout > 0,
+                         label_dropout=dropout, label_weight=config.label_weight or DEFAULT_LABEL_WEIGHT)
 
 
 @dataclass
@@ -105,9 +141,11 @@ class _Progress:
 
 
 class _PriorTrainer:
-    def __init__(self, config: TrainPriorConfig, backbone: LoadedBackbone, data: LatentBatches, device: torch.device, fingerprint: str) -> None:
+    def __init__(self, config: TrainPriorConfig, backbone: LoadedBackbone, data: LatentBatches, device: torch.device, fingerprint: str,
+                 coupling: LabelCoupling | None = None) -> None:
         self.config, self.backbone, self.data, self.device, self.fingerprint = config, backbone, data, device, fingerprint
-        self.prior = priors.for_training(config, backbone.model, device, config.compile)
+        self.coupling = coupling
+        self.prior = priors.for_training(config, backbone.model, device, config.compile, coupling)
         self.energy = self.prior.energy
         self.ema = copy.deepcopy(self.energy).requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.energy.parameters(), lr=config.lr, betas=(config.beta1, 0.999))
@@ -159,12 +197,12 @@ class _PriorTrainer:
         restore_log(found, self.config.out / "metrics.jsonl", self.step)
         console().print(f"train-prior: resuming from {found.name} (step {self.step})")
 
-    def negatives_and_loss(self, u0: Tensor) -> tuple[Tensor | None, dict]:
-        """One EBM loss on a batch of cached u0 `[B, D]` (the prior's own negatives and loss, plus the energy
-        regulariser); returns (loss, log record), loss None on divergence. With several processes u0 is this rank's
-        shard of the batch and every number is the whole batch's (`_batch_means`)."""
+    def negatives_and_loss(self, u0: Tensor, y: Tensor | None = None) -> tuple[Tensor | None, dict]:
+        """One EBM loss on a batch of cached u0 `[B, D]` (labels y `[B]` for --labels) (the prior's own negatives and loss,
+        plus the energy regulariser); returns (loss, log record), loss None on divergence. With several processes u0 is
+        this rank's shard of the batch and every number is the whole batch's (`_batch_means`; --labels runs in one process)."""
         cfg = self.config
-        outcome = self.prior.training_outcome(u0, self.noise)
+        outcome = self.prior.training_outcome(u0, self.noise, y)
         pos, neg, stats, loss = outcome.pos, outcome.neg, outcome.stats, outcome.loss
         if cfg.energy_l2 > 0:
             loss = loss + cfg.energy_l2 * (pos.pow(2) + neg.pow(2)).mean()
@@ -172,7 +210,7 @@ class _PriorTrainer:
         finite = finite and all(torch.isfinite(v) for v in outcome.extra_losses.values())
         means = _batch_means(loss, outcome, bool(finite), u0.shape[0])
         numbers = {name: float(value.detach()) for name, value in means.items()}
-        extra = {f"loss_{name}": numbers[name] for name in outcome.extra_losses}
+        extra = {f"loss_{name}": numbers[name] for name in outcome.extra_losses} | outcome.records
         record = extra | {"loss": numbers["loss"], "energy_gap": float((means["pos"] - means["neg"]).detach()), "neg_energy_pos": numbers["pos"],
                   "neg_energy_neg": numbers["neg"], "langevin_grad_norm": numbers["langevin_grad_norm"], "loss_gap": numbers["gap"]}
         finite = numbers["diverged"] == 0 and math.isfinite(numbers["loss"])  # a non-finite value on any rank
@@ -187,7 +225,10 @@ class _PriorTrainer:
         for optimizer in optimizers:
             for group in optimizer.param_groups:
                 group["lr"] = self.config.lr * self.progress.lr_scale
-        loss, record = self.negatives_and_loss(self.data.batch(self.step, self.config.batch_size, self.shard))
+        if self.coupling is not None:
+            loss, record = self.negatives_and_loss(*self.data.batch_with_labels(self.step, self.config.batch_size))
+        else:
+            loss, record = self.negatives_and_loss(self.data.batch(self.step, self.config.batch_size, self.shard))
         if loss is None:
             return None
         for optimizer in optimizers:
@@ -296,6 +337,7 @@ def _finalize(config: TrainPriorConfig, trainer: _PriorTrainer, backbone: Loaded
         group_dims=backbone.model.group_dims,
         group_shapes=backbone.model.group_shapes,
         **trainer.prior.manifest_fields(),
+        label_coupling=trainer.coupling,
     )
     write_manifest(out, manifest)
     console().print(f"[green]train-prior: done[/green] {config.scheme}, energy gap {metrics['final_energy_gap']:+.4f}, {metrics['steps_per_s']:.2f} steps/s -> {out}")

@@ -1,0 +1,94 @@
+"""Label coupling (DESIGN §3 "Labels"; Diff-EBM sec. 3.3 / App. A.2; CDRL sec. 3.5, 4.5): how a labelled energy's
+per-class outputs become the negative energy a sampler or a loss sees.
+
+The energy network's label heads give logits `[B, K]`: F(z, y) for the classes y = 0..C-1, then (with label dropout)
+F(z, null) at index C. Every quantity is formed in the units of the density the sampler uses: a level's density holds
+G / c with c = s_t^2 (diffusion scheme, scaled parametrisation) or c = 1 (joint scheme), so
+- the marginal is c * logsumexp_y (F(z, y) / c) over the real classes (Diff-EBM: p(u_0 | u_1) = sum_y p(u_0, y | u_1));
+- p(y | z) = softmax_y (F(z, y) / c), whose cross-entropy the training adds;
+- a conditional target is F(z, y), guided (1 + w) F(z, y) - w F(z, null) (CDRL sec. 3.5), and several targets compose
+  as a product of experts, the sum of their energies (CDRL sec. 4.5).
+
+Targets per row `[B, M]` (M experts): a class index, MARGINAL (-1), or C (the null class).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F_nn
+from torch import Tensor
+
+from hebmctl.schemas.prior import LabelCoupling
+
+MARGINAL = -1
+"""Target of a row that uses the marginal logsumexp_y F(z, y)."""
+
+
+@dataclass(frozen=True)
+class ClassCondition:
+    """What `sample --class / --guidance` asks at the coupled level: targets `[B, M]` (class indices, M experts composed
+    as a product of experts) and the guidance weight w (0: no guidance)."""
+
+    targets: Tensor
+    guidance: float = 0.0
+
+    def rows(self, start: int, stop: int) -> "ClassCondition":
+        """The condition of images start..stop-1."""
+        return ClassCondition(self.targets[start:stop], self.guidance)
+
+
+@dataclass(frozen=True)
+class LabelHeads:
+    """The label coupling of a trained energy (from its `LabelCoupling` record)."""
+
+    coupling: LabelCoupling
+
+    @property
+    def n_classes(self) -> int:
+        return self.coupling.n_classes
+
+    @property
+    def null_index(self) -> int:
+        return self.coupling.n_classes
+
+    def marginal(self, logits: Tensor, scale: Tensor) -> Tensor:
+        """c * logsumexp_y (F(z, y) / c) over the real classes: logits `[B, K]`, scale c `[B]` -> `[B]`."""
+        return scale * torch.logsumexp(logits[:, : self.n_classes] / scale[:, None], dim=1)
+
+    def conditional(self, logits: Tensor, targets: Tensor, guidance: float, scale: Tensor) -> Tensor:
+        """sum_j E_j `[B]` over the experts targets `[B, M]`: E_j = F(z, y_j), the marginal where y_j = MARGINAL, and with
+        guidance w > 0 the guided (1 + w) E_j - w F(z, null) (CDRL sec. 3.5); the sum is the product of experts (sec. 4.5)."""
+        picked = logits.gather(1, targets.clamp(min=0).to(logits.device))  # [B, M]
+        picked = torch.where(targets.to(logits.device) == MARGINAL, self.marginal(logits, scale)[:, None], picked)
+        if guidance:
+            picked = (1 + guidance) * picked - guidance * logits[:, self.null_index : self.null_index + 1]
+        return picked.sum(dim=1)
+
+    def neg_energy(self, logits: Tensor, scale: Tensor, coupled: Tensor, condition: ClassCondition | None) -> Tensor:
+        """The negative energy `[B]` of logits `[B, K]`: the condition's at the coupled rows (`coupled` `[B]` bool, the
+        level-0 rows), the marginal elsewhere and when there is no condition."""
+        marginal = self.marginal(logits, scale)
+        if condition is None:
+            return marginal
+        return torch.where(coupled, self.conditional(logits, condition.targets, condition.guidance, scale), marginal)
+
+    def training_targets(self, y: Tensor, generator: torch.Generator) -> Tensor:
+        """Training targets `[B, 1]` of the coupled rows: the cached label y `[B]`, replaced by the null class with probability
+        `label_dropout` (CDRL sec. 3.5; no random draw without a null class). The coupled rows' recovery likelihood is then
+        that of p(u_0 | u_1, y), with negatives from the conditional chain: the chains `sample --class` runs are the
+        ones trained (with the marginal's negatives the class logits differ by O(s_0^2) and short chains ignore them,
+        docs/decisions.md)."""
+        if not self.coupling.null_class:
+            return y[:, None].to(torch.long)
+        drop = torch.rand(y.shape, generator=generator, device=y.device) < self.coupling.label_dropout
+        return torch.where(drop, self.null_index, y).to(torch.long)[:, None]
+
+    def cross_entropy(self, logits: Tensor, scale: Tensor, y: Tensor, rows: Tensor) -> Tensor:
+        """Weighted mean over the selected rows (`rows` `[B]` bool) of -log softmax_y (F(z, y) / c) at the cached label
+        y `[B]` (Diff-EBM App. A.2); 0 when no row is selected."""
+        if not bool(rows.any()):
+            return logits.sum() * 0.0
+        scaled = logits[rows, : self.n_classes] / scale[rows, None]
+        return self.coupling.label_weight * F_nn.cross_entropy(scaled, y[rows].to(torch.long))
