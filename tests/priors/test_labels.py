@@ -92,7 +92,7 @@ TOY = {
 def train_labelled_toy(scheme: str, steps: int = 300) -> priors.EnergyPrior:
     config = TrainPriorConfig(**TOY[scheme], labels=True, label_dropout=0.2, seed=0)
     coupling = LabelCoupling(n_classes=2, label_groups=(0,), null_class=True, label_dropout=0.2, label_weight=1.0)
-    prior = priors.for_training(config, IdentityBackbone(), CPU, coupling)
+    prior = priors.for_training(config, IdentityBackbone(), CPU, coupling=coupling)
     opt = torch.optim.Adam(prior.energy.parameters(), lr=1e-3, betas=(0.5, 0.999))
     g = torch.Generator().manual_seed(1)
     for _ in range(steps):
