@@ -1,0 +1,104 @@
+"""Which output likelihood and which NVAE stabilisers pay off (issue 11): nvae on Fashion-MNIST at a short budget.
+
+    python benchmarks/nvae_stabilisers.py [--root runs/nvae_stabilisers] [--variants gaussian,logistic-mixture,...]
+        [--steps 2000] [--n 1000] [--data fashion-mnist:../shared/data/fashion-mnist] [--collect]
+
+Per variant: `pretrain --backbone nvae --steps STEPS` (batch 128, every other option the default) with the variant's
+options into ROOT/<variant>, then `eval fid --prior recon` and `--prior gaussian` at N images against the test split,
+the reference statistics shared across variants (ROOT/fid-stats). Everything is resumable: finished backbones and
+evaluations are reused, so run variants in separate processes (`--variants a` and `--variants b`) and gather with
+`--collect`, which trains nothing and reports the variants that are complete.
+
+Reported per variant: the test ELBO on the common discrete scale (bits/dim: -log P of the 8-bit bin, the Gaussian's
+mass integrated over the bin), the backbone's own ELBO (nats), recon MSE, active units per group, both FIDs and their
+ratio, train wall time, skipped updates. Writes benchmarks/results/nvae_stabilisers.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from _common import SHARED_DATA, emit
+
+from hebmctl.errors import HebmctlError
+from hebmctl.io.manifest import read_manifest
+from hebmctl.schemas import EvalFidConfig, EvalFidManifest, PretrainConfig
+from hebmctl.schemas.pretrain import BackboneManifest
+from hebmctl.stages import eval_fid, pretrain
+
+SPECTRAL_LAMBDA = 0.1
+VARIANTS: dict[str, dict] = {
+    "gaussian": {},
+    "logistic-mixture": {"likelihood": "logistic-mixture"},
+    "gaussian+kl-balance": {"kl_balance": True},
+    "gaussian+spectral-reg": {"spectral_reg": SPECTRAL_LAMBDA},
+    "logistic-mixture+kl-balance": {"likelihood": "logistic-mixture", "kl_balance": True},
+}
+"""Variant name -> pretrain options besides --backbone nvae --steps."""
+
+
+def train(root: Path, name: str, data: str, steps: int) -> BackboneManifest:
+    config = PretrainConfig(run=root / name, data=data, backbone="nvae", steps=steps, **VARIANTS[name])
+    return pretrain.run(config)
+
+
+def fid(root: Path, name: str, prior: str, n: int) -> float:
+    config = EvalFidConfig(run=root / name, prior=prior, n=n, stats_dir=root / "fid-stats", out=root / name / "eval" / f"fid-{prior}-n{n}")
+    return float(eval_fid.run(config).metrics["fid"])
+
+
+def complete(root: Path, name: str, n: int) -> bool:
+    try:
+        read_manifest(root / name / "backbone", BackboneManifest)
+        return all(read_manifest(root / name / "eval" / f"fid-{p}-n{n}", EvalFidManifest) for p in ("recon", "gaussian"))
+    except HebmctlError:  # not finished (missing or incomplete manifest)
+        return False
+
+
+def row(root: Path, name: str, n: int) -> dict:
+    manifest, _ = read_manifest(root / name / "backbone", BackboneManifest)
+    test, metrics = manifest.metrics["test"], manifest.metrics
+    recon_fid, prior_fid = (float(read_manifest(root / name / "eval" / f"fid-{p}-n{n}", EvalFidManifest)[0].metrics["fid"])
+                            for p in ("recon", "gaussian"))
+    return {
+        "options": VARIANTS[name],
+        "elbo_bpd_discrete": round(test["elbo_bpd_discrete"], 4),
+        "elbo_nats_own_likelihood": round(test["elbo_nats"], 2),
+        "recon_mse": round(test["recon_mse"], 5),
+        "active_units": test["active_units"],
+        "group_dims": list(manifest.group_dims),
+        "kl_per_layer_nats": [round(k, 2) for k in test["kl_per_layer_nats"]],
+        "fid_recon": round(recon_fid, 2),
+        "fid_gaussian": round(prior_fid, 2),
+        "fid_ratio": round(recon_fid / prior_fid, 4),
+        "train_wall_s": metrics["train_wall_s"],
+        "skipped_updates": metrics["skipped_updates"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--root", type=Path, default=Path("runs/nvae_stabilisers"))
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--data", default=f"fashion-mnist:{SHARED_DATA / 'fashion-mnist'}")
+    parser.add_argument("--collect", action="store_true", help="Train nothing: report the variants that are complete.")
+    args = parser.parse_args()
+    names = args.variants.split(",")
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {sorted(VARIANTS)}")
+    if not args.collect:
+        for name in names:
+            train(args.root, name, args.data, args.steps)
+            for prior in ("recon", "gaussian"):
+                print(name, prior, fid(args.root, name, prior, args.n), flush=True)
+    results = {name: row(args.root, name, args.n) for name in VARIANTS if complete(args.root, name, args.n)}
+    emit("nvae_stabilisers", {"root": str(args.root), "data": args.data, "steps": args.steps, "batch_size": 128, "n": args.n,
+                              "spectral_lambda": SPECTRAL_LAMBDA, "variants": results})
+
+
+if __name__ == "__main__":
+    main()
