@@ -38,6 +38,9 @@ MIN_STD = 1e-2
 (about 6e-8 * |z|) comes back as an error of about 6e-8 * |z| / sigma in u: the floor keeps the
 round trip within 1e-5 for the latent scales a trained backbone has."""
 
+HALF_DTYPES = (torch.bfloat16, torch.float16)
+"""Dtypes an autocast region produces; the KL and the likelihood compute in float32 instead."""
+
 LOG_STD_X_RANGE = (math.log(0.01), math.log(1.0))
 """Allowed range of the decoder's log std on the [-1, 1] pixel scale."""
 
@@ -67,7 +70,9 @@ def gaussian_log_prob(x: Tensor, mu: Tensor, std: Tensor) -> Tensor:
 
 
 def gaussian_kl(mu_q: Tensor, std_q: Tensor, mu_p: Tensor, std_p: Tensor) -> Tensor:
-    """KL(N(mu_q, std_q^2) || N(mu_p, std_p^2)) summed over every axis but the first: `[B, ...]` -> `[B]`."""
+    """KL(N(mu_q, std_q^2) || N(mu_p, std_p^2)) summed over every axis but the first: `[B, ...]` -> `[B]` (in float32 at least,
+    also when the inputs come from a bfloat16 autocast region)."""
+    mu_q, std_q, mu_p, std_p = (t.float() if t.dtype in HALF_DTYPES else t for t in (mu_q, std_q, mu_p, std_p))
     var_ratio = (std_q / std_p) ** 2
     return (0.5 * (var_ratio + ((mu_q - mu_p) / std_p) ** 2 - 1 - torch.log(var_ratio))).flatten(1).sum(-1)
 

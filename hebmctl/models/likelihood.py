@@ -29,6 +29,11 @@ EDGE = 1.0 - BIN_WIDTH / 2
 """Values beyond +-EDGE are the first / last bin (x = -1 or x = 1), whose outer edge is open (PixelCNN++)."""
 
 
+def _full(params: Tensor) -> Tensor:
+    """The decoder's output in float32 when an autocast region made it bfloat16 / float16 (unchanged otherwise)."""
+    return params.float() if params.dtype in (torch.bfloat16, torch.float16) else params
+
+
 class Likelihood(ABC):
     """p(x | z) given the decoder's parameters; see the module docstring."""
 
@@ -70,7 +75,7 @@ class GaussianLikelihood(Likelihood):
 
     def nll(self, x: Tensor, params: Tensor, log_std: Tensor) -> Tensor:
         """Continuous density: 0.5 ((x - mu) / s)^2 + log s + 0.5 log 2 pi per pixel, summed."""
-        per_pixel = 0.5 * ((x - params.float()) / log_std.exp()) ** 2 + log_std + 0.5 * math.log(2 * math.pi)
+        per_pixel = 0.5 * ((x - _full(params)) / log_std.exp()) ** 2 + log_std + 0.5 * math.log(2 * math.pi)
         return per_pixel.flatten(1).sum(-1)
 
     def discrete_nll(self, x: Tensor, params: Tensor, log_std: Tensor) -> Tensor:
@@ -112,9 +117,9 @@ class LogisticMixtureLikelihood(Likelihood):
         return image_channels * 3 * self.components
 
     def _split(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """params `[B, C * 3K, H, W]` -> (log pi, mu, log s), each `[B, C, K, H, W]`, in float32."""
+        """params `[B, C * 3K, H, W]` -> (log pi, mu, log s), each `[B, C, K, H, W]` (float32 at least)."""
         b, _, h, w = params.shape
-        logits, mu, log_s = params.float().reshape(b, -1, 3, self.components, h, w).unbind(2)
+        logits, mu, log_s = _full(params).reshape(b, -1, 3, self.components, h, w).unbind(2)
         return F.log_softmax(logits, dim=2), mu, log_s.clamp_min(self.MIN_LOG_SCALE)
 
     def mean(self, params: Tensor) -> Tensor:
@@ -126,7 +131,7 @@ class LogisticMixtureLikelihood(Likelihood):
     def log_prob_per_pixel(self, x: Tensor, params: Tensor) -> Tensor:
         """log P(bin of x) `[B, C, H, W]` (PixelCNN++'s discretized_mix_logistic_loss, per channel)."""
         log_pi, mu, log_s = self._split(params)
-        centred, inv_s = x.float().unsqueeze(2) - mu, torch.exp(-log_s)
+        centred, inv_s = x.unsqueeze(2) - mu, torch.exp(-log_s)
         plus_in, min_in = inv_s * (centred + BIN_WIDTH / 2), inv_s * (centred - BIN_WIDTH / 2)
         log_cdf_plus = plus_in - F.softplus(plus_in)  # log sigmoid(plus_in): the bin at -1 (lower edge open)
         log_one_minus_cdf_min = -F.softplus(min_in)  # log(1 - sigmoid(min_in)): the bin at 1 (upper edge open)
@@ -134,7 +139,7 @@ class LogisticMixtureLikelihood(Likelihood):
         mid_in = inv_s * centred  # for a vanishing cdf_delta: log density at the centre + log w
         log_pdf_mid = mid_in - log_s - 2.0 * F.softplus(mid_in) + math.log(BIN_WIDTH)
         log_mid = torch.where(cdf_delta > 1e-5, torch.log(cdf_delta.clamp_min(1e-12)), log_pdf_mid)
-        xk = x.float().unsqueeze(2).expand_as(mu)
+        xk = x.unsqueeze(2).expand_as(mu)
         log_probs = torch.where(xk < -EDGE, log_cdf_plus, torch.where(xk > EDGE, log_one_minus_cdf_min, log_mid))
         return torch.logsumexp(log_probs + log_pi, dim=2)
 

@@ -80,3 +80,17 @@ def test_every_family_trains_and_decodes_images_with_the_mixture(family):
     image = model.decode(z)
     assert image.shape == (4, 3, 8, 8) and float(image.abs().max()) <= 1.0
     torch.testing.assert_close(model.recon_nll(x, model.decode_params(z)), model.discrete_nll(x, model.decode_params(z)))
+
+
+def test_likelihoods_and_kl_compute_in_float32_on_bfloat16_decoder_outputs():
+    """What --precision bf16 hands over from its autocast region: bfloat16 parameters, float32 results."""
+    from hebmctl.models.backbone import gaussian_kl
+
+    x = LEVELS[::64].view(1, 1, 2, 2)
+    cases = ((LogisticMixtureLikelihood(4), _mixture_params(1, 4)[:1, :, :, :2]), (GaussianLikelihood(), torch.zeros(1, 1, 2, 2)))
+    for lik, params in cases:
+        value = lik.nll(x, params.bfloat16(), torch.tensor(-1.0))
+        assert value.dtype == torch.float32
+        torch.testing.assert_close(value, lik.nll(x, params.bfloat16().float(), torch.tensor(-1.0)))
+    half = torch.ones(1, 3, dtype=torch.bfloat16)
+    assert gaussian_kl(half, half, 0 * half, half).dtype == torch.float32
