@@ -7,7 +7,8 @@ Per variant: `pretrain --backbone nvae --steps STEPS` (batch 128, every other op
 options into ROOT/<variant>, then `eval fid --prior recon` and `--prior gaussian` at N images against the test split,
 the reference statistics shared across variants (ROOT/fid-stats). Everything is resumable: finished backbones and
 evaluations are reused, so run variants in separate processes (`--variants a` and `--variants b`) and gather with
-`--collect`, which trains nothing and reports the variants that are complete.
+`--collect`, which trains nothing and reports the variants that are complete; `--step-cost` adds the seconds per
+training step of each likelihood and of the spectral regulariser, timed interleaved in one process.
 
 Reported per variant: the test ELBO on the common discrete scale (bits/dim: -log P of the 8-bit bin, the Gaussian's
 mass integrated over the bin), the backbone's own ELBO (nats), recon MSE, active units per group, both FIDs and their
@@ -18,15 +19,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
+import time
 from pathlib import Path
 
 import torch
 from _common import SHARED_DATA, emit
 
-from hebmctl.data import load_split
+from hebmctl.data import load_split, to_unit_range
 from hebmctl.errors import HebmctlError
 from hebmctl.io.manifest import read_manifest
 from hebmctl.metrics.backbone import evaluate_backbone
+from hebmctl.models.likelihood import make_likelihood
+from hebmctl.models.nvae import NVAE
+from hebmctl.models.stabilisers import SpectralRegulariser
 from hebmctl.schemas import EvalFidConfig, EvalFidManifest, PretrainConfig
 from hebmctl.schemas.pretrain import BackboneManifest
 from hebmctl.stages import eval_fid, pretrain
@@ -97,6 +103,33 @@ def row(root: Path, name: str, n: int) -> dict:
     }
 
 
+def step_cost(data: str, repeats: int = 12) -> dict:
+    """Seconds per training step (forward + backward, batch 128, default nvae) of the Gaussian, the mixture and the Gaussian
+    with the spectral regulariser, interleaved so that all three see the same machine load; medians after 2 warm-up rounds."""
+    torch.manual_seed(0)
+    x = to_unit_range(load_split(data, "train", (), 512).images[:128])
+    shape = (28, 28, 1)
+    mixture = make_likelihood("logistic-mixture", 5)
+    models = {"gaussian": NVAE(shape, channels=16), "logistic-mixture": NVAE(shape, channels=16, likelihood=mixture)}
+    regulariser = SpectralRegulariser(models["gaussian"])
+    losses = {
+        "gaussian": lambda: models["gaussian"].elbo_terms(x, None, calibrate=True),
+        "logistic-mixture": lambda: models["logistic-mixture"].elbo_terms(x, None, calibrate=True),
+        "gaussian+spectral-reg": lambda: models["gaussian"].elbo_terms(x, None, calibrate=True),
+    }
+    times: dict[str, list[float]] = {name: [] for name in losses}
+    for _ in range(repeats):
+        for name, terms_of in losses.items():
+            t0 = time.perf_counter()
+            terms = terms_of()
+            extra = SPECTRAL_LAMBDA * regulariser() if name.endswith("spectral-reg") else 0.0
+            (terms.recon_nll.mean() + terms.kl.sum(-1).mean() + extra).backward()
+            times[name].append(time.perf_counter() - t0)
+    median = {name: statistics.median(values[2:]) for name, values in times.items()}
+    return {"seconds_per_step": {k: round(v, 4) for k, v in median.items()},
+            "relative_to_gaussian": {k: round(v / median["gaussian"], 3) for k, v in median.items()}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--root", type=Path, default=Path("runs/nvae_stabilisers"))
@@ -105,6 +138,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1000)
     parser.add_argument("--data", default=f"fashion-mnist:{SHARED_DATA / 'fashion-mnist'}")
     parser.add_argument("--collect", action="store_true", help="Train nothing: report the variants that are complete.")
+    parser.add_argument("--step-cost", action="store_true", help="Also time one training step of each likelihood / regulariser.")
     args = parser.parse_args()
     names = args.variants.split(",")
     unknown = sorted(set(names) - set(VARIANTS))
@@ -116,8 +150,9 @@ def main() -> None:
             for prior in ("recon", "gaussian"):
                 print(name, prior, fid(args.root, name, prior, args.n), flush=True)
     results = {name: row(args.root, name, args.n) for name in VARIANTS if complete(args.root, name, args.n)}
+    extra = {"step_cost": step_cost(args.data)} if args.step_cost else {}
     emit("nvae_stabilisers", {"root": str(args.root), "data": args.data, "steps": args.steps, "batch_size": 128, "n": args.n,
-                              "spectral_lambda": SPECTRAL_LAMBDA, "variants": results})
+                              "spectral_lambda": SPECTRAL_LAMBDA, "variants": results} | extra)
 
 
 if __name__ == "__main__":
