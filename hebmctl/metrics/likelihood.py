@@ -54,7 +54,7 @@ def log_joint(model: Backbone, x: Tensor, z: Tensor, neg_energy: NegEnergyOfZ | 
     (`terms="prior"`) for images x `[B, C, H, W]` in [-1, 1] and z `[B, D]` -> `[B]` nats."""
     value = log_gaussian_prior(model, z)
     if _canonical_terms(terms) == "full":
-        value = value - model.recon_nll(x, model.decode(z))
+        value = value - model.recon_nll(x, model.decode_params(z))
     return value if neg_energy is None else value + neg_energy(z)
 
 
@@ -119,7 +119,7 @@ def layer_score_terms(
                 z = model.u_to_z(u)
                 prior_terms = log_joint(model, x, z, neg_energy, "prior")
                 for t in terms:
-                    totals[t][k] += prior_terms - model.recon_nll(x, model.decode(z)) if t == "full" else prior_terms
+                    totals[t][k] += prior_terms - model.recon_nll(x, model.decode_params(z)) if t == "full" else prior_terms
     return {t: {k: total / draws for k, total in per_k.items()} for t, per_k in totals.items()}
 
 

@@ -8,11 +8,13 @@ Latents. Groups z_1 (bottom) ... z_L (top); a group is a vector `[d]` or a spati
 `[B, D]`, `D = sum(group_dims)`, `group_dims[i] = prod(group_shapes[i])`.
 
 Generative model. `p_Gauss(z) = p(z_L) prod_{i<L} p(z_i | z_{>i})` with Gaussian conditionals
-(an architectural hierarchy has `mu = 0, sigma = 1`), and `p(x | z)` a Gaussian on the [-1, 1]
-pixel scale with one shared std `s_x` calibrated in closed form (the maximum-likelihood scale of a
-Gaussian with one shared variance is the per-pixel MSE; Rybkin et al. 2021, sigma-VAE). Training
-uses the batch's value; the stored value (`log_std_x`, a buffer) is set from the training set when
-the backbone is finalised.
+(an architectural hierarchy has `mu = 0, sigma = 1`), and `p(x | z)` the backbone's `likelihood`
+(`hebmctl.models.likelihood`): by default a Gaussian on the [-1, 1] pixel scale with one shared std
+`s_x` calibrated in closed form (the maximum-likelihood scale of a Gaussian with one shared variance
+is the per-pixel MSE; Rybkin et al. 2021, sigma-VAE), or a discretised logistic mixture. The decoder
+outputs the likelihood's parameters (`decode_params`); `decode` is the likelihood's mean image.
+Training uses the batch's calibrated std; the stored value (`log_std_x`, a buffer) is set from the
+training set when the backbone is finalised (the mixture, with its own scales, ignores it).
 
 u-space. `T: u -> z` is top-down, `z_i = mu_i(z_{>i}) + sigma_i(z_{>i}) * u_i`, and `T^{-1}` its exact
 inverse; under the Gaussian prior `u ~ N(0, I)`, so
@@ -29,12 +31,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hebmctl.models.likelihood import GaussianLikelihood, Likelihood
 from hebmctl.noise import NoiseRows, randn
 
 MIN_STD = 1e-2
 """Floor of every prior standard deviation. T^{-1} divides by sigma, so float32 rounding of z
 (about 6e-8 * |z|) comes back as an error of about 6e-8 * |z| / sigma in u: the floor keeps the
 round trip within 1e-5 for the latent scales a trained backbone has."""
+
+HALF_DTYPES = (torch.bfloat16, torch.float16)
+"""Dtypes an autocast region produces; the KL and the likelihood compute in float32 instead."""
 
 LOG_STD_X_RANGE = (math.log(0.01), math.log(1.0))
 """Allowed range of the decoder's log std on the [-1, 1] pixel scale."""
@@ -50,11 +56,13 @@ class BackboneMisfit(ValueError):
 
 @dataclass(frozen=True)
 class ElboTerms:
-    """Per-example terms of the negative ELBO: recon_nll `[B]` (nats), kl `[B, L]` (nats per layer), x_mean `[B, C, H, W]`."""
+    """Per-example terms of the negative ELBO: recon_nll `[B]` (nats), kl `[B, L]` (nats per layer), x_mean `[B, C, H, W]`,
+    and the decoder's likelihood parameters `[B, P, H, W]` (None where a caller rebuilt the terms without them)."""
 
     recon_nll: Tensor
     kl: Tensor
     x_mean: Tensor
+    params: Tensor | None = None
 
 
 def gaussian_log_prob(x: Tensor, mu: Tensor, std: Tensor) -> Tensor:
@@ -63,7 +71,9 @@ def gaussian_log_prob(x: Tensor, mu: Tensor, std: Tensor) -> Tensor:
 
 
 def gaussian_kl(mu_q: Tensor, std_q: Tensor, mu_p: Tensor, std_p: Tensor) -> Tensor:
-    """KL(N(mu_q, std_q^2) || N(mu_p, std_p^2)) summed over every axis but the first: `[B, ...]` -> `[B]`."""
+    """KL(N(mu_q, std_q^2) || N(mu_p, std_p^2)) summed over every axis but the first: `[B, ...]` -> `[B]` (in float32 at least,
+    also when the inputs come from a bfloat16 autocast region)."""
+    mu_q, std_q, mu_p, std_p = (t.float() if t.dtype in HALF_DTYPES else t for t in (mu_q, std_q, mu_p, std_p))
     var_ratio = (std_q / std_p) ** 2
     return (0.5 * (var_ratio + ((mu_q - mu_p) / std_p) ** 2 - 1 - torch.log(var_ratio))).flatten(1).sum(-1)
 
@@ -78,16 +88,18 @@ def draw_gaussian(mu: Tensor, std: Tensor, generator: torch.Generator | NoiseRow
 class Backbone(nn.Module, ABC):
     """A hierarchical VAE with the interface every stage uses; see the module docstring.
 
-    Subclasses set `image_shape` (H, W, C) and `group_shapes` and implement `encode`,
-    `posterior_from_features`, `decode`, `u_to_z`, `z_to_u` and `log_prior_gauss`.
+    Subclasses set `image_shape` (H, W, C) and `group_shapes`, give their decoder
+    `likelihood.param_channels(C)` output channels, and implement `encode`, `posterior_from_features`,
+    `decode_params`, `u_to_z`, `z_to_u` and `log_prior_gauss`.
     """
 
     family: str = ""
     image_shape: tuple[int, int, int]
     group_shapes: tuple[tuple[int, ...], ...]
 
-    def __init__(self) -> None:
+    def __init__(self, likelihood: Likelihood | None = None) -> None:
         super().__init__()
+        self.likelihood = likelihood or GaussianLikelihood()
         self.register_buffer("log_std_x", torch.zeros(()))
 
     # ---- latent bookkeeping -------------------------------------------------------------
@@ -165,8 +177,12 @@ class Backbone(nn.Module, ABC):
 
     # ---- generative model ---------------------------------------------------------------
     @abstractmethod
+    def decode_params(self, z: Tensor) -> Tensor:
+        """z `[B, D]` -> the likelihood's parameters `[B, P, H, W]` (the Gaussian's: the pixel means, P = C)."""
+
     def decode(self, z: Tensor) -> Tensor:
-        """z `[B, D]` -> pixel means `[B, C, H, W]` on the [-1, 1] scale."""
+        """z `[B, D]` -> the decoder's image `[B, C, H, W]` on the [-1, 1] scale (the likelihood's mean)."""
+        return self.likelihood.mean(self.decode_params(z))
 
     @abstractmethod
     def u_to_z(self, u: Tensor) -> Tensor:
@@ -186,11 +202,17 @@ class Backbone(nn.Module, ABC):
         mse = ((x - x_mean.detach()) ** 2).mean()
         return (0.5 * torch.log(mse.clamp_min(1e-12))).clamp(*LOG_STD_X_RANGE)
 
-    def recon_nll(self, x: Tensor, x_mean: Tensor, log_std: Tensor | None = None) -> Tensor:
-        """-log p(x | z) in nats, `[B]`: Gaussian with scalar std exp(log_std) (default: the stored one)."""
-        log_std = self.log_std_x.clamp(*LOG_STD_X_RANGE) if log_std is None else log_std
-        per_pixel = 0.5 * ((x - x_mean) / log_std.exp()) ** 2 + log_std + 0.5 * math.log(2 * math.pi)
-        return per_pixel.flatten(1).sum(-1)
+    def _log_std(self, log_std: Tensor | None) -> Tensor:
+        return self.log_std_x.clamp(*LOG_STD_X_RANGE) if log_std is None else log_std
+
+    def recon_nll(self, x: Tensor, params: Tensor, log_std: Tensor | None = None) -> Tensor:
+        """-log p(x | z) in nats, `[B]`, given `decode_params(z)` `[B, P, H, W]`; the Gaussian's scalar std is
+        exp(log_std) (default: the stored one)."""
+        return self.likelihood.nll(x, params, self._log_std(log_std))
+
+    def discrete_nll(self, x: Tensor, params: Tensor, log_std: Tensor | None = None) -> Tensor:
+        """-log P(8-bit bin of x | z) in nats, `[B]`: the common discrete scale on which likelihoods compare."""
+        return self.likelihood.discrete_nll(x, params, self._log_std(log_std))
 
     def elbo_terms(self, x: Tensor, generator: torch.Generator | None, calibrate: bool = False) -> ElboTerms:
         """One-sample negative-ELBO terms for x `[B, C, H, W]` in [-1, 1].
@@ -199,9 +221,13 @@ class Backbone(nn.Module, ABC):
         the stored one (evaluation).
         """
         z, kl = self.posterior(x, generator, sample=True)
-        x_mean = self.decode(z)
+        return self.terms_from_params(x, self.decode_params(z), kl, calibrate)
+
+    def terms_from_params(self, x: Tensor, params: Tensor, kl: Tensor, calibrate: bool) -> ElboTerms:
+        """ElboTerms from the decoder's parameters `[B, P, H, W]` and the KL `[B, L]` (see `elbo_terms`)."""
+        x_mean = self.likelihood.mean(params)
         log_std = self.calibrated_log_std(x, x_mean) if calibrate else None
-        return ElboTerms(recon_nll=self.recon_nll(x, x_mean, log_std), kl=kl, x_mean=x_mean)
+        return ElboTerms(recon_nll=self.recon_nll(x, params, log_std), kl=kl, x_mean=x_mean, params=params)
 
     def sample_prior(self, n: int, generator: torch.Generator | None, temperature: float = 1.0) -> Tensor:
         """z = T(temperature * u), u ~ N(0, I): `[n, D]`."""

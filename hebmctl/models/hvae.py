@@ -27,6 +27,7 @@ from hebmctl.models.backbone import (  # noqa: F401  (re-exported for older impo
     gaussian_kl,
     gaussian_log_prob,
 )
+from hebmctl.models.likelihood import Likelihood
 
 
 def _mlp(d_in: int, d_hidden: int, d_out: int) -> nn.Sequential:
@@ -64,7 +65,7 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """z_1 `[B, d_in]` -> pixel means `[B, C, H, W]`: mirror of ConvEncoder."""
+    """z_1 `[B, d_in]` -> likelihood parameters `[B, out_channels, H, W]`: mirror of ConvEncoder."""
 
     def __init__(self, d_in: int, channels: int, out_channels: int, height: int, width: int) -> None:
         super().__init__()
@@ -98,8 +99,9 @@ class HierarchicalVAE(Backbone):
         channels: int = 32,
         mlp_hidden: int = 256,
         inference: Literal["top-down", "bottom-up"] = "top-down",
+        likelihood: Likelihood | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(likelihood)
         height, width, n_channels = image_shape
         self.check_fits(image_shape)
         self.image_shape = tuple(image_shape)
@@ -108,7 +110,7 @@ class HierarchicalVAE(Backbone):
         dims, n_layers = self.group_dims, len(self.group_dims)
         # Generative model: p(z_i | z_{i+1}) for i = 0 .. L-2 (0-based), p(x | z_1).
         self.prior_heads = nn.ModuleList(GaussianHead(dims[i + 1], mlp_hidden, dims[i]) for i in range(n_layers - 1))
-        self.decoder = ConvDecoder(dims[0], channels, n_channels, height, width)
+        self.decoder = ConvDecoder(dims[0], channels, self.likelihood.param_channels(n_channels), height, width)
         # Inference model.
         self.encoder = ConvEncoder(n_channels, channels, height, width, mlp_hidden)
         if inference == "top-down":
@@ -167,8 +169,8 @@ class HierarchicalVAE(Backbone):
         return total
 
     # ---- generative and inference passes -----------------------------------------------------
-    def decode(self, z: Tensor) -> Tensor:
-        """z `[B, D]` -> pixel means `[B, C, H, W]` (only z_1 is read: p(x | z_1))."""
+    def decode_params(self, z: Tensor) -> Tensor:
+        """z `[B, D]` -> likelihood parameters `[B, P, H, W]` (only z_1 is read: p(x | z_1))."""
         return self.decoder(self.split_groups(z)[0])
 
     def encode(self, x: Tensor) -> Tensor:

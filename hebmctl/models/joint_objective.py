@@ -99,8 +99,9 @@ def joint_loss(
         gauss_positive = -backbone.log_prior_gauss(z_pos).mean()  # eq. 18, positive phase at fixed samples
     else:
         gauss_positive = kl.sum(-1).mean()  # eq. 18 (positive phase) and eq. 19 (-KL)
-    x_mean = backbone.decode(z_pos)
-    recon = backbone.recon_nll(x, x_mean, log_std_x).mean()  # eq. 16, eq. 19
+    params = backbone.decode_params(z_pos)
+    x_mean = backbone.likelihood.mean(params)
+    recon = backbone.recon_nll(x, params, log_std_x).mean()  # eq. 16, eq. 19
     f_pos = energy(z_pos)
     f_neg = energy(z_neg)
     ebm_positive = -f_pos.mean()  # eq. 17 positive phase; eq. 19's E_q F(z)
@@ -119,7 +120,7 @@ def inference_loss(backbone: Backbone, energy: nn.Module, x: Tensor, z_q: Tensor
     the caller applies its gradient to the inference parameters only (`inference_parameters`), the
     generator, prior and EBM being learned from the Langevin samples.
     """
-    return (backbone.recon_nll(x, backbone.decode(z_q), log_std_x) + kl.sum(-1) - energy(z_q)).mean()
+    return (backbone.recon_nll(x, backbone.decode_params(z_q), log_std_x) + kl.sum(-1) - energy(z_q)).mean()
 
 
 def inference_parameters(backbone: Backbone, x: Tensor) -> list[nn.Parameter]:

@@ -34,6 +34,7 @@ from hebmctl.models.backbone import (
     gaussian_kl,
     gaussian_log_prob,
 )
+from hebmctl.models.likelihood import Likelihood
 
 
 def _conv3(c_in: int, c_out: int) -> nn.Conv2d:
@@ -80,6 +81,7 @@ class NVAE(Backbone):
         group_channels: channels of every latent group.
         channels: width of the encoder and of the decoder state.
         cells_per_group: residual cells after each merged group.
+        likelihood: p(x | z) (default: the Gaussian); the output convolution has its parameter channels.
     """
 
     family = "nvae"
@@ -91,8 +93,9 @@ class NVAE(Backbone):
         group_channels: int = 4,
         channels: int = 32,
         cells_per_group: int = 1,
+        likelihood: Likelihood | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(likelihood)
         self.check_fits(image_shape, groups_per_scale)
         height, width, n_channels = image_shape
         n_scales = len(groups_per_scale)
@@ -118,7 +121,7 @@ class NVAE(Backbone):
         self.dec_cells = nn.ModuleList(nn.Sequential(*(ResidualCell(c) for _ in range(cells_per_group))) for _ in range(n_groups))
         self.up = nn.ModuleList(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), _conv3(c, c), nn.SiLU()) for _ in range(n_scales - 1))
         self.out_up = nn.ConvTranspose2d(c, c, 4, stride=2, padding=1)
-        self.out_conv = _conv3(c, n_channels)
+        self.out_conv = _conv3(c, self.likelihood.param_channels(n_channels))
 
     @staticmethod
     def check_fits(image_shape: tuple[int, int, int], groups_per_scale: tuple[int, ...]) -> None:
@@ -197,12 +200,10 @@ class NVAE(Backbone):
     def elbo_terms(self, x: Tensor, generator: torch.Generator | None, calibrate: bool = False) -> ElboTerms:
         """As `Backbone.elbo_terms`, with one top-down walk (the posterior walk's final state is decoded)."""
         h, _, kl = self._posterior_walk(self.encode(x), generator, True)
-        x_mean = self._pixels(h)
-        log_std = self.calibrated_log_std(x, x_mean) if calibrate else None
-        return ElboTerms(recon_nll=self.recon_nll(x, x_mean, log_std), kl=kl, x_mean=x_mean)
+        return self.terms_from_params(x, self._pixels(h), kl, calibrate)
 
-    def decode(self, z: Tensor) -> Tensor:
-        """z `[B, D]` -> pixel means `[B, C, H, W]`: the top-down path with the given groups merged."""
+    def decode_params(self, z: Tensor) -> Tensor:
+        """z `[B, D]` -> likelihood parameters `[B, P, H, W]`: the top-down path with the given groups merged."""
         maps = self._to_maps_top_down(z)
         h, _ = self._walk(z.shape[0], lambda j, h, mu, sigma: maps[j])
         return self._pixels(h)

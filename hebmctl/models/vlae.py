@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from hebmctl.models.backbone import Backbone, BackboneMisfit, draw_gaussian, gaussian_kl, gaussian_log_prob
 from hebmctl.models.hvae import GaussianHead
+from hebmctl.models.likelihood import Likelihood
 
 
 def _vector_mlp(d_in: int, d_out: int) -> nn.Sequential:
@@ -36,12 +37,14 @@ class VLAE(Backbone):
         latent_dims: group sizes, bottom (z_1) to top (z_L).
         channels: width C of the first convolution (2C at H/4).
         mlp_hidden: width of the vector path (encoder and generator).
+        likelihood: p(x | z) (default: the Gaussian); the last convolution has its parameter channels.
     """
 
     family = "vlae"
 
-    def __init__(self, image_shape: tuple[int, int, int], latent_dims: tuple[int, ...], channels: int = 32, mlp_hidden: int = 256) -> None:
-        super().__init__()
+    def __init__(self, image_shape: tuple[int, int, int], latent_dims: tuple[int, ...], channels: int = 32, mlp_hidden: int = 256,
+                 likelihood: Likelihood | None = None) -> None:
+        super().__init__(likelihood)
         self.check_fits(image_shape)
         height, width, n_channels = image_shape
         self.image_shape = tuple(image_shape)
@@ -63,7 +66,7 @@ class VLAE(Backbone):
         self.to_map = nn.Sequential(nn.Linear(mlp_hidden, flat), nn.SiLU())
         self.inject = nn.ModuleDict({str(i): nn.Linear(dims[i], self._map_size(i)) for i in range(min(2, n_layers - 1))})
         self.up1 = nn.Sequential(nn.ConvTranspose2d(2 * c, c, 4, stride=2, padding=1), nn.SiLU(), nn.Conv2d(c, c, 3, padding=1), nn.SiLU())
-        self.up0 = nn.Sequential(nn.ConvTranspose2d(c, c, 4, stride=2, padding=1), nn.SiLU(), nn.Conv2d(c, n_channels, 3, padding=1))
+        self.up0 = nn.Sequential(nn.ConvTranspose2d(c, c, 4, stride=2, padding=1), nn.SiLU(), nn.Conv2d(c, self.likelihood.param_channels(n_channels), 3, padding=1))
 
     @staticmethod
     def check_fits(image_shape: tuple[int, int, int]) -> None:
@@ -103,8 +106,8 @@ class VLAE(Backbone):
         return self.join_groups(groups), torch.stack(kls, dim=-1)
 
     # ---- generative model ---------------------------------------------------------------
-    def decode(self, z: Tensor) -> Tensor:
-        """z `[B, D]` -> pixel means `[B, C, H, W]`: top group first, each lower group at a later stage."""
+    def decode_params(self, z: Tensor) -> Tensor:
+        """z `[B, D]` -> likelihood parameters `[B, P, H, W]`: top group first, each lower group at a later stage."""
         groups, n = self.split_groups(z), self.num_layers
         g = self.gen_top(groups[-1])
         for i in range(n - 2, 1, -1):

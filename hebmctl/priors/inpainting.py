@@ -88,13 +88,13 @@ def paste_visible(x_raw: Tensor, x: Tensor, pixel_mask: Tensor) -> Tensor:
 
 def visible_log_density(backbone: Backbone, neg_energy: NegEnergyOfZ | None, x: Tensor, pixel_mask: Tensor) -> LogDensity:
     """u `[B, D]` -> log p(x_vis | T(u)) + F(T(u)) - |u|^2/2 `[B]` (up to a constant): the posterior in u-space
-    (`hebmctl.samplers.posterior`) with the Gaussian likelihood of the visible pixels only (masked pixels are zeroed
-    in both x and the mean, so they add a constant)."""
+    (`hebmctl.samplers.posterior`) with the backbone's likelihood of the visible pixels only (masked pixels are zeroed
+    in both x and the likelihood's parameters, so they add a constant)."""
     visible = 1 - pixel_mask.to(x)
 
     def log_density(u: Tensor) -> Tensor:
         z = backbone.u_to_z(u)
-        log_px = -backbone.recon_nll(x * visible, backbone.decode(z) * visible)
+        log_px = -backbone.recon_nll(x * visible, backbone.decode_params(z) * visible)  # masked pixels: a constant term
         energy = neg_energy(z) if neg_energy is not None else 0.0
         return log_px + energy - 0.5 * u.flatten(1).pow(2).sum(1)
 

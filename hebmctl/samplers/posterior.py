@@ -39,7 +39,7 @@ def posterior_log_density(backbone: Backbone, neg_energy: NegEnergy | None, x: T
 
     def log_density(u: Tensor) -> Tensor:
         z = backbone.u_to_z(u)
-        log_px = -backbone.recon_nll(x, backbone.decode(z), log_std_x)
+        log_px = -backbone.recon_nll(x, backbone.decode_params(z), log_std_x)
         prior = -0.5 * u.flatten(1).pow(2).sum(dim=1)
         return log_px + prior + (neg_energy(z) if neg_energy is not None else 0.0)
 

@@ -23,6 +23,10 @@ JOINT_DEFAULTS: dict[str, Any] = {
 """Defaults of --prior joint's options (those of train-prior's joint scheme), filled in only with --prior joint."""
 POSTERIOR_LANGEVIN_DEFAULTS: dict[str, Any] = {"posterior_init": "q", "posterior_langevin_steps": 20, "posterior_step_size": 0.1}
 JOINT_ONLY = frozenset(JOINT_DEFAULTS) | {"posterior", "prior_name", "prior_out"} | frozenset(POSTERIOR_LANGEVIN_DEFAULTS)
+STABILISER_OPTIONS = frozenset({"likelihood", "mixture_components", "kl_balance", "spectral_reg", "precision"})
+OFF_VALUES: dict[str, Any] = {"likelihood": "gaussian", "kl_balance": False, "spectral_reg": 0.0, "precision": "fp32"}
+"""Values that spell out the default of an option hashed only when set: stored as unset, so the fingerprint is the default's."""
+MIXTURE_COMPONENTS = 5
 
 
 class PretrainConfig(StageConfig):
@@ -54,6 +58,17 @@ class PretrainConfig(StageConfig):
     )
     group_channels: int | None = Field(None, ge=1, description="nvae: channels of each spatial latent group (default 4).")
     cells_per_group: int | None = Field(None, ge=0, description="nvae: residual cells after each merged group (default 1).")
+    likelihood: Literal["gaussian", "logistic-mixture"] | None = Field(None, description="Output likelihood p(x|z): 'gaussian' "
+        "(default: one shared std, calibrated in closed form) or 'logistic-mixture' (discretised mixture of logistics on the 8-bit "
+        "bins, PixelCNN++; colour channels independent).")
+    mixture_components: int | None = Field(None, ge=1, description="--likelihood logistic-mixture: logistics per pixel and channel "
+        "(default 5).")
+    kl_balance: bool | None = Field(None, description="NVAE's KL balancing: during the KL warm-up, weight each group's KL by a "
+        "coefficient proportional to its KL per dimension (mean 1 over groups), so that no group is switched off early. Default: off.")
+    spectral_reg: float | None = Field(None, ge=0, description="NVAE's spectral regularisation: add LAMBDA * sum of the largest "
+        "singular values of every convolution's weight matrix (one power iteration per step). Default: off.")
+    precision: Literal["fp32", "bf16"] | None = Field(None, description="'fp32' (default) or 'bf16': the forward pass under bfloat16 "
+        "autocast (CUDA only; refused on the CPU).")
     inference: Literal["top-down", "bottom-up"] = Field("top-down", description="q(z|x) factorisation: 'top-down' q(z_L|x) prod "
         "q(z_i|z_{i+1},x), or 'bottom-up' q(z_1|x) prod q(z_{i+1}|z_i) (Joint-EBM eq. 4).")
     steps: int = Field(6000, ge=1, description="Optimizer steps.")
@@ -106,9 +121,9 @@ class PretrainConfig(StageConfig):
     unhashed: ClassVar[frozenset[str]] = frozenset({"run", "device", "log_every", "checkpoint_every", "keep_checkpoints", "prior_out",
                                                        "prior_name"})
     hashed_when_set: ClassVar[frozenset[str]] = frozenset({"groups_per_scale", "group_channels", "cells_per_group", "skip_grad_norm"}
-                                                          | JOINT_ONLY - {"prior_out", "prior_name"} | {"prior"})
-    """Fields added after earlier backbones (the nvae family's, --prior joint's): hashed only when set, so the fingerprints of
-    earlier backbones stay valid."""
+                                                          | JOINT_ONLY - {"prior_out", "prior_name"} | {"prior"} | STABILISER_OPTIONS)
+    """Fields added after earlier backbones (the nvae family's, --prior joint's, the likelihood and stabilisers): hashed only when
+    set, so the fingerprints of earlier backbones stay valid."""
     hashed_as_default: ClassVar[frozenset[str]] = frozenset({"eval_limit"})  # an evaluation setting: changing it does not retrain
 
     _data = field_validator("data", mode="before")(lambda cls, v: absolute_data_spec(v))
@@ -120,6 +135,11 @@ class PretrainConfig(StageConfig):
         family = data.get("backbone") or cls.model_fields["backbone"].default
         if data.get("prior") == "gaussian":
             data["prior"] = None  # the default, spelled out: same fingerprint as leaving it unset
+        for key, off in OFF_VALUES.items():
+            if data.get(key) == off:
+                data[key] = None
+        if data.get("likelihood") == "logistic-mixture" and data.get("mixture_components") is None:
+            data["mixture_components"] = MIXTURE_COMPONENTS
         if data.get("prior") == "joint":
             data = cls._joint_defaults(data)
         for key, value in FAMILY_DEFAULTS.get(family, {}).items():
@@ -151,6 +171,10 @@ class PretrainConfig(StageConfig):
         elif self.free_bits > 0:
             raise ValueError("--prior joint needs --free-bits 0: a KL floor drops eq. 18's positive phase of a layer while its negative "
                              "phase still acts")
+        if self.prior == "joint" and any(getattr(self, k) is not None for k in ("kl_balance", "spectral_reg", "precision")):
+            raise ValueError("kl_balance, spectral_reg and precision apply to the backbone alone (--prior gaussian) for now")
+        if self.mixture_components is not None and self.likelihood != "logistic-mixture":
+            raise ValueError("mixture_components applies to --likelihood logistic-mixture only")
         if self.posterior != "langevin" and any(getattr(self, k) is not None for k in POSTERIOR_LANGEVIN_DEFAULTS):
             raise ValueError("posterior_init, posterior_langevin_steps and posterior_step_size apply to --posterior langevin only")
         return self

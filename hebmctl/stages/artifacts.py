@@ -15,6 +15,7 @@ from hebmctl.io.state import load_module_state
 from hebmctl.models.backbone import Backbone, BackboneMisfit
 from hebmctl.models.energy import JointEnergy
 from hebmctl.models.hvae import HierarchicalVAE
+from hebmctl.models.likelihood import Likelihood, make_likelihood
 from hebmctl.models.nvae import NVAE
 from hebmctl.models.vlae import VLAE
 from hebmctl.schemas.common import InputRef
@@ -24,10 +25,16 @@ from hebmctl.schemas.prior import PriorManifest
 WEIGHTS_NAME = "weights.safetensors"
 
 
+def _likelihood(c: PretrainConfig) -> Likelihood:
+    return make_likelihood(c.likelihood, c.mixture_components)
+
+
 BACKBONE_BUILDERS: dict[str, Callable[[PretrainConfig, tuple[int, int, int]], Backbone]] = {
-    "hvae": lambda c, shape: HierarchicalVAE(shape, c.latent_dims, channels=c.channels, mlp_hidden=c.mlp_hidden, inference=c.inference),
-    "nvae": lambda c, shape: NVAE(shape, c.groups_per_scale, group_channels=c.group_channels, channels=c.channels, cells_per_group=c.cells_per_group),
-    "vlae": lambda c, shape: VLAE(shape, c.latent_dims, channels=c.channels, mlp_hidden=c.mlp_hidden),
+    "hvae": lambda c, shape: HierarchicalVAE(shape, c.latent_dims, channels=c.channels, mlp_hidden=c.mlp_hidden, inference=c.inference,
+                                             likelihood=_likelihood(c)),
+    "nvae": lambda c, shape: NVAE(shape, c.groups_per_scale, group_channels=c.group_channels, channels=c.channels,
+                                  cells_per_group=c.cells_per_group, likelihood=_likelihood(c)),
+    "vlae": lambda c, shape: VLAE(shape, c.latent_dims, channels=c.channels, mlp_hidden=c.mlp_hidden, likelihood=_likelihood(c)),
 }
 """Family name -> a function from (config, image shape (H, W, C)) to a fresh model: the one place that maps a family to a class."""
 

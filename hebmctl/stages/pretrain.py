@@ -1,7 +1,9 @@
 """Stage `pretrain`: train the hierarchical VAE backbone (DESIGN §1, issue 2).
 
 Loss per batch (negative ELBO with KL warm-up and per-layer free bits):
-    recon_nll + beta(step) * sum_i max(KL_i, free_bits * dim_i),   beta rising 0 -> 1.
+    recon_nll + beta(step) * sum_i gamma_i max(KL_i, free_bits * dim_i) + lambda * sum_j s_j,   beta rising 0 -> 1,
+with gamma_i = 1, or NVAE's KL-balancing coefficients while beta < 1 (--kl-balance), and lambda * sum_j s_j NVAE's
+spectral regulariser (--spectral-reg LAMBDA; 0 by default); hebmctl.models.stabilisers.
 Writes `weights.safetensors` (EMA weights), `recon_grid.png`, `prior_samples.png`,
 `metrics.jsonl`, then `manifest.json`. Re-running the same command resumes from the newest
 checkpoint; a complete, up-to-date backbone is left as it is.
@@ -43,6 +45,7 @@ from hebmctl.metrics.backbone import evaluate_backbone
 from hebmctl.models.backbone import LOG_STD_X_RANGE, Backbone, ElboTerms
 from hebmctl.models.ema import ema_update
 from hebmctl.models.joint_objective import inference_loss, inference_parameters, joint_loss
+from hebmctl.models.stabilisers import SpectralRegulariser, kl_balance_coefficients
 from hebmctl.noise import NoiseRows
 from hebmctl.runtime import peak_cuda_mb, peak_rss_mb, resolve_device
 from hebmctl.samplers import sample_joint_prior
@@ -111,6 +114,9 @@ def check_inputs(config: PretrainConfig) -> tuple[ImageSet, ImageSet]:
     test_set = load_split(config.data, "test", (), config.eval_limit)  # an empty test split fails here, not after training
     with torch.device("meta"):  # the family's own size rules (a misfit is a DataError), without allocating weights
         build_backbone(config, train_set.image_shape)
+    if config.precision == "bf16" and resolve_device(config.device).type != "cuda":
+        raise ConfigError(f"pretrain --precision bf16 runs the forward pass under CUDA's bfloat16 autocast, but this run's device is "
+                          f"{resolve_device(config.device)}. Drop --precision (fp32), or run on a CUDA GPU.")
     if test_set.image_shape != train_set.image_shape:
         raise DataError(f"{config.data}: the test split's images are {test_set.image_shape} (H, W, C) but the train split's are "
                         f"{train_set.image_shape}. Both splits need one image size.")
@@ -172,6 +178,8 @@ class _Trainer:
         self.step = 0
         self.wall_s = 0.0
         self.skips = UpdateSkipper(config.skip_grad_norm)
+        self.group_dims = torch.tensor(model.group_dims, dtype=torch.float32, device=device)
+        self.spectral = SpectralRegulariser(model, seed=config.seed).to(device) if config.spectral_reg else None
         self._epoch_order: tuple[int, torch.Tensor] | None = None
 
     @property
@@ -180,7 +188,8 @@ class _Trainer:
 
     @property
     def state(self) -> TrainingState:
-        return TrainingState({"model": self.model, "ema": self.ema}, {"adamw": self.optimizer}, {"noise": self.generator})
+        modules = {"model": self.model, "ema": self.ema} | ({"spectral": self.spectral} if self.spectral is not None else {})
+        return TrainingState(modules, {"adamw": self.optimizer}, {"noise": self.generator})
 
     def batch(self, step: int) -> torch.Tensor:
         """Images of `step`: a slice of the epoch's permutation, seeded by (seed, epoch); `[B, C, H, W]`
@@ -226,10 +235,14 @@ class _Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.step, cfg.steps, cfg.lr)
         x = self.batch(self.step)
-        terms = self.elbo_terms(x)
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            terms = self.elbo_terms(x)
         kl_per_layer = dist.batch_mean(terms.kl)  # [L], over the global batch
         kl_beta = kl_weight_at(self.step, cfg.kl_warmup_steps)
-        loss = dist.batch_mean(terms.recon_nll) + kl_beta * torch.maximum(kl_per_layer, self.free_nats).sum()
+        kl_coeffs = self.kl_coefficients(kl_per_layer, kl_beta)
+        spectral = self.spectral() if self.spectral is not None else torch.zeros((), device=self.device)
+        loss = (dist.batch_mean(terms.recon_nll) + kl_beta * (kl_coeffs * torch.maximum(kl_per_layer, self.free_nats)).sum()
+                + (cfg.spectral_reg or 0.0) * spectral)
         if not torch.isfinite(loss):
             raise DivergenceError(
                 f"pretrain diverged at step {self.step}: the loss is {float(loss)}. The last good checkpoint is kept in "
@@ -257,7 +270,18 @@ class _Trainer:
             "skipped_updates": self.skips.total,
             "lr": self.optimizer.param_groups[0]["lr"],
             "decoder_std": float(self.decoder_log_std(x, terms.x_mean).exp()),
-        }
+        } | self.stabiliser_record(kl_coeffs, spectral)
+
+    def kl_coefficients(self, kl_per_layer: torch.Tensor, kl_beta: float) -> torch.Tensor:
+        """gamma `[L]`: NVAE's KL balancing while the warm-up weight is below 1 (with --kl-balance), else ones."""
+        if self.config.kl_balance and kl_beta < 1.0:
+            return kl_balance_coefficients(torch.maximum(kl_per_layer, self.free_nats), self.group_dims)
+        return torch.ones_like(kl_per_layer)
+
+    def stabiliser_record(self, kl_coeffs: torch.Tensor, spectral: torch.Tensor) -> dict:
+        """metrics.jsonl fields of the options that are on: the KL coefficients, the sum of the largest singular values."""
+        record = {"kl_coeffs": [round(float(c), 4) for c in kl_coeffs]} if self.config.kl_balance else {}
+        return record | ({"spectral_sum": float(spectral)} if self.spectral is not None else {})
 
     @staticmethod
     def progress_info(record: dict) -> str:
@@ -271,8 +295,8 @@ class _Trainer:
             return self.model.elbo_terms(x, self.generator, calibrate=True)
         noise = NoiseRows(self.generator, *dist.shard(self.global_batch), self.global_batch)
         terms = self.model.elbo_terms(x, noise, calibrate=False)
-        recon_nll = self.model.recon_nll(x, terms.x_mean, self.decoder_log_std(x, terms.x_mean))
-        return ElboTerms(recon_nll, terms.kl, terms.x_mean)
+        recon_nll = self.model.recon_nll(x, terms.params, self.decoder_log_std(x, terms.x_mean))
+        return ElboTerms(recon_nll, terms.kl, terms.x_mean, terms.params)
 
     def decoder_log_std(self, x: torch.Tensor, x_mean: torch.Tensor) -> torch.Tensor:
         """`Backbone.calibrated_log_std` of the global batch (no gradient): 0.5 log(per-pixel MSE), clamped."""

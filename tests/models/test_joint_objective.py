@@ -78,7 +78,7 @@ def test_generator_gradient_is_eq_16(images, single_thread):
     log_std = torch.tensor(-1.0)
     terms = joint_loss(backbone, energy, images, z_q, z_neg, kl, log_std, kl_weight=W)
     params = list(backbone.decoder.parameters())
-    hand = backbone.recon_nll(images, backbone.decode(z_q.detach()), log_std).mean()  # -log p(x | z) at the draw
+    hand = backbone.recon_nll(images, backbone.decode_params(z_q.detach()), log_std).mean()  # -log p(x | z) at the draw
     assert _close(_grads(terms.total, params), _grads(hand, params))
 
 
@@ -87,7 +87,7 @@ def test_inference_gradient_is_eq_19_and_includes_the_ebm(images, single_thread)
     z_q, kl, z_neg = _draws(backbone, images)
     terms = joint_loss(backbone, energy, images, z_q, z_neg, kl, kl_weight=1.0)
     params = list(backbone.encoder.parameters()) + list(backbone.q_heads.parameters())
-    elbo_only = backbone.recon_nll(images, backbone.decode(z_q)).mean() + kl.sum(-1).mean()
+    elbo_only = backbone.recon_nll(images, backbone.decode_params(z_q)).mean() + kl.sum(-1).mean()
     hand = elbo_only - energy(z_q).mean()  # -[E_q log p(x|z) - KL(q || p_Gauss) + E_q F(z)]
     assert _close(_grads(terms.total, params), _grads(hand, params))
     assert not _close(_grads(terms.total, params), _grads(elbo_only, params))  # the E_q F(z) term is there
@@ -144,7 +144,7 @@ def test_posterior_log_density_is_the_u_space_density_with_the_jacobian(images, 
         u = torch.randn((1, backbone.latent_dim), generator=torch.Generator().manual_seed(seed))
         z = backbone.u_to_z(u)
         jac = torch.autograd.functional.jacobian(lambda v: backbone.u_to_z(v[None])[0], u[0])
-        by_hand = (-backbone.recon_nll(x, backbone.decode(z), torch.tensor(-1.0)) + energy(z) + backbone.log_prior_gauss(z)
+        by_hand = (-backbone.recon_nll(x, backbone.decode_params(z), torch.tensor(-1.0)) + energy(z) + backbone.log_prior_gauss(z)
                    + torch.linalg.slogdet(jac).logabsdet)
         values.append(float((density(u) - by_hand).detach()))
     assert values == pytest.approx([0.5 * backbone.latent_dim * math.log(2 * math.pi)] * 3, abs=1e-3)
@@ -165,7 +165,7 @@ class _LinearGaussianToy(Backbone):
     def posterior_from_features(self, features, generator, sample=True):
         raise NotImplementedError
 
-    def decode(self, z):
+    def decode_params(self, z):
         return (z @ self.a.T).reshape(-1, 1, 2, 2)
 
     def u_to_z(self, u):
