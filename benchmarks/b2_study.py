@@ -7,9 +7,9 @@ RUN/fid-stats (computed on first use). For each b2, trains `RUN/priors/diffusion
 --name diffusion-b2-<b2> --scheme diffusion --b2 <b2> --steps S --batch-size B --device cpu`; defaults otherwise: T = 3,
 drl schedule, K = 30; resumable, an up-to-date prior is reused) and scores N samples at the training K: FID against the
 test split (as `hebmctl eval fid --n N`), improved precision/recall (k = 3, against N real test images) and class
-coverage by a classifier trained on the real training images (benchmarks/_sample_quality.py). The Gaussian prior and N
-real training images (--real) give the reference rows. Also records the training step sizes s_t and the Langevin noise a
-K-step chain injects per level, sqrt(K) s_t. Writes benchmarks/results/b2_study.json.
+coverage by a classifier trained on the real training images (benchmarks/_sample_quality.py). The Gaussian
+prior (--gaussian) and N real training images (--real) give the reference rows. Also records the training step sizes
+s_t and the Langevin noise a K-step chain injects per level, sqrt(K) s_t. Writes benchmarks/results/b2_study.json.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--gaussian", action="store_true", help="also score the Gaussian prior (no EBM)")
     parser.add_argument("--real", action="store_true", help="also score N real training images (the metrics' ceiling at this N)")
     args = parser.parse_args()
     evaluator = Evaluator(args.run, args.n)
@@ -52,7 +53,8 @@ def main() -> None:
         rows[b2] = row | evaluator.evaluate(f"diffusion-b2-{b2}")
     emit("b2_study", {"run": str(args.run), "n": args.n, "steps": args.steps, "batch_size": args.batch_size,
                       "fid_reference": str(evaluator.stats_folder), "classifier": evaluator.classifier_record,
-                      "gaussian": evaluator.evaluate("gaussian"), "real": evaluator.real_baseline() if args.real else None, "by_b2": rows})
+                      "gaussian": evaluator.evaluate("gaussian") if args.gaussian else None,
+                      "real": evaluator.real_baseline() if args.real else None, "by_b2": rows})
 
 
 if __name__ == "__main__":
