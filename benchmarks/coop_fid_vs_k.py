@@ -11,13 +11,15 @@ a cut-short run has the most important points) scores N samples with `--langevin
 sqrt(K / K'), CDRL's adjustment, as `sample` does): FID against the test split exactly as `hebmctl eval fid --n N`,
 precision/recall and class coverage (benchmarks/_sample_quality.py). Speed: `priors.sample_batches` (sampling and
 decoding, what `sample` does before writing PNGs) of speed-n images in batches of 500, for every (scheme, K')
-interleaved, repeated speed-reps times; images/s by wall clock and by the process's CPU time (one torch thread, so CPU
+interleaved, repeated speed-reps times, measured before the evaluations and cached in RUN/bench (--only speed
+measures them alone); images/s by wall clock and by the process's CPU time (one torch thread, so CPU
 time is the work done and is robust to other jobs sharing the cores). Writes benchmarks/results/<name>.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from pathlib import Path
@@ -63,6 +65,7 @@ def main() -> None:
     parser.add_argument("--speed-n", type=int, default=1000)
     parser.add_argument("--speed-reps", type=int, default=3)
     parser.add_argument("--name", default="coop_fid_vs_k")
+    parser.add_argument("--only", choices=("all", "speed"), default="all", help="speed: measure (and cache) the speeds only")
     args = parser.parse_args()
     torch.set_num_threads(1)
     names = {s: f"{s}-b2-{args.b2}" for s in SCHEMES}
@@ -72,12 +75,19 @@ def main() -> None:
                                                     batch_size=args.batch_size, device="cpu"))
         trained[scheme] = {"train_K": manifest.config.langevin_steps, "metrics": manifest.metrics}
     ks = [int(k) for k in args.K.split(",")]
+    speed_path = args.run / "bench" / f"speed-K{'_'.join(map(str, sorted(ks)))}-n{args.speed_n}-r{args.speed_reps}.json"
+    if not speed_path.exists():
+        speed_path.parent.mkdir(parents=True, exist_ok=True)
+        speed_path.write_text(json.dumps(speed(args.run, names, sorted(ks), args.speed_n, args.speed_reps), indent=2))
+    if args.only == "speed":
+        print(speed_path.read_text())
+        return
     evaluator = Evaluator(args.run, args.n)
     # K' = the training K is the default sampler (the b2 study's rows reuse those results)
     curve = {f"{s}-K{k}": evaluator.evaluate(names[s], None if k == trained[s]["train_K"] else k) for k in ks for s in SCHEMES}
     emit(args.name, {"run": str(args.run), "n": args.n, "b2": args.b2, "steps": args.steps, "batch_size": args.batch_size,
                      "trained": trained, "classifier": evaluator.classifier_record, "fid_vs_K": curve,
-                     "speed": speed(args.run, names, sorted(ks), args.speed_n, args.speed_reps)})
+                     "speed": json.loads(speed_path.read_text())})
 
 
 if __name__ == "__main__":
