@@ -28,6 +28,8 @@ from hebmctl.io.hashing import sha256_file
 from hebmctl.io.images import save_grid
 from hebmctl.metrics.fid import InceptionFeatures, feature_statistics, frechet_distance, resolve_inception_weights
 from hebmctl.metrics.precision_recall import precision_recall
+from hebmctl.priors import SamplingOptions
+from hebmctl.priors.diffusion import DiffusionPrior
 from hebmctl.schemas import EvalFidConfig
 from hebmctl.schemas.common import InputRef
 from hebmctl.stages import eval_fid
@@ -141,18 +143,25 @@ class Evaluator:
         path.write_text(json.dumps(result, indent=2))
         return result
 
-    def evaluate(self, prior: str, langevin_steps: int | None = None) -> dict:
-        """Scores of N samples of RUN/priors/<prior> (or 'gaussian') with K' = langevin_steps (None: the training K)."""
-        tag = f"{prior}-K{langevin_steps if langevin_steps is not None else 'train'}"
+    def evaluate(self, prior: str, langevin_steps: int | None = None, without_initializer: bool = False) -> dict:
+        """Scores of N samples of RUN/priors/<prior> (or 'gaussian') with K' = langevin_steps (None: the training K).
+
+        without_initializer: a cooperative prior's EBMs sampled as the diffusion scheme samples (each level's chain
+        starts at u_{t+1}, not at the initializer's proposal): separates the EBM from the proposals."""
+        tag = f"{prior}-K{langevin_steps if langevin_steps is not None else 'train'}" + ("-noinit" if without_initializer else "")
         path = self.out / f"{tag}.json"
         if path.exists():
             return json.loads(path.read_text())
         config = EvalFidConfig(run=self.run, prior=prior, n=self.n, langevin_steps=langevin_steps, device="cpu")
         source = eval_fid._Source(config, self.ref_images, DEVICE)
+        if without_initializer:
+            p = source.prior
+            source.prior = DiffusionPrior(p.config, p.energy, p.backbone, p.device, SamplingOptions(langevin_steps, None, None))
         images, generate_s = source.images()
         features, feature_s = eval_fid._features(self.extractor, images, config.fid_batch_size, tag)
         save_grid(self.out / f"{tag}.png", images[:64], 8)
-        result = {"prior": prior, "langevin_steps": langevin_steps, "n": self.n, "generate_s": round(generate_s, 2),
+        result = {"prior": prior, "langevin_steps": langevin_steps, "without_initializer": without_initializer, "n": self.n,
+                  "generate_s": round(generate_s, 2),
                   "feature_s": round(feature_s, 1)} | self.scores(images, features)
         path.write_text(json.dumps(result, indent=2))
         return result

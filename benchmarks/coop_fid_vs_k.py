@@ -9,7 +9,8 @@ Trains (or reuses) `RUN/priors/{diffusion,cooperative}-b2-<b2>` (`hebmctl train-
 cooperative prior with shared-noise pairs and no Tweedie step, its defaults), then for each K' (in the order given, so
 a cut-short run has the most important points) scores N samples with `--langevin-steps K'` (each step scaled by
 sqrt(K / K'), CDRL's adjustment, as `sample` does): FID against the test split exactly as `hebmctl eval fid --n N`,
-precision/recall and class coverage (benchmarks/_sample_quality.py). Speed: `priors.sample_batches` (sampling and
+precision/recall and class coverage (benchmarks/_sample_quality.py); the cooperative EBMs are also sampled without the
+initializer at --without-initializer-K (the proposals' share of the result). Speed: `priors.sample_batches` (sampling and
 decoding, what `sample` does before writing PNGs) of speed-n images in batches of 500, for every (scheme, K')
 interleaved, repeated speed-reps times, measured before the evaluations and cached in RUN/bench (--only speed
 measures them alone); images/s by wall clock and by the process's CPU time (one torch thread, so CPU
@@ -65,6 +66,8 @@ def main() -> None:
     parser.add_argument("--speed-n", type=int, default=1000)
     parser.add_argument("--speed-reps", type=int, default=3)
     parser.add_argument("--name", default="coop_fid_vs_k")
+    parser.add_argument("--without-initializer-K", default="30", help="K' at which the cooperative EBMs are also sampled "
+                        "without the initializer (each chain from u_{t+1}, as the diffusion scheme); empty: none")
     parser.add_argument("--only", choices=("all", "speed"), default="all", help="speed: measure (and cache) the speeds only")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -85,6 +88,9 @@ def main() -> None:
     evaluator = Evaluator(args.run, args.n)
     # K' = the training K is the default sampler (the b2 study's rows reuse those results)
     curve = {f"{s}-K{k}": evaluator.evaluate(names[s], None if k == trained[s]["train_K"] else k) for k in ks for s in SCHEMES}
+    no_init = [int(k) for k in args.without_initializer_K.split(",") if k]
+    curve |= {f"cooperative-without-initializer-K{k}": evaluator.evaluate(names["cooperative"], k, without_initializer=True)
+              for k in no_init}
     emit(args.name, {"run": str(args.run), "n": args.n, "b2": args.b2, "steps": args.steps, "batch_size": args.batch_size,
                      "trained": trained, "classifier": evaluator.classifier_record, "fid_vs_K": curve,
                      "speed": json.loads(speed_path.read_text())})
