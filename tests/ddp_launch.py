@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,3 +80,20 @@ def torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc),
                "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *args[:2], "--", *args[2:]]
     return subprocess.run(command, env=base_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=TIMEOUT_S)
+
+
+def assert_killed_rank_is_reported(args: list[str], log: Path) -> None:
+    """Start `args` on 2 ranks, SIGKILL rank 1 once rank 0 has written a line of `log` (its metrics): rank 0 must exit
+    with code 2 within a minute and say which rank died and what to do."""
+    ranks = start(args, HEBMCTL_DIST_TIMEOUT_S="30")
+    deadline = time.monotonic() + 240
+    while not (log.is_file() and log.read_text().strip()):
+        assert time.monotonic() < deadline and ranks.processes[0].poll() is None, "rank 0 never reached step 1"
+        time.sleep(0.2)
+    ranks.processes[1].kill()
+    killed_at = time.monotonic()
+    (code, output), _ = ranks.wait(timeout=120)
+    assert code == 2, output[-3000:]
+    assert time.monotonic() - killed_at < 60
+    text = " ".join(output.split())
+    assert "Rank 0 of 2" in text and "died" in text and "re-run the same command" in text

@@ -13,7 +13,6 @@ norm at most 2.1e-7; well inside rtol 1e-4 / atol 1e-5. sample computes every ba
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 import torch
@@ -25,7 +24,7 @@ from hebmctl.schemas import EvalFidConfig, PriorManifest, SampleConfig
 from hebmctl.stages import eval_fid, sample, train_prior
 
 from tests.conftest import tiny_prior_config
-from tests.ddp_launch import run_ranks, start
+from tests.ddp_launch import assert_killed_rank_is_reported, run_ranks, start
 
 SCHEMES = ("joint", "diffusion", "cooperative")
 
@@ -106,18 +105,7 @@ def test_a_killed_rank_stops_train_prior_with_a_clear_error(tmp_path, tiny_backb
     """Rank 1 is killed (SIGKILL) mid-training: rank 0 exits with code 2 and says what happened, within seconds."""
     out = tmp_path / "prior"
     args = _prior_args(tiny_backbone, tiny_latents, out, "diffusion", "--steps", "100000", "--checkpoint-every", "100000")
-    ranks = start(args, HEBMCTL_DIST_TIMEOUT_S="30")
-    deadline = time.monotonic() + 240
-    while not ((out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text().strip()):
-        assert time.monotonic() < deadline and ranks.processes[0].poll() is None, "rank 0 never reached step 1"
-        time.sleep(0.2)
-    ranks.processes[1].kill()
-    killed_at = time.monotonic()
-    (code, output), _ = ranks.wait(timeout=120)
-    assert code == 2, output[-3000:]
-    assert time.monotonic() - killed_at < 60
-    text = " ".join(output.split())
-    assert "Rank 0 of 2" in text and "died" in text and "re-run the same command" in text
+    assert_killed_rank_is_reported(args, out / "metrics.jsonl")
 
 
 @pytest.mark.parametrize("scheme, n, figures", [("joint", 3, False), ("cooperative", 10, True)])
