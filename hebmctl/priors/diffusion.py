@@ -57,6 +57,9 @@ class DiffusionPrior(EnergyPrior):
         --label-levels all (the all-level coupling variant: log p(u_t, y | u_{t+1}) uses F(z_t, y, t) at each level)."""
         return torch.ones_like(t, dtype=torch.bool) if self.config.label_levels == "all" else t == 0
 
+    def coupled_levels(self) -> str:
+        return "every level (--label-levels all)" if self.config.label_levels == "all" else "t = 0"
+
     def from_noise(self, u_top: Tensor, generator: torch.Generator) -> tuple[Tensor, list[ChainStats]]:
         """Reverse diffusion u_T = u_top -> u_0, K Langevin steps per level (Diff-EBM Alg. 2)."""
         return reverse_diffusion_sample(self.neg_energy_on_u, u_top, self.schedule, self.step_sizes_sq, self.n_steps, generator,

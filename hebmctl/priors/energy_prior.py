@@ -77,6 +77,10 @@ class EnergyPrior(Prior):
         """`[B]` bool: the rows at the level the label is coupled at (joint: every row)."""
         return torch.ones(like.shape[0], device=like.device, dtype=torch.bool)
 
+    def coupled_levels(self) -> str:
+        """Where the label is coupled, in words, for manifests (joint: its one level)."""
+        return "every row (one level)"
+
     def extra_modules(self) -> dict[str, nn.Module]:
         """Trainable networks besides the energy (name -> module; none by default). train-prior gives each its own
         Adam, EMA and checkpoint entries and writes the EMA weights as NAME.safetensors; the artifact loader

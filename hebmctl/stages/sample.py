@@ -97,7 +97,7 @@ def run(config: SampleConfig, control: RunControl = RunControl()) -> SamplesMani
                "pixel_saturation": float(np.mean((images == 0) | (images == 255))), "peak_rss_mb": round(peak_rss_mb(), 1), "device": str(device)}
     manifest = SamplesManifest(**common_fields(fingerprint), config=config, inputs=inputs, outputs=[describe_file(out, n) for n in names],
                                metrics=metrics, prior_kind=prior.kind, sampler=prior.describe(config.temperature, config.seed)
-                               | _describe_condition(config))
+                               | _describe_condition(config, prior))
     write_manifest(out, manifest)
     console().print(f"[green]sample: done[/green] {config.n} images from the {prior.kind} prior in {wall_s:.1f} s -> {out}")
     return manifest
@@ -136,12 +136,13 @@ def class_condition(config: SampleConfig, prior: priors.Prior) -> priors.ClassCo
     return priors.ClassCondition(torch.stack(lists, dim=1).to(prior.device), float(config.guidance or 0.0))
 
 
-def _describe_condition(config: SampleConfig) -> dict:
+def _describe_condition(config: SampleConfig, prior: priors.Prior) -> dict:
+    """The manifest's record of --class / --guidance (the prior is label-coupled: `class_condition` checked it)."""
     if config.classes is None:
         return {}
     return {"class_condition": {"classes": [list(v) for v in config.classes], "grid_rows": config.class_rows(),
                                 "composition": "product of experts (sum of energies)" if len(config.classes) > 1 else None,
-                                "guidance": config.guidance or 0.0, "coupled_level": "t = 0 (diffusion) / every row (joint)"}}
+                                "guidance": config.guidance or 0.0, "coupled_level": prior.coupled_levels()}}
 
 
 def generate(config: SampleConfig, prior: priors.Prior,

@@ -37,6 +37,10 @@ def labelled_prior(tiny_backbone, tiny_latents, tmp_path_factory):
     return out
 
 
+def manifest_of(prior_folder) -> PriorManifest:
+    return read_manifest(prior_folder, PriorManifest)[0]
+
+
 def test_labelled_prior_manifest_and_heads(labelled_prior):
     manifest, _ = read_manifest(labelled_prior, PriorManifest)
     assert manifest.label_coupling == LabelCoupling(n_classes=10, label_groups=(1, 2), null_class=True, label_dropout=0.2,
@@ -58,6 +62,7 @@ def test_sample_class_rows_guidance_and_composition(tiny_backbone, labelled_prio
     assert manifest.config.classes == ((0, 1, 2),) and manifest.config.guidance == 1
     condition = manifest.sampler["class_condition"]
     assert condition["classes"] == [[0, 1, 2]] and condition["guidance"] == 1 and condition["grid_rows"] == 3
+    assert manifest_of(labelled_prior).config.scheme == "diffusion" and condition["coupled_level"] == "t = 0"  # Diff-EBM's coupling
     assert Image.open(out / "grid.png").size[1] < Image.open(out / "grid.png").size[0]  # 3 rows of 8 columns
     images = np.load(out / "images.npz")["images"]
     assert images.shape[0] == 24 and np.isfinite(images).all()
