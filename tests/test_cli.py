@@ -158,8 +158,10 @@ def test_ctrl_c_exits_130_and_says_how_to_resume(tmp_path):
     import time
 
     out = tmp_path / "b"
+    # A shell that starts pytest in the background (no job control) leaves SIGINT ignored, and an ignored signal stays
+    # ignored in children: give the child a terminal's default disposition, where Ctrl-C arrives.
     child = _python(["-m", "hebmctl", "pretrain", "--out", str(out), "--steps", "100000", *TINY_PRETRAIN], stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE)
+                    stderr=subprocess.PIPE, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not (out / "checkpoints" / "ckpt-000004" / "state.json").is_file():
         assert child.poll() is None and time.monotonic() < deadline, child.communicate()
