@@ -162,12 +162,15 @@ def test_ctrl_c_exits_130_and_says_how_to_resume(tmp_path):
     # ignored in children: give the child a terminal's default disposition, where Ctrl-C arrives.
     child = _python(["-m", "hebmctl", "pretrain", "--out", str(out), "--steps", "100000", *TINY_PRETRAIN], stdout=subprocess.PIPE,
                     stderr=subprocess.PIPE, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.monotonic() + 120
-    while not (out / "checkpoints" / "ckpt-000004" / "state.json").is_file():
-        assert child.poll() is None and time.monotonic() < deadline, child.communicate()
-        time.sleep(0.05)
-    child.send_signal(signal.SIGINT)
-    _, err = child.communicate(timeout=60)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoints" / "ckpt-000004" / "state.json").is_file():
+            assert child.poll() is None and time.monotonic() < deadline, child.communicate()
+            time.sleep(0.05)
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=60)
+    finally:
+        child.kill()  # a failed wait must not leave a 100,000-step training running
     assert child.returncode == 130, err
     assert "re-run the same command to resume" in " ".join(err.split()) and "Traceback" not in err
 
