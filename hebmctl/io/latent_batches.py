@@ -36,24 +36,31 @@ class LatentBatches:
     def __len__(self) -> int:
         return self.n_images * self.samples_per_image
 
+    def _rows(self, step: int, batch_size: int) -> torch.Tensor:
+        """The cache rows `[batch_size]` of update `step`: drawn uniformly with replacement from (seed, step)."""
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        return torch.randint(len(self), (batch_size,), generator=gen)
+
     def batch(self, step: int, batch_size: int, shard: tuple[int, int] | None = None) -> torch.Tensor:
         """Batch of update `step`: `[batch_size, D]` float32, rows drawn uniformly with replacement; with `shard`
         `(start, stop)`, only those rows of that batch, `[stop - start, D]` (one process's part of it)."""
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        rows = torch.randint(len(self), (batch_size,), generator=gen)
+        rows = self._rows(step, batch_size)
         if shard is not None:
             rows = rows[shard[0] : shard[1]]
-        if self._u0 is not None:
-            return self._u0[rows.to(self.device)]
-        return self._read_rows(rows).to(self.device)
+        return self._gather(rows)
 
     def batch_with_labels(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The rows of `batch(step, batch_size)` `[B, D]` and their images' labels `[B]` int64 (sample r of image i has i's label)."""
         if self._labels is None:
             self._labels = torch.from_numpy(read_labels(self.path).astype(np.int64)).to(self.device)
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        rows = torch.randint(len(self), (batch_size,), generator=gen)
-        return self.batch(step, batch_size), self._labels[(rows // self.samples_per_image).to(self.device)]
+        rows = self._rows(step, batch_size)
+        return self._gather(rows), self._labels[(rows // self.samples_per_image).to(self.device)]
+
+    def _gather(self, rows: torch.Tensor) -> torch.Tensor:
+        """u0 of cache rows `[B]` -> `[B, D]` on the device (from memory, or read from the file)."""
+        if self._u0 is not None:
+            return self._u0[rows.to(self.device)]
+        return self._read_rows(rows).to(self.device)
 
     def _read_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """Streamed path: h5py reads sorted unique image rows, then the sample axis is picked in memory."""
