@@ -23,6 +23,7 @@ def machine() -> dict:
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "platform": platform.platform(),
+        "load_average_1_5_15_min": [round(x, 2) for x in os.getloadavg()],  # other processes sharing the cores when the result was written
     }
 
 

@@ -2,36 +2,44 @@
 
     python benchmarks/anomaly_mnist.py --data mnist:../shared/data/mnist --root runs/anomaly \
         [--protocol pooled|test-split] [--digits 1,4,5,7,9] [--seeds 0,1,2] [--schemes diffusion]
-        [--pretrain-steps 6000] [--kl-warmup-steps 1000] [--prior-steps 4000]
-        [--prior-device auto|cpu|cuda] [--batched-priors] [--name anomaly_mnist] [--collect]
+        [--joint-families hvae,vlae] [--mle-steps K'] [--pretrain-steps 6000] [--kl-warmup-steps 1000]
+        [--prior-steps 4000] [--prior-device auto|cpu|cuda] [--batched-priors] [--name anomaly_mnist] [--collect]
 
-For every (digit, seed): a backbone that never saw the digit, its latent cache (only when EBM schemes
-are trained), one EBM prior per scheme, then `eval anomaly` (score -L^{>0}, the digit positive) for
-the Gaussian prior and each EBM prior, with both score terms ('full' -L^{>0} and 'prior', -Lprior^{>0},
-its prior terms only; results keyed 'prior/terms'). `--protocol pooled` (default; the anchors' protocol of
-Zenati et al. 2018) trains on `pooled:heldout=D,seed=SEED:DATA` (a seeded 80 % of the 70,000 pooled
-images of the other nine digits; test = the other 20 % plus every image of D, about 36 % positives;
-run folders `pooled-heldoutD-seedS`); `--protocol test-split` is the older one (`--exclude-classes D`
-on MNIST's train split, scored on its test split, about 10 % positives; folders `heldoutD-seedS`).
-Every stage is resumable and skipped when complete, so re-running the command continues. Writes
-benchmarks/results/<name>.json with per-run AUPRC and AUROC, the positive fraction, mean and std per
-digit and prior, and the paper anchors.
+The rows of the table, for every (digit, seed), each scored by `eval anomaly --terms both` (the full
+-L^{>0} of Joint-EBM eq. 20 and the prior's terms -Lprior^{>0}, from the same draws; a diffusion prior
+gives Diff-EBM's DiffEBM^{>0} under both keys); results keyed 'row/full' and 'row/prior':
+- 'gaussian' and one row per --schemes (two-stage): a backbone trained alone that never saw the digit,
+  its latent cache, an EBM prior per scheme on the cache;
+- per --joint-families F: 'joint-learned-F', a backbone trained together with its EBM prior
+  (`pretrain --prior joint --free-bits 0`, Joint-EBM eq. 15-19; run folder suffix `-joint-F`), and
+  'gaussian-of-joint-F', the same backbone scored with its Gaussian prior alone (what the EBM adds);
+- with --mle-steps K': 'mle-hvae', an hvae trained jointly by MLE with K' steps of posterior Langevin
+  (`--posterior langevin`, Joint-EBM sec. 3.2 / LEBM; suffix `-mle-hvae`), scored with the same K'.
+`--protocol pooled` (default; the anchors' protocol of Zenati et al. 2018) trains on
+`pooled:heldout=D,seed=SEED:DATA` (a seeded 80 % of the 70,000 pooled images of the other nine digits;
+test = the other 20 % plus every image of D, about 36 % positives; run folders `pooled-heldoutD-seedS`);
+`--protocol test-split` is the older one (`--exclude-classes D` on MNIST's train split, scored on its
+test split, about 10 % positives; folders `heldoutD-seedS`). Every stage is resumable and skipped when
+complete, so re-running the command continues. Writes benchmarks/results/<name>.json with per-run AUPRC
+and AUROC, the positive fraction, mean, std and per-seed values per digit and row, and the paper anchors.
 
 --batched-priors trains each scheme's priors of every (digit, seed) together in one process
 (`hebmctl.stages.train_prior_sweep`: stacked weights, one vmap per Langevin step; diffusion scheme only), after
 all backbones and caches exist; each prior equals the one `train-prior` would train within float rounding and has
 its fingerprint, so the per-run loop then finds it up to date.
 
---collect runs nothing: it reads the `eval anomaly` manifests already under --root (e.g. runs made
-by several processes at once, one per digit and seed, then copied here) and summarises those; a
-(digit, seed) whose evaluations are missing is listed under "missing" and left out of the means.
+--collect runs nothing: it reads the `eval anomaly` manifests already under --root (e.g. runs made by
+several processes at once, one per digit and seed) and summarises those; a row not evaluated for a
+(digit, seed) is listed under "missing" and left out of its means.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from _common import emit
@@ -39,7 +47,6 @@ from _common import emit
 from hebmctl.data.protocols import pooled_spec
 from hebmctl.io.manifest import has_manifest, read_manifest
 from hebmctl.schemas import CacheLatentsConfig, EvalAnomalyConfig, EvalAnomalyManifest, PretrainConfig, TrainPriorConfig
-from hebmctl.schemas.eval import prior_label
 from hebmctl.stages import cache_latents, eval_anomaly, pretrain, train_prior, train_prior_sweep
 
 TERMS = ("full", "prior")  # both anomaly scores: -L^{>0} and -Lprior^{>0}, its prior terms only (see eval anomaly --terms;
@@ -58,9 +65,12 @@ def run_folder(args, digit: int, seed: int) -> Path:
     return args.root / (f"pooled-heldout{digit}-seed{seed}" if args.protocol == "pooled" else f"heldout{digit}-seed{seed}")
 
 
-def pretrain_config(args, digit: int, seed: int) -> PretrainConfig:
-    """The backbone of one (digit, seed): trained on the pooled protocol's train part, or on MNIST's train split without the digit."""
-    common = dict(run=run_folder(args, digit, seed), seed=seed, steps=args.pretrain_steps, kl_warmup_steps=args.kl_warmup_steps)
+def pretrain_config(args, digit: int, seed: int, row: Row | None = None) -> PretrainConfig:
+    """The backbone of one (digit, seed) (of `row`'s run folder, with its settings; default: the base run): trained on the pooled
+    protocol's train part, or on MNIST's train split without the digit."""
+    run = run_folder(args, digit, seed) if row is None else row_folder(args, row, digit, seed)
+    extra = {} if row is None else dict(row.pretrain)
+    common = dict(run=run, seed=seed, steps=args.pretrain_steps, kl_warmup_steps=args.kl_warmup_steps, **extra)
     if args.protocol == "pooled":
         return PretrainConfig(data=pooled_spec(digit, seed, args.data), **common)
     return PretrainConfig(data=args.data, exclude_classes=(digit,), **common)
@@ -80,36 +90,86 @@ def batched_priors(args, digits: list[int], seeds: list[int]) -> None:
         train_prior_sweep.run([prior_config(args, digit, seed, scheme) for digit, seed in runs])
 
 
+@dataclass(frozen=True)
+class Row:
+    """One row of the table: the prior scored (`eval anomaly --prior`) in one run folder of the (digit, seed).
+
+    suffix '' is the base run (a backbone trained alone, then the two-stage priors); other suffixes are
+    extra backbones trained jointly with an EBM prior (`pretrain --prior joint`), each in its own folder."""
+
+    name: str
+    suffix: str
+    prior: str
+    pretrain: tuple[tuple[str, Any], ...] = ()  # PretrainConfig fields of the run's backbone beyond the base ones
+    posterior_langevin_steps: int | None = None  # eval anomaly --posterior-langevin-steps
+
+
+def rows_of(args) -> list[Row]:
+    """The rows asked for: Gaussian and each two-stage scheme on the base backbone, then per jointly learned
+    family its EBM prior and, on the same backbone, its Gaussian part alone, then MLE with posterior Langevin."""
+    rows = [Row("gaussian", "", "gaussian"), *(Row(scheme, "", scheme) for scheme in args.schemes)]
+    for family in args.joint_families:
+        joint = (("backbone", family), ("prior", "joint"), ("free_bits", 0.0))
+        rows += [Row(f"joint-learned-{family}", f"-joint-{family}", "joint-learned", joint),
+                 Row(f"gaussian-of-joint-{family}", f"-joint-{family}", "gaussian", joint)]
+    if args.mle_steps:
+        mle = (("prior", "joint"), ("free_bits", 0.0), ("posterior", "langevin"), ("posterior_langevin_steps", args.mle_steps))
+        rows.append(Row("mle-hvae", "-mle-hvae", "joint-learned", mle, args.mle_steps))
+    return rows
+
+
+def row_folder(args, row: Row, digit: int, seed: int) -> Path:
+    base = run_folder(args, digit, seed)
+    return base.with_name(base.name + row.suffix)
+
+
+def eval_config(args, row: Row, digit: int, seed: int) -> EvalAnomalyConfig:
+    """Both scores from the same draws (--terms both): -L^{>0} and -Lprior^{>0}, or DiffEBM^{>0} for a diffusion prior."""
+    return EvalAnomalyConfig(run=row_folder(args, row, digit, seed), prior=row.prior, seed=seed, terms="both",
+                             posterior_langevin_steps=row.posterior_langevin_steps)
+
+
+def by_terms(metrics: dict) -> dict[str, dict[str, float]]:
+    """'full' and 'prior' metrics of one `eval anomaly --terms both` result (a diffusion prior's DiffEBM>0 under both)."""
+    scores = metrics["scores"]
+    if "DiffEBM>0" in scores:
+        named = {"full": scores["DiffEBM>0"], "prior": scores["DiffEBM>0"]}
+    else:
+        named = {"full": scores["-L>0"], "prior": scores["-Lprior>0"]}
+    return {terms: {"auprc": float(m["auprc"]), "auroc": float(m["auroc"]), "positive_fraction": float(metrics["positive_fraction"])}
+            for terms, m in named.items()}
+
+
 def one_run(args, digit: int, seed: int) -> dict[str, dict[str, float]]:
-    """AUPRC, AUROC and positive fraction per 'prior/terms' ('gaussian', schemes...) of one (digit, seed) run."""
-    run = run_folder(args, digit, seed)
+    """AUPRC, AUROC and positive fraction per 'row/terms' of one (digit, seed): every backbone, cache and prior, then the evals."""
+    rows = rows_of(args)
     pretrain.run(pretrain_config(args, digit, seed))
     if args.schemes:
-        cache_latents.run(CacheLatentsConfig(run=run, seed=seed))
+        cache_latents.run(CacheLatentsConfig(run=run_folder(args, digit, seed), seed=seed))
     for scheme in args.schemes:
         train_prior.run(prior_config(args, digit, seed, scheme))
+    for row in rows:
+        if row.suffix:
+            pretrain.run(pretrain_config(args, digit, seed, row))
     results = {}
-    for prior in ["gaussian", *args.schemes]:
-        for terms in TERMS:
-            metrics = eval_anomaly.run(EvalAnomalyConfig(run=run, prior=prior, seed=seed, terms=terms)).metrics
-            results[f"{prior}/{terms}"] = {key: float(metrics[key]) for key in METRICS}
+    for row in rows:
+        for terms, metrics in by_terms(eval_anomaly.run(eval_config(args, row, digit, seed)).metrics).items():
+            results[f"{row.name}/{terms}"] = metrics
     return results
 
 
-def collect_run(args, digit: int, seed: int) -> dict[str, dict[str, float]] | None:
-    """The metrics per 'prior/terms' read from the run's existing `eval anomaly` manifests (found by
-    content, whatever their folder names); None if any wanted one is missing."""
-    run = run_folder(args, digit, seed)
+def collect_run(args, digit: int, seed: int) -> dict[str, dict[str, float]]:
+    """The metrics per 'row/terms' read from the rows' existing `eval anomaly` manifests; a row not evaluated yet is left out."""
     found = {}
-    for folder in sorted((run / "eval").glob("anomaly-*")):
+    for row in rows_of(args):
+        folder = eval_config(args, row, digit, seed).out
         if not has_manifest(folder):
             continue
         manifest, _ = read_manifest(folder, EvalAnomalyManifest)
         if manifest.metrics.get("heldout", digit) != digit:
             raise SystemExit(f"{folder} evaluated held-out digit {manifest.metrics['heldout']}, expected {digit}.")
-        found[f"{prior_label(manifest.config.prior)}/{manifest.config.terms}"] = {key: float(manifest.metrics[key]) for key in METRICS}
-    wanted = [f"{prior}/{terms}" for prior in ["gaussian", *args.schemes] for terms in TERMS]
-    return {key: found[key] for key in wanted} if all(key in found for key in wanted) else None
+        found |= {f"{row.name}/{terms}": metrics for terms, metrics in by_terms(manifest.metrics).items()}
+    return found
 
 
 def _backbone_device(run: Path) -> str:
@@ -133,30 +193,37 @@ def main() -> None:
                         "with many runs in parallel one CPU thread each can beat sharing one GPU.")
     parser.add_argument("--batched-priors", action="store_true", help="Train each scheme's priors of all runs together in one "
                         "batched sweep (diffusion scheme) before the per-run loop.")
+    parser.add_argument("--joint-families", default="", help="Backbone families also trained jointly with an EBM prior "
+                        "(pretrain --prior joint, free bits 0), one extra run folder each, comma-separated: e.g. hvae,vlae.")
+    parser.add_argument("--mle-steps", type=int, default=0, help="K' of an extra hvae run trained by MLE with posterior Langevin "
+                        "(pretrain --prior joint --posterior langevin) and scored with the same K'; 0 (default): no such run.")
     parser.add_argument("--name", default="anomaly_mnist", help="Result file: benchmarks/results/<name>.json.")
-    parser.add_argument("--collect", action="store_true", help="Run no stage; summarise the evaluations already under --root.")
+    parser.add_argument("--collect", action="store_true", help="Run no stage; summarise the evaluations already under --root "
+                        "(a row not evaluated for a (digit, seed) is listed under 'missing' and left out of its means).")
     args = parser.parse_args()
     args.schemes = [s for s in args.schemes.split(",") if s]
+    args.joint_families = [f for f in args.joint_families.split(",") if f]
     digits, seeds = [int(d) for d in args.digits.split(",")], [int(s) for s in args.seeds.split(",")]
     if args.batched_priors and not args.collect:
         batched_priors(args, digits, seeds)
     step = collect_run if args.collect else one_run
-    all_runs = {f"{d}/{s}": step(args, d, s) for d in digits for s in seeds}
-    runs = {key: value for key, value in all_runs.items() if value is not None}
+    runs = {f"{d}/{s}": step(args, d, s) for d in digits for s in seeds}
+    keys = [f"{row.name}/{terms}" for row in rows_of(args) for terms in TERMS]
     summary: dict[str, dict[str, dict]] = {metric: {} for metric in ("auprc", "auroc")}
-    for prior in [f"{p}/{t}" for p in ["gaussian", *args.schemes] for t in TERMS]:
+    for key in keys:
         for metric, table in summary.items():
-            values = {d: [runs[f"{d}/{s}"][prior][metric] for s in seeds if f"{d}/{s}" in runs] for d in digits}
-            table[prior] = {d: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n_seeds": len(v)} for d, v in values.items() if v}
-    positive_fraction = {key: value["gaussian/full"]["positive_fraction"] for key, value in runs.items()}
-    devices = sorted({_backbone_device(run_folder(args, *map(int, key.split("/")))) for key in runs})
+            values = {d: [runs[f"{d}/{s}"][key][metric] for s in seeds if key in runs[f"{d}/{s}"]] for d in digits}
+            table[key] = {d: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n_seeds": len(v), "values": v}
+                          for d, v in values.items() if v}
+    positive_fraction = {run: next(iter(value.values()))["positive_fraction"] for run, value in runs.items() if value}
+    devices = sorted({_backbone_device(run_folder(args, *map(int, run.split("/")))) for run, value in runs.items() if value})
     settings = {"data": args.data, "protocol": args.protocol, "pretrain_steps": args.pretrain_steps,
                 "kl_warmup_steps": args.kl_warmup_steps, "prior_steps": args.prior_steps, "prior_device": args.prior_device,
-                "digits": digits, "seeds": seeds, "schemes": args.schemes, "batched_priors": args.batched_priors}
+                "digits": digits, "seeds": seeds, "schemes": args.schemes, "joint_families": args.joint_families,
+                "mle_steps": args.mle_steps, "batched_priors": args.batched_priors}
+    missing = sorted(f"{run}:{key.split('/')[0]}" for run, value in runs.items() for key in keys[::len(TERMS)] if key not in value)
     emit(args.name, {"backbone_devices": devices, "settings": settings, "auprc": summary["auprc"], "auroc": summary["auroc"],
-                     "positive_fraction": positive_fraction, "runs": runs, "missing": sorted(set(all_runs) - set(runs)),
-                     "anchors": ANCHORS})
-
+                     "positive_fraction": positive_fraction, "runs": runs, "missing": missing, "anchors": ANCHORS})
 
 if __name__ == "__main__":
     main()

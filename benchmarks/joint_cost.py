@@ -78,7 +78,7 @@ def main() -> None:
                              "posterior_langevin_steps": config.posterior_langevin_steps})
                 print(rows[-1], flush=True)
     emit(args.name, {"settings": vars(args), "batch_size": args.batch_size, "device": str(device), "rows": rows,
-                     "note": "machine shared with other processes while measuring; medians over the timed updates"})
+                     "note": "medians over the timed updates; machine.load_average_1_5_15_min says how busy the cores were"})
 
 
 if __name__ == "__main__":
