@@ -2,7 +2,7 @@
 
     python benchmarks/anomaly_mnist.py --data mnist:../shared/data/mnist --root runs/anomaly \
         [--protocol pooled|test-split] [--digits 1,4,5,7,9] [--seeds 0,1,2] [--schemes diffusion]
-        [--joint-families hvae,vlae] [--mle-steps K'] [--pretrain-steps 6000] [--kl-warmup-steps 1000]
+        [--alone-families vlae] [--joint-families hvae,vlae] [--mle-steps K'] [--pretrain-steps 6000] [--kl-warmup-steps 1000]
         [--prior-steps 4000] [--prior-device auto|cpu|cuda] [--batched-priors] [--name anomaly_mnist] [--collect]
 
 The rows of the table, for every (digit, seed), each scored by `eval anomaly --terms both` (the full
@@ -10,6 +10,7 @@ The rows of the table, for every (digit, seed), each scored by `eval anomaly --t
 gives Diff-EBM's DiffEBM^{>0} under both keys); results keyed 'row/full' and 'row/prior':
 - 'gaussian' and one row per --schemes (two-stage): a backbone trained alone that never saw the digit,
   its latent cache, an EBM prior per scheme on the cache;
+- per --alone-families F: 'gaussian-F', a backbone of family F trained alone (its defaults; suffix `-F`);
 - per --joint-families F: 'joint-learned-F', a backbone trained together with its EBM prior
   (`pretrain --prior joint --free-bits 0`, Joint-EBM eq. 15-19; run folder suffix `-joint-F`), and
   'gaussian-of-joint-F', the same backbone scored with its Gaussian prior alone (what the EBM adds);
@@ -105,9 +106,11 @@ class Row:
 
 
 def rows_of(args) -> list[Row]:
-    """The rows asked for: Gaussian and each two-stage scheme on the base backbone, then per jointly learned
+    """The rows asked for: Gaussian and each two-stage scheme on the base backbone, other families' backbones trained alone
+    (Gaussian prior, their own defaults), then per jointly learned
     family its EBM prior and, on the same backbone, its Gaussian part alone, then MLE with posterior Langevin."""
     rows = [Row("gaussian", "", "gaussian"), *(Row(scheme, "", scheme) for scheme in args.schemes)]
+    rows += [Row(f"gaussian-{family}", f"-{family}", "gaussian", (("backbone", family),)) for family in args.alone_families]
     for family in args.joint_families:
         joint = (("backbone", family), ("prior", "joint"), ("free_bits", 0.0))
         rows += [Row(f"joint-learned-{family}", f"-joint-{family}", "joint-learned", joint),
@@ -193,6 +196,8 @@ def main() -> None:
                         "with many runs in parallel one CPU thread each can beat sharing one GPU.")
     parser.add_argument("--batched-priors", action="store_true", help="Train each scheme's priors of all runs together in one "
                         "batched sweep (diffusion scheme) before the per-run loop.")
+    parser.add_argument("--alone-families", default="", help="Other backbone families trained alone (Gaussian prior, family "
+                        "defaults), one extra run folder each (suffix -F), comma-separated: e.g. vlae.")
     parser.add_argument("--joint-families", default="", help="Backbone families also trained jointly with an EBM prior "
                         "(pretrain --prior joint, free bits 0), one extra run folder each, comma-separated: e.g. hvae,vlae.")
     parser.add_argument("--mle-steps", type=int, default=0, help="K' of an extra hvae run trained by MLE with posterior Langevin "
@@ -203,6 +208,7 @@ def main() -> None:
     args = parser.parse_args()
     args.schemes = [s for s in args.schemes.split(",") if s]
     args.joint_families = [f for f in args.joint_families.split(",") if f]
+    args.alone_families = [f for f in args.alone_families.split(",") if f]
     digits, seeds = [int(d) for d in args.digits.split(",")], [int(s) for s in args.seeds.split(",")]
     if args.batched_priors and not args.collect:
         batched_priors(args, digits, seeds)
@@ -220,6 +226,7 @@ def main() -> None:
     settings = {"data": args.data, "protocol": args.protocol, "pretrain_steps": args.pretrain_steps,
                 "kl_warmup_steps": args.kl_warmup_steps, "prior_steps": args.prior_steps, "prior_device": args.prior_device,
                 "digits": digits, "seeds": seeds, "schemes": args.schemes, "joint_families": args.joint_families,
+                "alone_families": args.alone_families,
                 "mle_steps": args.mle_steps, "batched_priors": args.batched_priors}
     missing = sorted(f"{run}:{key.split('/')[0]}" for run, value in runs.items() for key in keys[::len(TERMS)] if key not in value)
     emit(args.name, {"backbone_devices": devices, "settings": settings, "auprc": summary["auprc"], "auroc": summary["auroc"],
