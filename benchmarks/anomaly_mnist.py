@@ -15,7 +15,8 @@ gives Diff-EBM's DiffEBM^{>0} under both keys); results keyed 'row/full' and 'ro
   (`pretrain --prior joint --free-bits 0`, Joint-EBM eq. 15-19; run folder suffix `-joint-F`), and
   'gaussian-of-joint-F', the same backbone scored with its Gaussian prior alone (what the EBM adds);
 - with --mle-steps K': 'mle-hvae', an hvae trained jointly by MLE with K' steps of posterior Langevin
-  (`--posterior langevin`, Joint-EBM sec. 3.2 / LEBM; suffix `-mle-hvae`), scored with the same K'.
+  (`--posterior langevin`, Joint-EBM sec. 3.2 / LEBM; suffix `-mle-hvae`), scored with the same K' and
+  step size (--mle-step-size).
 `--protocol pooled` (default; the anchors' protocol of Zenati et al. 2018) trains on
 `pooled:heldout=D,seed=SEED:DATA` (a seeded 80 % of the 70,000 pooled images of the other nine digits;
 test = the other 20 % plus every image of D, about 36 % positives; run folders `pooled-heldoutD-seedS`);
@@ -103,6 +104,7 @@ class Row:
     prior: str
     pretrain: tuple[tuple[str, Any], ...] = ()  # PretrainConfig fields of the run's backbone beyond the base ones
     posterior_langevin_steps: int | None = None  # eval anomaly --posterior-langevin-steps
+    posterior_step_size: float | None = None  # eval anomaly --posterior-step-size
 
 
 def rows_of(args) -> list[Row]:
@@ -116,8 +118,9 @@ def rows_of(args) -> list[Row]:
         rows += [Row(f"joint-learned-{family}", f"-joint-{family}", "joint-learned", joint),
                  Row(f"gaussian-of-joint-{family}", f"-joint-{family}", "gaussian", joint)]
     if args.mle_steps:
-        mle = (("prior", "joint"), ("free_bits", 0.0), ("posterior", "langevin"), ("posterior_langevin_steps", args.mle_steps))
-        rows.append(Row("mle-hvae", "-mle-hvae", "joint-learned", mle, args.mle_steps))
+        mle = (("prior", "joint"), ("free_bits", 0.0), ("posterior", "langevin"), ("posterior_langevin_steps", args.mle_steps),
+               ("posterior_step_size", args.mle_step_size))
+        rows.append(Row("mle-hvae", "-mle-hvae", "joint-learned", mle, args.mle_steps, args.mle_step_size))
     return rows
 
 
@@ -129,7 +132,7 @@ def row_folder(args, row: Row, digit: int, seed: int) -> Path:
 def eval_config(args, row: Row, digit: int, seed: int) -> EvalAnomalyConfig:
     """Both scores from the same draws (--terms both): -L^{>0} and -Lprior^{>0}, or DiffEBM^{>0} for a diffusion prior."""
     return EvalAnomalyConfig(run=row_folder(args, row, digit, seed), prior=row.prior, seed=seed, terms="both",
-                             posterior_langevin_steps=row.posterior_langevin_steps)
+                             posterior_langevin_steps=row.posterior_langevin_steps, posterior_step_size=row.posterior_step_size)
 
 
 def by_terms(metrics: dict) -> dict[str, dict[str, float]]:
@@ -202,6 +205,8 @@ def main() -> None:
                         "(pretrain --prior joint, free bits 0), one extra run folder each, comma-separated: e.g. hvae,vlae.")
     parser.add_argument("--mle-steps", type=int, default=0, help="K' of an extra hvae run trained by MLE with posterior Langevin "
                         "(pretrain --prior joint --posterior langevin) and scored with the same K'; 0 (default): no such run.")
+    parser.add_argument("--mle-step-size", type=float, default=0.05, help="--mle-steps: the posterior Langevin step size s of "
+                        "training and scoring (default 0.05: at the CLI's 0.1 the hvae chain blew up once its decoder std fell to 0.3).")
     parser.add_argument("--name", default="anomaly_mnist", help="Result file: benchmarks/results/<name>.json.")
     parser.add_argument("--collect", action="store_true", help="Run no stage; summarise the evaluations already under --root "
                         "(a row not evaluated for a (digit, seed) is listed under 'missing' and left out of its means).")
@@ -227,7 +232,7 @@ def main() -> None:
                 "kl_warmup_steps": args.kl_warmup_steps, "prior_steps": args.prior_steps, "prior_device": args.prior_device,
                 "digits": digits, "seeds": seeds, "schemes": args.schemes, "joint_families": args.joint_families,
                 "alone_families": args.alone_families,
-                "mle_steps": args.mle_steps, "batched_priors": args.batched_priors}
+                "mle_steps": args.mle_steps, "mle_step_size": args.mle_step_size, "batched_priors": args.batched_priors}
     missing = sorted(f"{run}:{key.split('/')[0]}" for run, value in runs.items() for key in keys[::len(TERMS)] if key not in value)
     emit(args.name, {"backbone_devices": devices, "settings": settings, "auprc": summary["auprc"], "auroc": summary["auroc"],
                      "positive_fraction": positive_fraction, "runs": runs, "missing": missing, "anchors": ANCHORS})

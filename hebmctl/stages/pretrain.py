@@ -459,13 +459,20 @@ class _JointTrainer(_Trainer):
     def progress_info(record: dict) -> str:
         return f"recon {record['recon_nll']:.1f}  gap {record['energy_gap']:+.3f}  ebm {record['ebm_term']:+.3f}"
 
+    def _posterior_hint(self) -> str:
+        """MLE learning: the posterior chain's stable step shrinks with the decoder's std (the curvature of log p(x|z) grows as
+        1/std^2), so a chain that was stable early can blow up later; name its step size too."""
+        if self.config.posterior != "langevin":
+            return ""
+        return f", a smaller --posterior-step-size (now {self.config.posterior_step_size:g})"
+
     def roll_back(self, record_step: int) -> None:
         """Divergence: back to the newest checkpoint with both learning rates halved, or stop."""
         if len(self.rollbacks) >= self.config.max_rollbacks:
             raise DivergenceError(
                 f"pretrain --prior joint diverged at step {record_step} (non-finite loss or energy, or |energy gap| > --max-energy-gap) "
                 f"after {len(self.rollbacks)} rollbacks with halved learning rates. Checkpoints are in {self.checkpoints}. Try a smaller "
-                "--energy-lr or --lr, a smaller --prior-step-size, a larger --energy-l2, then re-run with --force."
+                f"--energy-lr or --lr, a smaller --prior-step-size, a larger --energy-l2{self._posterior_hint()}, then re-run with --force."
             )
         rollbacks, scale = self.rollbacks, self.lr_scale * 0.5
         self._restore(latest_checkpoint(self.checkpoints, self.fingerprint))
