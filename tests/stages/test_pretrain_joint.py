@@ -84,6 +84,17 @@ def test_runaway_energy_gap_rolls_back_then_stops(tmp_path, single_thread):
         pretrain.run(config)
 
 
+def test_a_diverging_mle_run_names_the_posterior_step_size_and_variational_runs_do_not(tmp_path, single_thread):
+    """The posterior chain's stable step shrinks with the decoder std, so MLE's error must point at it (seen at s = 0.1 on MNIST)."""
+    mle = joint_config(tmp_path / "mle", steps=2, max_energy_gap=1e-9, max_rollbacks=0, posterior="langevin", posterior_langevin_steps=2,
+                       posterior_step_size=0.07)
+    with pytest.raises(DivergenceError, match=r"--posterior-step-size \(now 0.07\)"):
+        pretrain.run(mle)
+    with pytest.raises(DivergenceError) as variational:
+        pretrain.run(joint_config(tmp_path / "q", steps=2, max_energy_gap=1e-9, max_rollbacks=0))
+    assert "--posterior-step-size" not in str(variational.value)
+
+
 def test_mle_with_posterior_langevin_trains_q_and_the_prior(tmp_path, single_thread):
     config = joint_config(tmp_path / "run", steps=4, checkpoint_every=2, posterior="langevin", posterior_langevin_steps=3)
     manifest = pretrain.run(config)
