@@ -233,7 +233,7 @@ def main() -> None:
                 "digits": digits, "seeds": seeds, "schemes": args.schemes, "joint_families": args.joint_families,
                 "alone_families": args.alone_families,
                 "mle_steps": args.mle_steps, "mle_step_size": args.mle_step_size, "batched_priors": args.batched_priors}
-    missing = sorted(f"{run}:{key.split('/')[0]}" for run, value in runs.items() for key in keys[::len(TERMS)] if key not in value)
+    missing = sorted(f"{run}:{row.name}" for run, value in runs.items() for row in rows_of(args) if f"{row.name}/{TERMS[0]}" not in value)
     emit(args.name, {"backbone_devices": devices, "settings": settings, "auprc": summary["auprc"], "auroc": summary["auroc"],
                      "positive_fraction": positive_fraction, "runs": runs, "missing": missing, "anchors": ANCHORS})
 

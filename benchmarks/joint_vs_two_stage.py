@@ -6,7 +6,8 @@
 
 Two run folders under --root:
 - `two-stage-F-sS`: `pretrain` (the Gaussian backbone, family defaults), `cache-latents`, `train-prior --scheme joint`
-  (Pang et al.'s LEBM prior on the frozen backbone, --prior-steps updates);
+  (an EBM prior of LEBM's form, F(z) tilting the Gaussian, trained on the frozen backbone's latents: a two-stage variant,
+  not LEBM's joint MLE; --prior-steps updates);
 - `joint-F-sS`: `pretrain --prior joint --free-bits 0` (Joint-EBM eq. 15-19: generator, inference network and EBM prior
   trained together, same steps and warm-up), whose artifact is the backbone plus `priors/joint-learned`.
 The two-stage backbone keeps its family's free-bits default (what a user gets); the joint one needs 0 (a KL floor would
