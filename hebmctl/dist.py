@@ -93,11 +93,25 @@ def init(device: torch.device) -> torch.device:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not tdist.is_initialized():
+        _import_modules_that_capture_the_group()
         backend = "nccl" if device.type == "cuda" else "gloo"
         with _collective("joining the process group (torchrun rendezvous)"):
             tdist.init_process_group(backend, timeout=dt.timedelta(seconds=timeout_s()))
         atexit.register(_leave)
     return device
+
+
+def _import_modules_that_capture_the_group() -> None:
+    """Import, before the group exists, the torch modules that bind `group.WORLD` at import time.
+
+    `torch.distributed.nn.functional` uses `group=group.WORLD` as default arguments. Imported after
+    `init_process_group` (the first optimizer imports it through torch._dynamo), those defaults keep
+    the group object alive after `destroy_process_group`, so gloo's worker threads run on into the
+    interpreter's shutdown; one of them then releasing a tensor (it needs the GIL) aborts the process
+    ("terminate called without an active exception", SIGABRT), at random, after a successful run.
+    Imported first, the defaults are None and `_leave` really ends the group.
+    """
+    import torch.distributed.nn  # noqa: F401
 
 
 def _leave() -> None:

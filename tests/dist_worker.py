@@ -49,7 +49,19 @@ def main(out: Path) -> None:
         dist.main_decides(lambda: "must not run")
     except HebmctlError as exc:
         seen["next_stage"] = str(exc)
+    torch.optim.Adam([param])  # the first optimizer imports torch._dynamo, and with it modules that bind the group at import
+    dist._leave()  # what the exit handler does: gloo's worker threads must be gone before the interpreter shuts down
+    seen["threads_after_leave"] = _gloo_thread_names()
     (out / f"rank-{r}.json").write_text(json.dumps(seen))
+
+
+def _gloo_thread_names() -> list[str] | None:
+    """Names of this process's threads that belong to gloo (None where /proc/self/task is not there)."""
+    tasks = Path("/proc/self/task")
+    if not tasks.is_dir():
+        return None
+    names = [(task / "comm").read_text().strip() for task in tasks.iterdir()]
+    return sorted(name for name in names if "gloo" in name)
 
 
 if __name__ == "__main__":

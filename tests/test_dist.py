@@ -59,3 +59,6 @@ def test_collectives_on_two_processes(tmp_path):
     assert seen[0]["error"] == seen[1]["error"] == "the folder is taken"  # rank 0's error stops rank 1 too
     assert seen[0]["first_error"] == seen[1]["first_error"] == "Rank 1 of 2: the chains diverged"  # rank 1's error, said by rank 0
     assert all("only pretrain, cache-latents, train-prior, sample, eval fid" in s["next_stage"] for s in seen)
+    # the group really ended (its threads joined) before exit, so none can abort the interpreter's shutdown (the
+    # rank-1 SIGABRT of test_ddp); None where the platform has no /proc/self/task
+    assert all(s["threads_after_leave"] in ([], None) for s in seen), [s["threads_after_leave"] for s in seen]
