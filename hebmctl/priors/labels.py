@@ -33,10 +33,15 @@ class ClassCondition:
 
     targets: Tensor
     guidance: float = 0.0
+    members: Tensor | None = None
+    """`[B, M, C]` bool, only when an expert is a set of classes (`sample --class 9+10+11`): the classes each expert
+    admits, its energy c * logsumexp over them (y in the set: p(z | y in S) = sum_{y in S} p(z, y) / p(S)); None: every
+    expert is its single target."""
 
     def rows(self, start: int, stop: int) -> "ClassCondition":
         """The condition of images start..stop-1."""
-        return ClassCondition(self.targets[start:stop], self.guidance)
+        members = None if self.members is None else self.members[start:stop]
+        return ClassCondition(self.targets[start:stop], self.guidance, members)
 
 
 @dataclass(frozen=True)
@@ -57,14 +62,23 @@ class LabelHeads:
         """c * logsumexp_y (F(z, y) / c) over the real classes: logits `[B, K]`, scale c `[B]` -> `[B]`."""
         return scale * torch.logsumexp(logits[:, : self.n_classes] / scale[:, None], dim=1)
 
-    def conditional(self, logits: Tensor, targets: Tensor, guidance: float, scale: Tensor) -> Tensor:
-        """sum_j E_j `[B]` over the experts targets `[B, M]`: E_j = F(z, y_j), the marginal where y_j = MARGINAL, and with
-        guidance w > 0 the guided (1 + w) E_j - w F(z, null) (CDRL sec. 3.5); the sum is the product of experts (sec. 4.5)."""
+    def conditional(self, logits: Tensor, targets: Tensor, guidance: float, scale: Tensor, members: Tensor | None = None) -> Tensor:
+        """sum_j E_j `[B]` over the experts targets `[B, M]`: E_j = F(z, y_j), the marginal where y_j = MARGINAL, the set's
+        c * logsumexp_{y in S_j} (F(z, y) / c) where `members` `[B, M, C]` admits more than one class, and with guidance
+        w > 0 the guided (1 + w) E_j - w F(z, null) (CDRL sec. 3.5); the sum is the product of experts (sec. 4.5)."""
         picked = logits.gather(1, targets.clamp(min=0).to(logits.device))  # [B, M]
         picked = torch.where(targets.to(logits.device) == MARGINAL, self.marginal(logits, scale)[:, None], picked)
+        if members is not None:
+            picked = torch.where(members.sum(2).to(logits.device) > 1, self.set_energy(logits, scale, members), picked)
         if guidance:
             picked = (1 + guidance) * picked - guidance * logits[:, self.null_index : self.null_index + 1]
         return picked.sum(dim=1)
+
+    def set_energy(self, logits: Tensor, scale: Tensor, members: Tensor) -> Tensor:
+        """c * logsumexp_{y in S_j} (F(z, y) / c) `[B, M]` of the class sets `members` `[B, M, C]` (bool); the marginal is the
+        set of every class."""
+        scaled = (logits[:, None, : self.n_classes] / scale[:, None, None]).expand(-1, members.shape[1], -1)  # [B, M, C]
+        return scale[:, None] * torch.logsumexp(scaled.masked_fill(~members.to(logits.device), float("-inf")), dim=2)
 
     def neg_energy(self, logits: Tensor, scale: Tensor, coupled: Tensor, condition: ClassCondition | None) -> Tensor:
         """The negative energy `[B]` of logits `[B, K]`: the condition's at the coupled rows (`coupled` `[B]` bool, the
@@ -72,7 +86,8 @@ class LabelHeads:
         marginal = self.marginal(logits, scale)
         if condition is None:
             return marginal
-        return torch.where(coupled, self.conditional(logits, condition.targets, condition.guidance, scale), marginal)
+        conditional = self.conditional(logits, condition.targets, condition.guidance, scale, condition.members)
+        return torch.where(coupled, conditional, marginal)
 
     def training_targets(self, y: Tensor, generator: torch.Generator) -> Tensor:
         """Training targets `[B, 1]` of the coupled rows: the cached label y `[B]`, replaced by the null class with probability

@@ -13,6 +13,29 @@ INPAINT_FIELDS = ("inpaint", "mask", "inpaint_layers", "inpaint_fix", "inpaint_d
 EXCLUSIVE_WITH_INPAINT = ("hierarchical", "trajectory", "traverse")
 
 
+ClassExperts = tuple[tuple[int | tuple[int, ...], ...], ...]
+"""--class values: one tuple of experts per --class (a grid row each, repeating); an expert is a class or a '+' set of classes."""
+
+
+def _class_set(item: Any) -> Any:
+    """One expert of --class: "3" / 3 -> 3; "9+10+11" / [9, 10, 11] -> (9, 10, 11) (sorted, without repeats; a set of one
+    class is that class). Anything else is left for pydantic to refuse."""
+    if isinstance(item, str):
+        parts = [p.strip() for p in item.split("+")]
+        if not all(parts):
+            raise ValueError(f"has an empty class in {item!r}; join classes with '+', e.g. --class 9+10+11")
+        item = parts if len(parts) > 1 else parts[0]
+    if isinstance(item, (list, tuple)):
+        members = tuple(sorted({int(m) for m in item}))
+        return members[0] if len(members) == 1 else members
+    return item
+
+
+def class_members(expert: int | tuple[int, ...]) -> tuple[int, ...]:
+    """The classes one --class expert admits: (y,) for a class, the set itself for a '+' set."""
+    return (expert,) if isinstance(expert, int) else tuple(expert)
+
+
 class SampleConfig(StageConfig):
     """Generate images from the backbone with the Gaussian prior or a trained EBM prior."""
 
@@ -62,11 +85,12 @@ class SampleConfig(StageConfig):
         "Needed where no latent has a spatial footprint (hvae, vlae: every latent is redrawn).")
     inpaint_step_size: float | None = Field(None, gt=0, description="With --inpaint: the data-consistency Langevin step s (default "
                                                                     "0.03; the posterior anchor 0.1 bounces on the visible pixels).")
-    classes: tuple[tuple[int, ...], ...] | None = Field(None, description="Class-conditional sampling from a prior trained with "
-        "--labels: the coupled levels (t = 0; every level for --label-levels all) sample F(z, y) instead of the marginal. "
-        "One class for every image (--class 3) or a comma list, one class "
-        "per grid row, repeating (--class 0,1,2); given several times (--class A --class B), the classes are composed as a product "
-        "of experts, the sum of their energies (CDRL sec. 4.5), row by row.")
+    classes: ClassExperts | None = Field(None, description="Class-conditional sampling from a "
+        "prior trained with --labels: the coupled levels (t = 0; every level for --label-levels all) sample F(z, y) instead of the "
+        "marginal. One class for every image (--class 3) or a comma list, one class per grid row, repeating (--class 0,1,2); "
+        "a set of classes joined by '+' (--class 9+10+11) is one expert, y in the set, whose energy is the logsumexp of theirs "
+        "(e.g. every class that shares one attribute); given several times (--class A --class B), the experts are composed as "
+        "a product of experts, the sum of their energies (CDRL sec. 4.5), row by row.")
     guidance: float | None = Field(None, ge=0, description="Classifier-free guidance weight w with --class: the coupled levels sample "
         "(1 + w) F(z, y) - w F(z, null) (CDRL sec. 3.5); needs a prior trained with --label-dropout (default: no guidance).")
     trajectory_steps: int = Field(2500, ge=1, description="Length of the long run for the energy profile (--trajectory).")
@@ -81,20 +105,24 @@ class SampleConfig(StageConfig):
     @field_validator("classes", mode="before")
     @classmethod
     def _class_lists(cls, value: Any) -> Any:
-        """"3" / 3 / [3, "0,1"] / [[0, 1], [2]] -> one tuple of classes per --class; nothing given -> None."""
+        """"3" / 3 / [3, "0,1"] / [[0, 1], [2]] / "0+1,2" -> one tuple of experts per --class (a class, or a '+' set of
+        classes as a tuple); nothing given -> None."""
         if value is None or isinstance(value, (str, int)):
             value = None if value is None else [value]
         if value is not None and not value:
             return None
-        return value if value is None else tuple(split_csv(v) if isinstance(v, str) else ((v,) if isinstance(v, int) else v) for v in value)
+        if value is None:
+            return value
+        lists = (split_csv(v) if isinstance(v, str) else ((v,) if isinstance(v, int) else v) for v in value)
+        return tuple(tuple(_class_set(item) for item in items) for items in lists)
 
     @field_validator("classes")
     @classmethod
-    def _classes_shape(cls, value: tuple[tuple[int, ...], ...] | None) -> tuple[tuple[int, ...], ...] | None:
+    def _classes_shape(cls, value: ClassExperts | None) -> ClassExperts | None:
         if value is None:
             return value
-        if any(not v or min(v) < 0 for v in value):
-            raise ValueError("takes class indices from 0, e.g. --class 3 or --class 0,1,2")
+        if any(not v or min(min(class_members(e)) for e in v) < 0 for v in value):
+            raise ValueError("takes class indices from 0, e.g. --class 3, --class 0,1,2 or --class 9+10+11")
         lengths = {len(v) for v in value} - {1}
         if len(lengths) > 1:
             raise ValueError(f"composed per-row lists must have one length (or a single class each), got lengths {sorted(lengths)}")

@@ -38,7 +38,7 @@ from hebmctl.runtime import peak_rss_mb, resolve_device
 from hebmctl.samplers import ChainStats, langevin
 from hebmctl.samplers.graphs import capture_enabled
 from hebmctl.schemas.common import InputRef
-from hebmctl.schemas.sample import SampleConfig, SamplesManifest
+from hebmctl.schemas.sample import SampleConfig, SamplesManifest, class_members
 from hebmctl.stages import inpainting
 from hebmctl.stages.artifacts import load_backbone, open_prior
 
@@ -124,7 +124,7 @@ def class_condition(config: SampleConfig, prior: priors.Prior) -> priors.ClassCo
     heads = prior.labels
     if heads is None:
         raise ConfigError(f"--class needs a prior trained with train-prior --labels; {config.prior} is an unlabelled {prior.kind} prior.")
-    wrong = sorted({c for v in config.classes for c in v if c >= heads.n_classes})
+    wrong = sorted({c for v in config.classes for e in v for c in class_members(e) if c >= heads.n_classes})
     if wrong:
         raise ConfigError(f"--class {','.join(map(str, wrong))}: the prior {config.prior} was trained on {heads.n_classes} classes "
                           f"(0 .. {heads.n_classes - 1}).")
@@ -132,15 +132,30 @@ def class_condition(config: SampleConfig, prior: priors.Prior) -> priors.ClassCo
         raise ConfigError(f"--guidance needs a null class: the prior {config.prior} was trained without label dropout. Train it with "
                           "train-prior --labels --label-dropout 0.1 (CDRL sec. 3.5), or sample without --guidance.")
     rows = (torch.arange(config.n) // GRID_COLUMNS) % config.class_rows()  # [n]
-    lists = [torch.tensor(v)[rows % len(v)] for v in config.classes]  # M x [n]
-    return priors.ClassCondition(torch.stack(lists, dim=1).to(prior.device), float(config.guidance or 0.0))
+    lists = [torch.tensor([class_members(e)[0] for e in v])[rows % len(v)] for v in config.classes]  # M x [n]
+    return priors.ClassCondition(torch.stack(lists, dim=1).to(prior.device), float(config.guidance or 0.0),
+                                 _class_set_members(config, rows, heads.n_classes))
+
+
+def _class_set_members(config: SampleConfig, rows: Tensor, n_classes: int) -> Tensor | None:
+    """`[n, M, C]` bool, the classes each image's experts admit, when some --class expert is a '+' set; else None."""
+    if all(isinstance(e, int) for v in config.classes for e in v):
+        return None
+    per_list = []
+    for experts in config.classes:
+        table = torch.zeros(len(experts), n_classes, dtype=torch.bool)  # [len(list), C]
+        for i, expert in enumerate(experts):
+            table[i, list(class_members(expert))] = True
+        per_list.append(table[rows % len(experts)])  # [n, C]
+    return torch.stack(per_list, dim=1)
 
 
 def _describe_condition(config: SampleConfig, prior: priors.Prior) -> dict:
     """The manifest's record of --class / --guidance (the prior is label-coupled: `class_condition` checked it)."""
     if config.classes is None:
         return {}
-    return {"class_condition": {"classes": [list(v) for v in config.classes], "grid_rows": config.class_rows(),
+    classes = [[e if isinstance(e, int) else list(e) for e in v] for v in config.classes]  # a '+' set as a list of classes
+    return {"class_condition": {"classes": classes, "grid_rows": config.class_rows(),
                                 "composition": "product of experts (sum of energies)" if len(config.classes) > 1 else None,
                                 "guidance": config.guidance or 0.0, "coupled_level": prior.coupled_levels()}}
 

@@ -50,6 +50,25 @@ def test_conditional_guidance_and_composition():
     assert out[0].item() == 3.0 and out[1].item() == pytest.approx(h.marginal(logits, scale)[1].item())
 
 
+def test_a_class_set_expert_is_the_logsumexp_over_its_classes_and_sets_compose():
+    """--class 0+2 is the expert y in {0, 2}: c * logsumexp_{y in S} (F(z, y) / c); the set of every class is the marginal; a
+    set and a class compose by adding their energies; guidance applies to the set's energy; rows() keeps the sets."""
+    logits = torch.tensor([[1.0, 2.0, 3.0, 0.5], [4.0, -1.0, 0.0, 0.5]])
+    scale = torch.tensor([0.5, 2.0])
+    h = heads()
+    every, pair = torch.tensor([True, True, True]), torch.tensor([True, False, True])
+    members = torch.stack([torch.stack([pair, torch.tensor([False, True, False])]), torch.stack([every, pair])])  # [B=2, M=2, C=3]
+    targets = torch.tensor([[0, 1], [0, 0]])  # first members; the sets override them
+    got = h.conditional(logits, targets, 0.0, scale, members)
+    lse = lambda row, idx, c: c * math.log(sum(math.exp(logits[row, i].item() / c) for i in idx))  # noqa: E731
+    assert got[0].item() == pytest.approx(lse(0, (0, 2), 0.5) + 2.0, rel=1e-6)  # {0, 2} composed with class 1
+    assert got[1].item() == pytest.approx(h.marginal(logits, scale)[1].item() + lse(1, (0, 2), 2.0), rel=1e-6)
+    guided = h.conditional(logits, targets, 2.0, scale, members)
+    assert guided[0].item() == pytest.approx(3 * lse(0, (0, 2), 0.5) - 2 * 0.5 + 3 * 2.0 - 2 * 0.5, rel=1e-6)
+    condition = ClassCondition(targets, 1.0, members)
+    assert torch.equal(condition.rows(1, 2).members, members[1:2])
+
+
 def test_cross_entropy_value_and_gradient_sign_on_a_hand_built_case():
     """CE = -log softmax(F / c)[y]; its gradient w.r.t. F is weight (softmax(F / c) - onehot(y)) / (c B): descent raises the
     true class's logit and lowers the others; unselected rows and the null output get no gradient."""

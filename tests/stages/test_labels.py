@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from safetensors.torch import load_file
 from typer.testing import CliRunner
@@ -80,10 +81,29 @@ def test_sample_class_rows_guidance_and_composition(tiny_backbone, labelled_prio
     assert not np.array_equal(np.load(plain / "images.npz")["images"], np.load(composed / "images.npz")["images"])
 
 
+def test_the_set_of_every_class_samples_the_marginal_and_sets_are_recorded(tiny_backbone, labelled_prior, tmp_path):
+    """--class 0+1+...+9 is the expert 'any class', whose energy is the marginal's: the same draws as no --class (up to float
+    rounding); a set composed with a class changes them, and the manifest keeps each set as a list."""
+    every = "+".join(str(c) for c in range(10))
+    runs = {"plain": [], "every": ["--class", every], "composed": ["--class", "0+1+2", "--class", 7]}
+    for name, extra in runs.items():
+        result = invoke("sample", "--backbone", tiny_backbone, "--prior", labelled_prior, "--out", tmp_path / name, "--n", 8,
+                        "--device", "cpu", *extra)
+        assert result.exit_code == 0, result.output
+    u0 = {name: load_file(str(tmp_path / name / "latents.safetensors"))["u0"] for name in runs}
+    assert torch.allclose(u0["every"], u0["plain"], atol=1e-4)
+    assert not torch.allclose(u0["composed"], u0["plain"], atol=1e-2)
+    manifest, _ = read_manifest(tmp_path / "composed", SamplesManifest)
+    assert manifest.config.classes == (((0, 1, 2),), (7,))
+    assert manifest.sampler["class_condition"]["classes"] == [[[0, 1, 2]], [7]]
+
+
 def test_wrong_class_is_refused_before_compute(tiny_backbone, labelled_prior, tiny_priors, tmp_path):
     out = tmp_path / "s"
     result = invoke("sample", "--backbone", tiny_backbone, "--prior", labelled_prior, "--out", out, "--class", 12, "--device", "cpu")
     assert result.exit_code == 2 and "10 classes" in said(result) and not out.exists()
+    result = invoke("sample", "--backbone", tiny_backbone, "--prior", labelled_prior, "--out", out, "--class", "3+12", "--device", "cpu")
+    assert result.exit_code == 2 and "--class 12" in said(result) and not out.exists()
     unlabelled = tiny_priors["diffusion"]
     result = invoke("sample", "--backbone", tiny_backbone, "--prior", unlabelled, "--out", out, "--class", 1, "--device", "cpu")
     assert result.exit_code == 2 and "--labels" in said(result) and not out.exists()
