@@ -89,7 +89,7 @@ def samples(prior: priors.Prior, y: torch.Tensor | None, guidance: float, seed: 
     condition = None if y is None else priors.ClassCondition(y[:, None], guidance)
     n = len(y) if y is not None else 1000
     parts = [((b.x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-             for b in priors.sample_batches(prior, n, 500, seed, 1.0, condition)]
+             for b in priors.sample_batches(prior, n, 500, seed, 1.0, condition=condition)]
     return np.concatenate(parts)
 
 

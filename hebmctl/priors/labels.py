@@ -38,10 +38,14 @@ class ClassCondition:
     admits, its energy c * logsumexp over them (y in the set: p(z | y in S) = sum_{y in S} p(z, y) / p(S)); None: every
     expert is its single target."""
 
+    composition: str = "sum"
+    """How M > 1 experts combine: "sum" (CDRL sec. 4.5's product of experts, sum_j E_j, which counts the prior p(z) M
+    times) or "conjunction" (Liu et al. 2022's AND, the prior counted once: U + sum_j (E_j - U), U the marginal)."""
+
     def rows(self, start: int, stop: int) -> "ClassCondition":
         """The condition of images start..stop-1."""
         members = None if self.members is None else self.members[start:stop]
-        return ClassCondition(self.targets[start:stop], self.guidance, members)
+        return ClassCondition(self.targets[start:stop], self.guidance, members, self.composition)
 
 
 @dataclass(frozen=True)
@@ -62,16 +66,21 @@ class LabelHeads:
         """c * logsumexp_y (F(z, y) / c) over the real classes: logits `[B, K]`, scale c `[B]` -> `[B]`."""
         return scale * torch.logsumexp(logits[:, : self.n_classes] / scale[:, None], dim=1)
 
-    def conditional(self, logits: Tensor, targets: Tensor, guidance: float, scale: Tensor, members: Tensor | None = None) -> Tensor:
+    def conditional(self, logits: Tensor, targets: Tensor, guidance: float, scale: Tensor, members: Tensor | None = None,
+                    composition: str = "sum") -> Tensor:
         """sum_j E_j `[B]` over the experts targets `[B, M]`: E_j = F(z, y_j), the marginal where y_j = MARGINAL, the set's
         c * logsumexp_{y in S_j} (F(z, y) / c) where `members` `[B, M, C]` admits more than one class, and with guidance
-        w > 0 the guided (1 + w) E_j - w F(z, null) (CDRL sec. 3.5); the sum is the product of experts (sec. 4.5)."""
+        w > 0 the guided (1 + w) E_j - w F(z, null) (CDRL sec. 3.5); the sum is the product of experts (sec. 4.5). With
+        composition "conjunction" the marginal U = c * logsumexp_y F / c is counted once: U + sum_j (E_j - U) (Liu et al.
+        2022, in energies); one expert is the same either way."""
         picked = logits.gather(1, targets.clamp(min=0).to(logits.device))  # [B, M]
         picked = torch.where(targets.to(logits.device) == MARGINAL, self.marginal(logits, scale)[:, None], picked)
         if members is not None:
             picked = torch.where(members.sum(2).to(logits.device) > 1, self.set_energy(logits, scale, members), picked)
         if guidance:
             picked = (1 + guidance) * picked - guidance * logits[:, self.null_index : self.null_index + 1]
+        if composition == "conjunction" and picked.shape[1] > 1:
+            return picked.sum(dim=1) - (picked.shape[1] - 1) * self.marginal(logits, scale)
         return picked.sum(dim=1)
 
     def set_energy(self, logits: Tensor, scale: Tensor, members: Tensor) -> Tensor:
@@ -86,7 +95,7 @@ class LabelHeads:
         marginal = self.marginal(logits, scale)
         if condition is None:
             return marginal
-        conditional = self.conditional(logits, condition.targets, condition.guidance, scale, condition.members)
+        conditional = self.conditional(logits, condition.targets, condition.guidance, scale, condition.members, condition.composition)
         return torch.where(coupled, conditional, marginal)
 
     def training_targets(self, y: Tensor, generator: torch.Generator) -> Tensor:

@@ -134,7 +134,11 @@ def class_condition(config: SampleConfig, prior: priors.Prior) -> priors.ClassCo
     rows = (torch.arange(config.n) // GRID_COLUMNS) % config.class_rows()  # [n]
     lists = [torch.tensor([class_members(e)[0] for e in v])[rows % len(v)] for v in config.classes]  # M x [n]
     return priors.ClassCondition(torch.stack(lists, dim=1).to(prior.device), float(config.guidance or 0.0),
-                                 _class_set_members(config, rows, heads.n_classes))
+                                 _class_set_members(config, rows, heads.n_classes), config.compose or "sum")
+
+
+_COMPOSITIONS = {"sum": "product of experts (sum of energies)",
+                 "conjunction": "conjunction (the marginal once plus each expert's difference from it)"}
 
 
 def _class_set_members(config: SampleConfig, rows: Tensor, n_classes: int) -> Tensor | None:
@@ -156,7 +160,7 @@ def _describe_condition(config: SampleConfig, prior: priors.Prior) -> dict:
         return {}
     classes = [[e if isinstance(e, int) else list(e) for e in v] for v in config.classes]  # a '+' set as a list of classes
     return {"class_condition": {"classes": classes, "grid_rows": config.class_rows(),
-                                "composition": "product of experts (sum of energies)" if len(config.classes) > 1 else None,
+                                "composition": _COMPOSITIONS[config.compose or "sum"] if len(config.classes) > 1 else None,
                                 "guidance": config.guidance or 0.0, "coupled_level": prior.coupled_levels()}}
 
 

@@ -65,8 +65,20 @@ def test_a_class_set_expert_is_the_logsumexp_over_its_classes_and_sets_compose()
     assert got[1].item() == pytest.approx(h.marginal(logits, scale)[1].item() + lse(1, (0, 2), 2.0), rel=1e-6)
     guided = h.conditional(logits, targets, 2.0, scale, members)
     assert guided[0].item() == pytest.approx(3 * lse(0, (0, 2), 0.5) - 2 * 0.5 + 3 * 2.0 - 2 * 0.5, rel=1e-6)
-    condition = ClassCondition(targets, 1.0, members)
-    assert torch.equal(condition.rows(1, 2).members, members[1:2])
+    condition = ClassCondition(targets, 1.0, members, "conjunction")
+    assert torch.equal(condition.rows(1, 2).members, members[1:2]) and condition.rows(1, 2).composition == "conjunction"
+
+
+def test_conjunction_counts_the_marginal_once_and_one_expert_is_unchanged():
+    """conjunction: U + sum_j (E_j - U) = sum_j E_j - (M - 1) U, U the marginal (Liu et al. 2022's AND); M = 1: E_1 itself."""
+    logits = torch.tensor([[1.0, 2.0, 3.0, 0.5], [4.0, -1.0, 0.0, 0.5]])
+    scale, h = torch.tensor([0.5, 2.0]), heads()
+    two, one = torch.tensor([[0, 2], [1, 2]]), torch.tensor([[2], [1]])
+    for w in (0.0, 2.0):
+        summed = h.conditional(logits, two, w, scale)
+        conjunction = h.conditional(logits, two, w, scale, composition="conjunction")
+        torch.testing.assert_close(conjunction, summed - h.marginal(logits, scale))
+        assert torch.equal(h.conditional(logits, one, w, scale, composition="conjunction"), h.conditional(logits, one, w, scale))
 
 
 def test_cross_entropy_value_and_gradient_sign_on_a_hand_built_case():

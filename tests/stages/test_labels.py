@@ -85,7 +85,8 @@ def test_the_set_of_every_class_samples_the_marginal_and_sets_are_recorded(tiny_
     """--class 0+1+...+9 is the expert 'any class', whose energy is the marginal's: the same draws as no --class (up to float
     rounding); a set composed with a class changes them, and the manifest keeps each set as a list."""
     every = "+".join(str(c) for c in range(10))
-    runs = {"plain": [], "every": ["--class", every], "composed": ["--class", "0+1+2", "--class", 7]}
+    runs = {"plain": [], "every": ["--class", every], "composed": ["--class", "0+1+2", "--class", 7],
+            "conjunction": ["--class", "0+1+2", "--class", 7, "--compose", "conjunction"]}
     for name, extra in runs.items():
         result = invoke("sample", "--backbone", tiny_backbone, "--prior", labelled_prior, "--out", tmp_path / name, "--n", 8,
                         "--device", "cpu", *extra)
@@ -96,6 +97,10 @@ def test_the_set_of_every_class_samples_the_marginal_and_sets_are_recorded(tiny_
     manifest, _ = read_manifest(tmp_path / "composed", SamplesManifest)
     assert manifest.config.classes == (((0, 1, 2),), (7,))
     assert manifest.sampler["class_condition"]["classes"] == [[[0, 1, 2]], [7]]
+    assert manifest.sampler["class_condition"]["composition"].startswith("product of experts")
+    conjunction, _ = read_manifest(tmp_path / "conjunction", SamplesManifest)
+    assert conjunction.sampler["class_condition"]["composition"].startswith("conjunction")
+    assert conjunction.fingerprint != manifest.fingerprint and not torch.allclose(u0["conjunction"], u0["composed"], atol=1e-2)
 
 
 def test_wrong_class_is_refused_before_compute(tiny_backbone, labelled_prior, tiny_priors, tmp_path):
@@ -104,6 +109,9 @@ def test_wrong_class_is_refused_before_compute(tiny_backbone, labelled_prior, ti
     assert result.exit_code == 2 and "10 classes" in said(result) and not out.exists()
     result = invoke("sample", "--backbone", tiny_backbone, "--prior", labelled_prior, "--out", out, "--class", "3+12", "--device", "cpu")
     assert result.exit_code == 2 and "--class 12" in said(result) and not out.exists()
+    result = invoke("sample", "--backbone", tiny_backbone, "--prior", labelled_prior, "--out", out, "--class", 3, "--compose",
+                    "conjunction", "--device", "cpu")
+    assert result.exit_code == 2 and "at least twice" in said(result) and not out.exists()
     unlabelled = tiny_priors["diffusion"]
     result = invoke("sample", "--backbone", tiny_backbone, "--prior", unlabelled, "--out", out, "--class", 1, "--device", "cpu")
     assert result.exit_code == 2 and "--labels" in said(result) and not out.exists()
