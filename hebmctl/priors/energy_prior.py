@@ -109,7 +109,7 @@ class EnergyPrior(Prior):
         if self.labels is None or y is None:
             return self.neg_energy_on_u, None, {}
         coupled = self.coupled_rows(t, u)
-        condition = ClassCondition(self.labels.training_targets(y, generator))
+        condition = self.labels.training_condition(y, generator)
         logits = self.energy.class_logits(self.backbone.u_to_z(u), t)
         ce = self.labels.cross_entropy(logits, self.level_scale(t, u), y, coupled)
         accuracy = float((logits[coupled, : self.labels.n_classes].argmax(1) == y[coupled]).float().mean()) if coupled.any() else 0.0

@@ -109,6 +109,34 @@ class LabelHeads:
         drop = torch.rand(y.shape, generator=generator, device=y.device) < self.coupling.label_dropout
         return torch.where(drop, self.null_index, y).to(torch.long)[:, None]
 
+    def training_condition(self, y: Tensor, generator: torch.Generator) -> ClassCondition:
+        """The condition of the coupled rows' training chains for cached labels y `[B]`: `training_targets`, and with factors
+        (--label-factors) each row not dropped to the null class is conditioned, with probability 1 / (1 + F) each, on its
+        class or on one of its F factor values: the set of classes that share that value (`members` `[B, 1, C]`), so the
+        recovery likelihood trains p(u_0 | u_1, y in S), the expert `sample --class` builds for a factor value. Without
+        factors no extra random number is drawn."""
+        targets = self.training_targets(y, generator)
+        sizes = self.coupling.factor_sizes
+        if not sizes:
+            return ClassCondition(targets)
+        codes = self.factor_codes().to(y.device)  # [C, F]
+        choice = torch.randint(len(sizes) + 1, y.shape, generator=generator, device=y.device)  # 0: the class, k: factor k
+        own = targets[:, 0].clamp(max=self.n_classes - 1)  # a dropped row's code is unused
+        chosen = codes[own].gather(1, (choice - 1).clamp(min=0)[:, None])  # [B, 1]: the row's value of its chosen factor
+        per_class = codes.gather(1, (choice - 1).clamp(min=0)[None, :].expand(self.n_classes, -1))  # [C, B]: each class's value
+        members = per_class.T == chosen  # [B, C]: the classes sharing the row's value
+        members &= ((choice > 0) & (targets[:, 0] != self.null_index))[:, None]  # class rows and null rows: no set
+        return ClassCondition(targets, members=members[:, None, :])
+
+    def factor_codes(self) -> Tensor:
+        """`[C, F]` int64: class y's value of each factor, y = (f1 * n2 + f2) * n3 + ... (mixed radix, first factor slowest)."""
+        sizes = self.coupling.factor_sizes or ()
+        y, codes = torch.arange(self.n_classes), []
+        for size in reversed(sizes):
+            codes.append(y % size)
+            y = y // size
+        return torch.stack(codes[::-1], dim=1)
+
     def cross_entropy(self, logits: Tensor, scale: Tensor, y: Tensor, rows: Tensor) -> Tensor:
         """Weighted mean over the selected rows (`rows` `[B]` bool) of -log softmax_y (F(z, y) / c) at the cached label
         y `[B]` (Diff-EBM App. A.2); 0 when no row is selected."""

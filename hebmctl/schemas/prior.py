@@ -32,7 +32,8 @@ class TrainPriorConfig(StageConfig):
     unhashed: ClassVar[frozenset[str]] = frozenset({"run", "device", "compile", "name", "out", "log_every", "checkpoint_every",
                                                     "keep_checkpoints"})
     hashed_when_set: ClassVar[frozenset[str]] = frozenset({"conv_channels", "conv_depth", "shared_noise", "tweedie", "labels",
-                                                           "label_layers", "label_levels", "label_dropout", "label_weight"})
+                                                           "label_layers", "label_levels", "label_dropout", "label_weight",
+                                                           "label_factors"})
     """Unset = DEFAULT_CONV_CHANNELS / DEFAULT_CONV_DEPTH, left unset so that priors written before spatial groups keep their "
         "fingerprints; shared_noise and tweedie (cooperative scheme) and the label options likewise stay unset unless given."""
 
@@ -61,6 +62,11 @@ class TrainPriorConfig(StageConfig):
         "probability at t = 0, training F(z, null) for classifier-free guidance (CDRL sec. 3.5; e.g. 0.1; default: no null class).")
     label_weight: float | None = Field(None, gt=0, description="With --labels: weight of the cross-entropy term (default "
         f"{DEFAULT_LABEL_WEIGHT:g}: the loss is then the joint likelihood -log p(u_0, y | u_1), both terms in nats).")
+    label_factors: tuple[int, ...] | None = Field(None, description="With --labels: the classes are a grid of factors with these "
+        "sizes, y = (f1 * n2 + f2) * n3 + f3 ... (e.g. 10,3 for digit x colour; the product must be the number of classes). "
+        "Each coupled row's training chain is then conditioned, with equal probability, on its class or on one of its factor "
+        "values (the set of classes sharing it), so the factor experts that `sample --class 9+10+11` composes are trained "
+        "targets (a variant; default: the class only).")
     schedule: Literal["drl", "cosine"] = Field("drl", description="Noise schedule of the diffusion scheme.")
     b2: float = Field(3e-5, gt=0, description="Diffusion scheme step-size scale: "
                                               "s_t^2 = (sigma_cum[t] / sigma_cum[0]) * b2 * sigma[t+1]^2.")
@@ -96,11 +102,12 @@ class TrainPriorConfig(StageConfig):
     compile: Literal["auto", "on", "off"] = Field("auto", description="Capture the Langevin step in a CUDA graph (replayed each "
         "step; the same numbers as the eager loop): 'auto' on CUDA only, 'on' (an error without CUDA), 'off' the eager loop.")
 
-    _csv = field_validator("label_layers", mode="before")(lambda cls, v: split_csv(v))
+    _csv = field_validator("label_layers", "label_factors", mode="before")(lambda cls, v: split_csv(v))
 
     @model_validator(mode="after")
     def _label_options_need_labels(self) -> "TrainPriorConfig":
-        given = [name for name in ("label_layers", "label_levels", "label_dropout", "label_weight") if getattr(self, name) is not None]
+        given = [name for name in ("label_layers", "label_levels", "label_dropout", "label_weight", "label_factors")
+                 if getattr(self, name) is not None]
         if given and not self.labels:
             flags = ", ".join("--" + name.replace("_", "-") for name in given)
             raise ValueError(f"{flags} only apply to a label-coupled prior: add --labels")
@@ -109,6 +116,8 @@ class TrainPriorConfig(StageConfig):
         if self.label_layers is not None and (not self.label_layers or min(self.label_layers) < 1
                                               or len(set(self.label_layers)) != len(self.label_layers)):
             raise ValueError("--label-layers takes distinct layer numbers from 1 (the bottom layer z1), comma-separated, e.g. 3 or 2,3")
+        if self.label_factors is not None and (len(self.label_factors) < 2 or min(self.label_factors) < 2):
+            raise ValueError("--label-factors takes two or more factor sizes of at least 2, comma-separated, e.g. 10,3")
         return self
 
     @classmethod
@@ -135,6 +144,8 @@ class LabelCoupling(StrictModel):
     null_class: bool = Field(description="True when trained with label dropout: the energy has one more output, F(z, null) = index C.")
     label_dropout: float = Field(ge=0, lt=1, description="Probability that a level-0 label was replaced by the null class.")
     label_weight: float = Field(gt=0, description="Weight of the cross-entropy term.")
+    factor_sizes: tuple[int, ...] | None = Field(None, description="Sizes of the factors the classes are a grid of (train-prior "
+        "--label-factors): training chains were also conditioned on factor values; absent: on the class only.")
 
     @property
     def n_outputs(self) -> int:

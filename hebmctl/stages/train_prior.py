@@ -129,9 +129,14 @@ def label_coupling(config: TrainPriorConfig, num_layers: int) -> LabelCoupling |
     if max(layers) > num_layers:
         raise ConfigError(f"--label-layers {','.join(map(str, layers))}: the backbone has {num_layers} latent layers (z1 = bottom ... "
                           f"z{num_layers} = top).")
+    if config.label_factors is not None and math.prod(config.label_factors) != n_classes:
+        raise ConfigError(f"--label-factors {','.join(map(str, config.label_factors))}: the factors' sizes multiply to "
+                          f"{math.prod(config.label_factors)}, but the latent cache {config.latents} holds {n_classes} classes "
+                          f"(0 .. {n_classes - 1}). Give sizes whose product is {n_classes}.")
     dropout = config.label_dropout or 0.0
     return LabelCoupling(n_classes=n_classes, label_groups=tuple(sorted(i - 1 for i in layers)), null_class=dropout > 0,
-                         label_dropout=dropout, label_weight=config.label_weight or DEFAULT_LABEL_WEIGHT)
+                         label_dropout=dropout, label_weight=config.label_weight or DEFAULT_LABEL_WEIGHT,
+                         factor_sizes=config.label_factors)
 
 
 @dataclass

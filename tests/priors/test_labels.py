@@ -106,6 +106,29 @@ def test_training_targets_are_the_labels_with_dropout_to_the_null_class():
     assert torch.equal(heads(null=False).training_targets(y, torch.Generator()), y[:, None])
 
 
+def test_factor_training_conditions_rows_on_their_class_or_one_factor_value():
+    """--label-factors 3,2 (6 classes, y = 2 f1 + f2): a kept row's chain is conditioned on its class (no set) or on the set of
+    classes sharing its value of factor 1 or 2, each about 1/3 of the time; a null row never gets a set; without factors the
+    generator advances exactly as training_targets alone makes it."""
+    h = LabelHeads(LabelCoupling(n_classes=6, label_groups=(0,), null_class=True, label_dropout=0.1, label_weight=1.0,
+                                 factor_sizes=(3, 2)))
+    assert h.factor_codes().tolist() == [[0, 0], [0, 1], [1, 0], [1, 1], [2, 0], [2, 1]]
+    y = torch.arange(30_000) % 6
+    condition = h.training_condition(y, torch.Generator().manual_seed(0))
+    members, targets = condition.members[:, 0], condition.targets[:, 0]
+    assert torch.equal(targets, h.training_targets(y, torch.Generator().manual_seed(0))[:, 0])  # the dropout draw comes first
+    kept, sizes = targets != 6, members.sum(1)
+    assert set(sizes[kept].tolist()) == {0, 2, 3} and (sizes[~kept] == 0).all()  # factor 1 sets hold 2 classes, factor 2 sets 3
+    for size, share in ((0, 1 / 3), (2, 1 / 3), (3, 1 / 3)):
+        assert (sizes[kept] == size).float().mean().item() == pytest.approx(share, abs=0.015)
+    assert members[kept & (sizes > 0)].gather(1, y[kept & (sizes > 0)][:, None]).all()  # the set holds the row's own class
+    row = int(torch.nonzero(kept & (sizes == 3))[0])  # a factor-2 set: every class with the row's f2
+    assert members[row].tolist() == [c % 2 == int(y[row]) % 2 for c in range(6)]
+    plain, factored = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    heads().training_condition(y[:5], plain), heads().training_targets(y[:5], factored)
+    assert torch.equal(plain.get_state(), factored.get_state()) and heads().training_condition(y[:5], plain).members is None
+
+
 def two_modes(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """n draws `[n, 2]` and their labels `[n]`: class 0 at (-1, 0), class 1 at (+1, 0), std 0.4."""
     y = torch.randint(0, 2, (n,), generator=g)
@@ -187,5 +210,10 @@ def test_label_options_are_checked_by_the_config():
         TrainPriorConfig(scheme="joint", labels=True, label_levels="all")
     with pytest.raises(ValidationError, match="distinct layer numbers"):
         TrainPriorConfig(labels=True, label_layers="2,2")
+    with pytest.raises(ValidationError, match="two or more factor sizes"):
+        TrainPriorConfig(labels=True, label_factors="30")
+    with pytest.raises(ValidationError, match="--label-factors only apply"):
+        TrainPriorConfig(label_factors="10,3")
+    assert "label_factors" not in TrainPriorConfig(labels=True).hashed_fields()  # unset: earlier labelled priors keep their fingerprints
     plain, labelled = TrainPriorConfig(), TrainPriorConfig(labels=True)
     assert "labels" not in plain.hashed_fields() and labelled.hashed_fields()["labels"] is True  # old fingerprints unchanged

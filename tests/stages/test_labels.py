@@ -129,6 +129,9 @@ def test_train_prior_label_refusals(tiny_backbone, tiny_latents, tmp_path):
     result = invoke("train-prior", "--backbone", tiny_backbone, "--latents", tiny_latents, "--out", out, "--labels", "--label-layers", 4,
                     *TINY)
     assert result.exit_code == 2 and "3 latent layers" in said(result) and not out.exists()
+    result = invoke("train-prior", "--backbone", tiny_backbone, "--latents", tiny_latents, "--out", out, "--labels", "--label-factors",
+                    "3,2", *TINY)
+    assert result.exit_code == 2 and "multiply to 6" in said(result) and "10 classes" in said(result) and not out.exists()
 
 
 def test_guidance_needs_label_dropout(tiny_backbone, tiny_latents, tmp_path):
