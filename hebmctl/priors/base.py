@@ -50,18 +50,19 @@ class PosteriorLangevin:
 @dataclass(frozen=True)
 class TrainingOutcome:
     """One batch of the EBM loss: loss `[]`, negative energies on positives and negatives `[B]`, the chain's
-    statistics, and `gap`, the positive-negative gap in the units the loss uses (the runaway guard's quantity).
+    statistics, and `gap` `[]`, the positive-negative gap in the units the loss uses (the runaway guard's quantity).
     `extra_losses`: the losses `[]` of the prior's extra trainable modules (`EnergyPrior.extra_modules`), by module
     name; each is minimised by that module's own optimizer (the trainer adds them to the backward pass). `records`: values
-    for metrics.jsonl (a label-coupled prior's cross-entropy, which `loss` already includes, and its batch accuracy)."""
+    for metrics.jsonl (a label-coupled prior's cross-entropy, which `loss` already includes, and its batch accuracy).
+    `gap` and `records` stay tensors on the device: the trainer reads every number of an update in one transfer."""
 
     loss: Tensor
     pos: Tensor
     neg: Tensor
     stats: ChainStats
-    gap: float
+    gap: Tensor
     extra_losses: dict[str, Tensor] = field(default_factory=dict)
-    records: dict[str, float] = field(default_factory=dict)  # further values to log (e.g. the label cross-entropy)
+    records: dict[str, Tensor] = field(default_factory=dict)  # further values `[]` to log (e.g. the label cross-entropy)
 
 
 @dataclass(frozen=True)

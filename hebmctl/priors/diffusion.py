@@ -152,7 +152,8 @@ class DiffusionPrior(EnergyPrior):
         return TrainingOutcome(loss if ce is None else loss + ce, pos, neg, stats, scaled_gap(pos, neg, s_sq), records=records)
 
 
-def scaled_gap(pos: Tensor, neg: Tensor, step_size_sq: Tensor) -> float:
-    """mean((G(pos, t) - G(neg, t)) / s_t^2) `[B]`, `[B]`, `[B]` -> float: the gap in the units of the diffusion
-    loss (the loss is its negative), which the runaway guard compares; the raw G gap is ~s_t^2 times smaller."""
-    return float(((pos.detach() - neg.detach()) / step_size_sq).mean())
+def scaled_gap(pos: Tensor, neg: Tensor, step_size_sq: Tensor) -> Tensor:
+    """mean((G(pos, t) - G(neg, t)) / s_t^2) `[B]`, `[B]`, `[B]` -> `[]` (detached, on the device): the gap in the units
+    of the diffusion loss (the loss is its negative), which the runaway guard compares; the raw G gap is ~s_t^2 times
+    smaller."""
+    return ((pos.detach() - neg.detach()) / step_size_sq).mean()

@@ -112,8 +112,9 @@ class EnergyPrior(Prior):
         condition = self.labels.training_condition(y, generator)
         logits = self.energy.class_logits(self.backbone.u_to_z(u), t)
         ce = self.labels.cross_entropy(logits, self.level_scale(t, u), y, coupled)
-        accuracy = float((logits[coupled, : self.labels.n_classes].argmax(1) == y[coupled]).float().mean()) if coupled.any() else 0.0
-        return (lambda v, level: self.labelled_neg_energy(v, level, condition)), ce, {"label_ce": float(ce.detach()),
+        hits = (logits[:, : self.labels.n_classes].argmax(1) == y) & coupled  # [B]
+        accuracy = hits.sum() / coupled.sum().clamp(min=1)  # over the coupled rows (0 when there are none); a tensor `[]`
+        return (lambda v, level: self.labelled_neg_energy(v, level, condition)), ce, {"label_ce": ce.detach(),
                                                                                       "label_accuracy": accuracy}
 
     def describe(self, temperature: float, seed: int) -> dict:

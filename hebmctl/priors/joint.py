@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from hebmctl.models.ebm_losses import energy_gap, joint_ebm_loss
+from hebmctl.models.ebm_losses import joint_ebm_loss
 from hebmctl.noise import Noise, randn
 from hebmctl.priors.base import NegEnergyOfZ, SamplingOptions, TrainingOutcome, Trajectory
 from hebmctl.priors.energy_prior import EnergyPrior
@@ -67,4 +67,5 @@ class JointPrior(EnergyPrior):
                                           runner=self.runner)
         pos, neg = neg_energy(u0, None), neg_energy(u_neg, None)
         loss = joint_ebm_loss(pos, neg)
-        return TrainingOutcome(loss if ce is None else loss + ce, pos, neg, stats, energy_gap(pos, neg), records=records)
+        gap = pos.detach().mean() - neg.detach().mean()  # models.ebm_losses.energy_gap, left on the device
+        return TrainingOutcome(loss if ce is None else loss + ce, pos, neg, stats, gap, records=records)

@@ -71,11 +71,11 @@ class ChainStats:
 
     def is_finite(self) -> bool:
         """True when every recorded statistic is finite (callers report divergence otherwise)."""
-        return bool(
-            torch.isfinite(self.log_density).all()
-            and torch.isfinite(self.grad_norm).all()
-            and torch.isfinite(self.step_size).all()
-        )
+        return bool(self.all_finite())
+
+    def all_finite(self) -> Tensor:
+        """`is_finite` as a bool tensor `[]`, without reading it on the host (the trainer gathers it with the rest)."""
+        return torch.isfinite(self.log_density).all() & torch.isfinite(self.grad_norm).all() & torch.isfinite(self.step_size).all()
 
     def to_dict(self) -> dict[str, list[float]]:
         """Plain Python lists (for ``metrics.jsonl`` / manifests)."""

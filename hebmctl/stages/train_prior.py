@@ -211,13 +211,14 @@ class _PriorTrainer:
         pos, neg, stats, loss = outcome.pos, outcome.neg, outcome.stats, outcome.loss
         if cfg.energy_l2 > 0:
             loss = loss + cfg.energy_l2 * (pos.pow(2) + neg.pow(2)).mean()
-        finite = torch.isfinite(loss) and torch.isfinite(pos).all() and torch.isfinite(neg).all() and stats.is_finite()
-        finite = finite and all(torch.isfinite(v) for v in outcome.extra_losses.values())
-        means = _batch_means(loss, outcome, bool(finite), u0.shape[0])
-        numbers = {name: float(value.detach()) for name, value in means.items()}
-        extra = {f"loss_{name}": numbers[name] for name in outcome.extra_losses} | outcome.records
-        record = extra | {"loss": numbers["loss"], "energy_gap": float((means["pos"] - means["neg"]).detach()), "neg_energy_pos": numbers["pos"],
-                  "neg_energy_neg": numbers["neg"], "langevin_grad_norm": numbers["langevin_grad_norm"], "loss_gap": numbers["gap"]}
+        finite = torch.isfinite(loss) & torch.isfinite(pos).all() & torch.isfinite(neg).all() & stats.all_finite().to(loss.device)
+        for value in outcome.extra_losses.values():
+            finite = finite & torch.isfinite(value)
+        means = _batch_means(loss, outcome, finite, u0.shape[0])
+        numbers = _on_host(means | {"energy_gap": means["pos"] - means["neg"]} | outcome.records)  # the update's one transfer
+        extra = {f"loss_{name}": numbers[name] for name in outcome.extra_losses} | {name: numbers[name] for name in outcome.records}
+        record = extra | {"loss": numbers["loss"], "energy_gap": numbers["energy_gap"], "neg_energy_pos": numbers["pos"],
+                          "neg_energy_neg": numbers["neg"], "langevin_grad_norm": numbers["langevin_grad_norm"], "loss_gap": numbers["gap"]}
         finite = numbers["diverged"] == 0 and math.isfinite(numbers["loss"])  # a non-finite value on any rank
         runaway = abs(record["loss_gap"]) > cfg.max_energy_gap  # the gap in the loss's units (diffusion: G / s_t^2)
         # The modules' parameters are disjoint, so one backward of the sum gives each its own loss's gradient.
@@ -241,7 +242,7 @@ class _PriorTrainer:
         loss.backward()
         modules = [self.energy, *self.extras.values()]
         dist.sum_gradients(p for m in modules for p in m.parameters())  # each rank's backward reached only its rows' share
-        record["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.energy.parameters(), self.config.grad_clip))
+        record["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.energy.parameters(), self.config.grad_clip)  # read when logged
         for module in self.extras.values():
             torch.nn.utils.clip_grad_norm_(module.parameters(), self.config.grad_clip)
         for optimizer in optimizers:
@@ -281,7 +282,7 @@ class _PriorTrainer:
                     continue
                 bar.update(task, advance=1, info=f"gap {record['energy_gap']:+.3f}  loss {record['loss']:+.3f}")
                 if self.step % cfg.log_every == 0 or self.step == last:
-                    append_jsonl(cfg.out / "metrics.jsonl", record | {"wall_s": round(self.wall_s, 3)})
+                    append_jsonl(cfg.out / "metrics.jsonl", _on_host(record) | {"wall_s": round(self.wall_s, 3)})
                 if self.step % cfg.checkpoint_every == 0 or self.step == last:
                     save_checkpoint(self.checkpoints, self.step, self.fingerprint, self.state, self._extra(), cfg.keep_checkpoints,
                                     log=cfg.out / "metrics.jsonl")
@@ -296,17 +297,28 @@ def _shard_of_batch(batch_size: int) -> tuple[int, int]:
     return dist.shard(batch_size)
 
 
-def _batch_means(loss: Tensor, outcome: priors.TrainingOutcome, finite: bool, rows: int) -> dict[str, Tensor]:
-    """The batch means of the step's numbers (scalars `[]` by name): the loss (differentiable), the extra modules'
-    losses (differentiable), pos, neg, gap, the last Langevin step's gradient norm, and `diverged` (> 0 when any rank
-    saw a non-finite value). Each is a mean over rows of per-row terms, so the shards' means are combined in one
-    all_reduce (`dist.mean_of_shards`); in one process these are this process's values, unchanged."""
+def _batch_means(loss: Tensor, outcome: priors.TrainingOutcome, finite: Tensor, rows: int) -> dict[str, Tensor]:
+    """The batch means of the step's numbers (scalars `[]` by name, on the device): the loss (differentiable), the extra
+    modules' losses (differentiable), pos, neg, gap, the last Langevin step's gradient norm, and `diverged` (> 0 when
+    any rank saw a non-finite value; `finite` is this rank's flag `[]`). Each is a mean over rows of per-row terms, so
+    the shards' means are combined in one all_reduce (`dist.mean_of_shards`); in one process these are this process's
+    values, unchanged. Nothing is read on the host here."""
     stats = outcome.stats
+    last_grad_norm = stats.grad_norm[-1] if stats.n_steps else loss.new_zeros(())
     named = {"loss": loss} | outcome.extra_losses | {
         "pos": outcome.pos.detach().mean(), "neg": outcome.neg.detach().mean(), "gap": outcome.gap,
-        "langevin_grad_norm": float(stats.grad_norm[-1]) if stats.n_steps else 0.0, "diverged": 0.0 if finite else 1.0}
-    values = torch.stack([v.reshape(()) if isinstance(v, Tensor) else loss.new_tensor(v) for v in named.values()])
+        "langevin_grad_norm": last_grad_norm, "diverged": (~finite).to(loss.dtype)}
+    values = torch.stack([v.reshape(()).to(device=loss.device, dtype=loss.dtype) for v in named.values()])
     return dict(zip(named, dist.mean_of_shards(values, rows).unbind()))
+
+
+def _on_host(values: dict) -> dict:
+    """The dict with its tensor values `[]` read as Python floats in one device-to-host transfer (others kept as they are)."""
+    names = [name for name, value in values.items() if isinstance(value, Tensor)]
+    if not names:
+        return dict(values)
+    read = torch.stack([values[name].detach().reshape(()).float() for name in names]).tolist()
+    return values | dict(zip(names, read))
 
 
 def _path_text(path: Path | None) -> str | None:

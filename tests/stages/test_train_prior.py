@@ -109,3 +109,36 @@ def test_a_damaged_metrics_log_is_restored_from_the_checkpoint(tiny_backbone, ti
     again = train_prior.run(config)  # the manifest's sha256 of the log differs: repaired, resuming from the last checkpoint
     assert log.read_bytes() == original
     assert again.metrics["final_energy_gap"] == first.metrics["final_energy_gap"]
+
+
+class _HostReads(torch.overrides.TorchFunctionMode):
+    """Counts the tensor methods that read a value on the host (on a GPU each is a device sync)."""
+
+    READS = {torch.Tensor.__bool__, torch.Tensor.__float__, torch.Tensor.__int__, torch.Tensor.__index__, torch.Tensor.item,
+             torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.cpu}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.READS:
+            self.names.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("scheme", ["joint", "diffusion", "cooperative"])
+def test_an_update_reads_its_loss_and_statistics_in_one_transfer(tiny_backbone, tiny_latents, tmp_path, scheme):
+    """Issue 13: the Langevin chains, the loss and every logged statistic of an update stay on the device until one
+    `tolist` (the divergence check needs them on the host); a `float()` or `bool()` per statistic would be a device
+    sync each on a GPU. The grad norm is read only on the lines that are logged."""
+    config = tiny_prior_config(tiny_backbone, tiny_latents, tmp_path / "p", scheme=scheme)
+    device = torch.device("cpu")
+    trainer = train_prior._PriorTrainer(config, load_backbone(tiny_backbone, device),
+                                        train_prior.LatentBatches(tiny_latents / "train.h5", device, config.seed), device, "f" * 64)
+    u0 = trainer.data.batch(0, config.batch_size, trainer.shard)
+    with _HostReads() as reads:
+        loss, record = trainer.negatives_and_loss(u0)
+    assert loss is not None and reads.names == ["tolist"], reads.names
+    assert {"loss", "energy_gap", "loss_gap", "langevin_grad_norm"} <= record.keys()
+    assert all(isinstance(value, float) for value in record.values())
