@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _classifier import fit, small_cnn, to_input
 from _common import REPO, emit
 from coloured_mnist import COLOURS, N_DIGITS, class_sets
 from torch import nn
@@ -43,38 +44,14 @@ N_COLOURS = len(COLOURS)
 N_JOINT = N_DIGITS * N_COLOURS
 
 
-def classifier() -> nn.Module:
-    """x `[B, 3, 28, 28]` in [-1, 1] -> joint-class logits `[B, 30]`."""
-    return nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, N_JOINT),
-    )
-
-
-def to_input(images: np.ndarray) -> torch.Tensor:
-    """uint8 `[N, 28, 28, 3]` -> float `[N, 3, 28, 28]` in [-1, 1] (the backbone's range)."""
-    return torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
-
-
 def train_classifier(spec: str, epochs: int = 2, batch: int = 128) -> tuple[nn.Module, dict]:
     train, test = load_split(spec, "train"), load_split(spec, "test")
-    net, path = classifier(), REPO / "runs" / "composition" / "classifier-coloured-mnist.safetensors"
+    net, path = small_cnn(3, N_JOINT), REPO / "runs" / "composition" / "classifier-coloured-mnist.safetensors"
     start = time.perf_counter()
     if path.exists():
         load_module_state(net, path)
     else:
-        torch.manual_seed(0)
-        net = classifier()
-        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-        g = torch.Generator().manual_seed(0)
-        xs, ys = to_input(train.images), torch.from_numpy(train.labels)
-        for _ in range(epochs):
-            for rows in torch.randperm(len(ys), generator=g).split(batch):
-                loss = nn.functional.cross_entropy(net(xs[rows]), ys[rows])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+        net = fit(3, N_JOINT, train.images, train.labels, epochs, batch)  # joint-class logits [B, 30]
         save_tensors(path, net.state_dict())
     net.eval()
     record = factor_accuracy(predict(net, test.images), test.labels)

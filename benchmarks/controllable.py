@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _classifier import fit, small_cnn, to_input
 from _common import REPO, SHARED_DATA, emit
 from torch import nn
 
@@ -39,39 +40,15 @@ N_CLASSES = 10
 DATA_FOLDERS = {"mnist": "mnist", "fashion-mnist": "fashion-mnist"}
 
 
-def classifier() -> nn.Module:
-    """x `[B, 1, 28, 28]` in [-1, 1] -> logits `[B, 10]`."""
-    return nn.Sequential(
-        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, N_CLASSES),
-    )
-
-
-def to_input(images: np.ndarray) -> torch.Tensor:
-    """uint8 `[N, 28, 28, 1]` -> float `[N, 1, 28, 28]` in [-1, 1] (the backbone's range)."""
-    return torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
-
-
 def train_classifier(data: str, epochs: int = 2, batch: int = 128) -> tuple[nn.Module, dict]:
     folder = SHARED_DATA / DATA_FOLDERS[data]
     (x_train, y_train), (x_test, y_test) = (_load_idx_split(folder, s, N_CLASSES) for s in ("train", "test"))
-    net, path = classifier(), REPO / "runs" / f"classifier-{data}.safetensors"
+    net, path = small_cnn(1, N_CLASSES), REPO / "runs" / f"classifier-{data}.safetensors"
     start = time.perf_counter()
     if path.exists():
         load_module_state(net, path)
     else:
-        torch.manual_seed(0)
-        net = classifier()
-        opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-        g = torch.Generator().manual_seed(0)
-        xs, ys = to_input(x_train), torch.from_numpy(y_train)
-        for _ in range(epochs):
-            for rows in torch.randperm(len(ys), generator=g).split(batch):
-                loss = nn.functional.cross_entropy(net(xs[rows]), ys[rows])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+        net = fit(1, N_CLASSES, x_train, y_train, epochs, batch)
         save_tensors(path, net.state_dict())
     net.eval()
     accuracy = float((predict(net, x_test) == y_test).mean())
