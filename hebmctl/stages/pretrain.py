@@ -245,7 +245,7 @@ class _Trainer:
                 + (cfg.spectral_reg or 0.0) * spectral)
         if not torch.isfinite(loss):
             raise DivergenceError(
-                f"pretrain diverged at step {self.step}: the loss is {float(loss)}. The last good checkpoint is kept in "
+                f"pretrain diverged at step {self.step}: the loss is {float(loss.detach())}. The last good checkpoint is kept in "
                 f"{self.checkpoints}; lower --lr or --grad-clip and re-run with --force (or keep the settings and re-run to retry)."
             )
         self.optimizer.zero_grad(set_to_none=True)
