@@ -123,8 +123,9 @@ def test_each_prior_reports_its_gap_in_its_loss_units(toy_priors):
     """The runaway guard's quantity: joint mean F(pos) - mean F(neg); diffusion mean((G_pos - G_neg) / s_t^2) = -loss."""
     g = torch.Generator().manual_seed(7)
     joint = toy_priors["joint"].training_outcome(mixture(64, g), g)
-    assert joint.gap == pytest.approx(float(joint.pos.mean() - joint.neg.mean())) == pytest.approx(-float(joint.loss))
+    gap = float(joint.gap)  # a tensor [] on the device: the trainer reads it with the update's other numbers
+    assert gap == pytest.approx(float((joint.pos.mean() - joint.neg.mean()).detach())) == pytest.approx(-float(joint.loss.detach()))
     diffusion = toy_priors["diffusion"].training_outcome(mixture(64, g), g)
-    assert diffusion.gap == pytest.approx(-float(diffusion.loss), rel=1e-5)
-    raw = float(diffusion.pos.mean() - diffusion.neg.mean())
+    assert float(diffusion.gap) == pytest.approx(-float(diffusion.loss.detach()), rel=1e-5)
+    raw = float((diffusion.pos.mean() - diffusion.neg.mean()).detach())
     assert abs(diffusion.gap) > 10 * abs(raw)  # s_t^2 <= 0.1 on the toy (b2 = 1e-3)
