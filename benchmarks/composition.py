@@ -77,8 +77,8 @@ def factor_accuracy(predicted: np.ndarray, joint: np.ndarray) -> dict:
 def conditions(pairs: np.ndarray, guidance: float) -> dict[str, priors.ClassCondition]:
     """The four conditions of the pairs `[n, 2]` (digit, colour), as `sample --class` builds them."""
     sets = class_sets()
-    digit = torch.stack([_mask(sets[f"digit={d}"]) for d in pairs[:, 0]])  # [n, 30]
-    colour = torch.stack([_mask(sets[f"colour={list(COLOURS)[c]}"]) for c in pairs[:, 1]])
+    digit = priors.class_set_table([sets[f"digit={d}"] for d in range(N_DIGITS)], N_JOINT)[pairs[:, 0]]  # [n, 30]
+    colour = priors.class_set_table([sets[f"colour={name}"] for name in COLOURS], N_JOINT)[pairs[:, 1]]
     first = lambda m: m.float().argmax(1)  # noqa: E731 - a set's first member, as sample.class_condition's targets
     joint = torch.from_numpy(pairs[:, 0] * N_COLOURS + pairs[:, 1])
     return {
@@ -89,12 +89,6 @@ def conditions(pairs: np.ndarray, guidance: float) -> dict[str, priors.ClassCond
         "colour_only": priors.ClassCondition(first(colour)[:, None], guidance, colour[:, None]),
         "joint_class": priors.ClassCondition(joint[:, None], guidance),
     }
-
-
-def _mask(members: list[int]) -> torch.Tensor:
-    mask = torch.zeros(N_JOINT, dtype=torch.bool)
-    mask[members] = True
-    return mask
 
 
 def samples(prior: priors.Prior, n: int, condition: priors.ClassCondition | None, seed: int) -> np.ndarray:

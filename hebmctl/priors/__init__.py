@@ -13,7 +13,7 @@ from hebmctl.priors.factory import PRIOR_CLASSES, check_labels_supported, energy
 from hebmctl.priors.gaussian import GaussianPrior
 from hebmctl.priors.generation import SampleBatch, sample_batches
 from hebmctl.priors.joint import JointPrior
-from hebmctl.priors.labels import MARGINAL, ClassCondition, LabelHeads
+from hebmctl.priors.labels import MARGINAL, ClassCondition, LabelHeads, class_set_table
 
 __all__ = [
     "MARGINAL",
@@ -33,6 +33,7 @@ __all__ = [
     "TrainingOutcome",
     "Trajectory",
     "check_labels_supported",
+    "class_set_table",
     "energy_network",
     "for_training",
     "from_energy",

@@ -14,6 +14,7 @@ Targets per row `[B, M]` (M experts): a class index, MARGINAL (-1), or C (the nu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,14 @@ from hebmctl.schemas.prior import LabelCoupling
 
 MARGINAL = -1
 """Target of a row that uses the marginal logsumexp_y F(z, y)."""
+
+
+def class_set_table(sets: Sequence[Sequence[int]], n_classes: int) -> Tensor:
+    """`[S, C]` bool: row s marks the classes of set s (the `members` rows of a set expert, `sample --class 9+10+11`)."""
+    table = torch.zeros(len(sets), n_classes, dtype=torch.bool)
+    for row, members in enumerate(sets):
+        table[row, list(members)] = True
+    return table
 
 
 @dataclass(frozen=True)

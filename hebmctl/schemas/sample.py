@@ -96,8 +96,8 @@ class SampleConfig(StageConfig):
         "(1 + w) F(z, y) - w F(z, null) (CDRL sec. 3.5); needs a prior trained with --label-dropout (default: no guidance).")
     compose: Literal["sum", "conjunction"] | None = Field(None, description="How several --class experts combine: 'sum' "
         "(default; CDRL sec. 4.5's product of experts, the sum of their energies, which counts the prior p(z) once per expert) "
-        "or 'conjunction' (Liu et al. 2022's AND in energies: the marginal U once, U + sum_j (E_j - U); on the two-factor "
-        "coloured MNIST it carried both factors 69 % of the time against 51 % for 'sum', docs/results.md).")
+        "or 'conjunction' (a variant after Liu et al. 2022's AND, in energies: the marginal U once, U + sum_j (E_j - U); the "
+        "better of the two on the two-factor coloured MNIST, docs/results.md).")
     trajectory_steps: int = Field(2500, ge=1, description="Length of the long run for the energy profile (--trajectory).")
     batch_size: int = Field(500, ge=1, description="Images per sampling batch.")
     seed: int = Field(0, description="Seed of the sampling noise.")
@@ -112,12 +112,10 @@ class SampleConfig(StageConfig):
     def _class_lists(cls, value: Any) -> Any:
         """"3" / 3 / [3, "0,1"] / [[0, 1], [2]] / "0+1,2" -> one tuple of experts per --class (a class, or a '+' set of
         classes as a tuple); nothing given -> None."""
-        if value is None or isinstance(value, (str, int)):
-            value = None if value is None else [value]
-        if value is not None and not value:
+        if isinstance(value, (str, int)):
+            value = [value]
+        if not value:
             return None
-        if value is None:
-            return value
         lists = (split_csv(v) if isinstance(v, str) else ((v,) if isinstance(v, int) else v) for v in value)
         return tuple(tuple(_class_set(item) for item in items) for items in lists)
 

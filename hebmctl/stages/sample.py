@@ -145,13 +145,8 @@ def _class_set_members(config: SampleConfig, rows: Tensor, n_classes: int) -> Te
     """`[n, M, C]` bool, the classes each image's experts admit, when some --class expert is a '+' set; else None."""
     if all(isinstance(e, int) for v in config.classes for e in v):
         return None
-    per_list = []
-    for experts in config.classes:
-        table = torch.zeros(len(experts), n_classes, dtype=torch.bool)  # [len(list), C]
-        for i, expert in enumerate(experts):
-            table[i, list(class_members(expert))] = True
-        per_list.append(table[rows % len(experts)])  # [n, C]
-    return torch.stack(per_list, dim=1)
+    tables = [priors.class_set_table([class_members(e) for e in experts], n_classes) for experts in config.classes]  # [len, C]
+    return torch.stack([table[rows % len(table)] for table in tables], dim=1)
 
 
 def _describe_condition(config: SampleConfig, prior: priors.Prior) -> dict:
