@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F_nn
 from torch import Tensor
 
-__all__ = ["joint_ebm_loss", "diffusion_ebm_loss", "label_cross_entropy", "energy_gap"]
+__all__ = ["joint_ebm_loss", "diffusion_ebm_loss", "label_cross_entropy"]
 
 
 def _check_pair(pos: Tensor, neg: Tensor) -> None:
@@ -61,8 +61,3 @@ def diffusion_ebm_loss(neg_energy_pos: Tensor, neg_energy_neg: Tensor, step_size
 def label_cross_entropy(class_logits: Tensor, y: Tensor) -> Tensor:
     """Cross-entropy of ``softmax_y F(z, y)`` (DESIGN "Labels"): class_logits ``[B, C]``, y ``[B]`` -> ``[]``."""
     return F_nn.cross_entropy(class_logits, y.to(device=class_logits.device, dtype=torch.long))
-
-
-def energy_gap(pos: Tensor, neg: Tensor) -> float:
-    """``mean(pos) - mean(neg)`` of negative energies, as a Python float (for logging)."""
-    return float(pos.detach().mean() - neg.detach().mean())
