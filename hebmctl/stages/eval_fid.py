@@ -113,7 +113,7 @@ class _Source:
         if self.config.images is not None:
             return self.given.images, 0.0
         if self.config.prior == "recon":
-            images = _reconstruct(self.backbone, self.ref_images.images[self.recon_rows], self.config.batch_size, self.device)
+            images = reconstruct(self.backbone, self.ref_images.images[self.recon_rows], self.config.batch_size, self.device)
         else:
             images = self._sample()
         return images, time.perf_counter() - t0
@@ -149,7 +149,7 @@ def _read_images(path: Path, n: int) -> ImageSet:
 
 
 @torch.no_grad()
-def _reconstruct(backbone: LoadedBackbone, images: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
+def reconstruct(backbone: LoadedBackbone, images: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
     """Decoder means at the posterior means: uint8 `[N, H, W, C]` -> uint8 `[N, H, W, C]`."""
     model, parts = backbone.model, []
     for start in range(0, len(images), batch_size):
