@@ -15,16 +15,14 @@ all of it). Every FID is against the statistics of the whole test split, as `eva
 - with --backbone: the reconstructions (decoder means at posterior means, as `eval fid --prior recon`)
   of the same two subsets, and of the whole split.
 
-Features are kept as float64 .npy files in --features-dir (default runs/subset-bias/<data slug>), keyed
-by the backbone manifest's sha256 for reconstructions, so a re-run reuses them. Writes
+Features are kept as float64 .npy files in --features-dir (default runs/subset-bias), keyed by the test
+split's fingerprint (and the backbone manifest's sha256 for reconstructions), so a re-run reuses them. Writes
 benchmarks/results/<name>.json (default subset_bias_<data kind>, e.g. subset_bias_cifar10).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,10 +36,6 @@ from hebmctl.data.subsets import subset_positions
 from hebmctl.metrics.fid import InceptionFeatures, feature_statistics, frechet_distance, resolve_inception_weights
 from hebmctl.stages.artifacts import load_backbone
 from hebmctl.stages.eval_fid import reconstruct
-
-
-def _slug(spec: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", spec.split(":")[0] + "-" + Path(spec.partition(":")[2]).stem).strip("_")
 
 
 def cached_features(path: Path, make_images: Callable[[], np.ndarray], extractor: InceptionFeatures) -> tuple[np.ndarray, float]:
@@ -75,15 +69,15 @@ def main() -> None:
     parser.add_argument("--features-dir", type=Path)
     parser.add_argument("--name")
     args = parser.parse_args()
-    slug = _slug(args.data)
-    features_dir = args.features_dir or REPO / "runs" / "subset-bias" / slug
+    features_dir = args.features_dir or REPO / "runs" / "subset-bias"
     device = torch.device("cpu")
     extractor = InceptionFeatures(resolve_inception_weights(), device)
 
     test = load_split(args.data, "test")
     first = np.arange(args.n)
     stratified = subset_positions(test.labels, args.n)
-    real, real_s = cached_features(features_dir / "real_test.npy", lambda: test.images, extractor)
+    data_key = test.fingerprint()[:16]
+    real, real_s = cached_features(features_dir / f"real_{data_key}.npy", lambda: test.images, extractor)
     reference = feature_statistics(real)
     result: dict = {
         "data": args.data, "split": "test", "ref_n": int(len(test)), "n": args.n, "device": str(device),
@@ -93,8 +87,7 @@ def main() -> None:
     }
     if args.backbone is not None:
         backbone = load_backbone(args.backbone, device)
-        key = hashlib.sha256(backbone.manifest_sha256.encode()).hexdigest()[:16]
-        recon, recon_s = cached_features(features_dir / f"recon_test_{key}.npy",
+        recon, recon_s = cached_features(features_dir / f"recon_{data_key}_{backbone.manifest_sha256[:16]}.npy",
                                          lambda: reconstruct(backbone, test.images, 500, device), extractor)
         result["backbone"] = {"folder": str(args.backbone), "manifest_sha256": backbone.manifest_sha256,
                               "steps": backbone.manifest.config.steps}

@@ -67,5 +67,5 @@ class JointPrior(EnergyPrior):
                                           runner=self.runner)
         pos, neg = neg_energy(u0, None), neg_energy(u_neg, None)
         loss = joint_ebm_loss(pos, neg)
-        gap = pos.detach().mean() - neg.detach().mean()  # models.ebm_losses.energy_gap, left on the device
+        gap = pos.detach().mean() - neg.detach().mean()  # mean F(z+) - mean F(z-), left on the device
         return TrainingOutcome(loss if ce is None else loss + ce, pos, neg, stats, gap, records=records)
