@@ -1,7 +1,7 @@
 """Training and prior-sampling cost of every backbone family, on real images.
 
     python benchmarks/backbone_throughput.py [--data fashion-mnist] [--steps 20] [--batch-size 128]
-        [--families hvae,nvae,vlae] [--name backbone_throughput]
+        [--families hvae,nvae,vlae] [--name backbone_throughput] [--data-root ../shared/data]
 
 For each family (default settings of `hebmctl pretrain --backbone F`): training images/s (one
 optimizer step = ELBO forward + backward + AdamW, the pretrain stage's own loss), the number of
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import resource
 import time
+from pathlib import Path
 
 import torch
 from _common import SHARED_DATA, emit
@@ -24,8 +25,8 @@ from hebmctl.data import load_split, to_unit_range
 from hebmctl.schemas import PretrainConfig
 from hebmctl.stages.artifacts import build_backbone
 
-DATA = {"fashion-mnist": f"fashion-mnist:{SHARED_DATA / 'fashion-mnist'}", "mnist": f"mnist:{SHARED_DATA / 'mnist'}",
-        "cifar10": f"cifar10:{SHARED_DATA / 'cifar10-jpg.zip'}"}
+DATA = {"fashion-mnist": "fashion-mnist", "mnist": "mnist", "cifar10": "cifar10-jpg.zip"}
+"""Data set kind -> its file or folder under --data-root."""
 
 
 def time_training(model, images: torch.Tensor, steps: int, batch_size: int, device: torch.device) -> float:
@@ -80,12 +81,15 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--families", default="hvae,nvae,vlae")
     parser.add_argument("--name", default="backbone_throughput")
+    parser.add_argument("--data-root", type=Path, default=SHARED_DATA,
+                        help="Folder holding the data sets (default ../shared/data; a copy in local-data/ on a GPU machine).")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    images = torch.from_numpy(load_split(DATA[args.data], "train", (), 4096).images)
+    spec = f"{args.data}:{args.data_root / DATA[args.data]}"
+    images = torch.from_numpy(load_split(spec, "train", (), 4096).images)
     rows = {}
     for family in args.families.split(","):
-        config = PretrainConfig(data=DATA[args.data], backbone=family)
+        config = PretrainConfig(data=spec, backbone=family)
         torch.manual_seed(0)
         model = build_backbone(config, tuple(images.shape[1:])).to(device)
         rows[family] = {
