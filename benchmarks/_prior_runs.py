@@ -5,6 +5,7 @@ bundled builtin:mnist-10k by default) gives the default Fashion-MNIST network si
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -45,7 +46,18 @@ def time_train_prior(config: TrainPriorConfig, threads: int | None = None) -> di
     finally:
         torch.set_num_threads(old)
     return {"device": manifest.metrics["device"], "updates": config.steps, "train_wall_s": manifest.metrics["train_wall_s"],
-            "updates_per_s": manifest.metrics["steps_per_s"], "compile": config.compile, "scheme": config.scheme}
+            "updates_per_s": manifest.metrics["steps_per_s"], "compile": config.compile, "scheme": config.scheme,
+            "steady_updates_per_s": steady_rate(config.out / "metrics.jsonl")}
+
+
+def steady_rate(metrics: Path) -> float | None:
+    """Updates/s between the first and the last metrics line: without the first window, which holds the one-off costs
+    (the CUDA graphs' capture, torch.compile); None with fewer than two lines (log_every >= steps)."""
+    lines = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.is_file() else []
+    lines = [line for line in lines if "wall_s" in line]
+    if len(lines) < 2 or lines[-1]["wall_s"] <= lines[0]["wall_s"]:
+        return None
+    return round((lines[-1]["step"] - lines[0]["step"]) / (lines[-1]["wall_s"] - lines[0]["wall_s"]), 3)
 
 
 def time_sweep(root: Path, backbone: Path, latents: Path, n: int, steps: int, device: str, tiny: bool, compile: str = "auto") -> dict:

@@ -62,6 +62,7 @@ class Suite:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.cuda = self.device.type == "cuda"
         self.records: list[dict] = []
+        self.cpu_rates: dict[str, float] = {}  # scheme -> one CPU thread's updates/s (the train section's baseline)
         self.backbone = self.latents = None
         self.started = time.perf_counter()
         self.out = args.out or RESULTS / ("gpu_suite_smoke.json" if args.smoke else "gpu_suite.json")
@@ -90,8 +91,8 @@ class Suite:
             self.record(section, failed=label, error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc().splitlines()[-6:])
 
     def modes(self) -> tuple[str, ...]:
-        """--compile values to measure: capture needs CUDA."""
-        return ("off", "on") if self.cuda else ("off",)
+        """--compile values to measure: capture needs CUDA (so does fused's speed; its CPU path is a unit test)."""
+        return ("off", "on", "fused") if self.cuda else ("off",)
 
     def setup(self) -> None:
         if self.args.backbone is not None:  # given (e.g. by the pytest of --smoke): no pretraining here
@@ -112,22 +113,27 @@ class Suite:
                                                 ("joint", s["joint_eager_updates"], s["joint_graph_updates"], s["joint_cpu_updates"])):
             cpu = time_train_prior(self.prior(f"{scheme}-cpu", scheme=scheme, steps=cpu_n, device="cpu", compile="off"), threads=1)
             self.record("train", **cpu, threads=1)
+            self.cpu_rates[scheme] = cpu["updates_per_s"]
             for mode in self.modes():
-                steps = graph_n if mode == "on" else eager_n
+                steps = eager_n if mode == "off" else graph_n
                 self.attempt("train", f"{scheme} --compile {mode}", lambda: self.train_one(scheme, mode, steps, cpu["updates_per_s"]))
-            if self.cuda:
-                self.attempt("train", f"{scheme} capture equality", lambda: self.capture_equality(scheme, eager_n))
+            for mode in self.modes()[1:]:
+                self.attempt("train", f"{scheme} {mode} equality", lambda: self.capture_equality(scheme, mode, eager_n))
 
     def train_one(self, scheme: str, mode: str, steps: int, cpu_updates_per_s: float) -> None:
-        result = time_train_prior(self.prior(f"{scheme}-{mode}", scheme=scheme, steps=steps, device=str(self.device), compile=mode))
-        self.record("train", **result, vs_one_cpu_thread=round(result["updates_per_s"] / cpu_updates_per_s, 2))
+        """updates/s over the whole run and steady (after the first of 5 logged windows: without capture or compile)."""
+        result = time_train_prior(self.prior(f"{scheme}-{mode}", scheme=scheme, steps=steps, device=str(self.device), compile=mode,
+                                             log_every=max(steps // 5, 1)))
+        steady = result["steady_updates_per_s"]
+        self.record("train", **result, vs_one_cpu_thread=round(result["updates_per_s"] / cpu_updates_per_s, 2),
+                    steady_vs_one_cpu_thread=round(steady / cpu_updates_per_s, 2) if steady else None)
 
-    def capture_equality(self, scheme: str, steps: int) -> None:
-        """The same updates with capture on and off: max |difference| of the EMA weights (0 = bitwise)."""
-        on = self.prior(f"{scheme}-same-on", scheme=scheme, steps=steps, device="cuda", compile="on")
-        time_train_prior(on)
-        self.record("train", scheme=scheme, check="capture on vs off, same updates", updates=steps,
-                    max_abs_weight_difference=_max_weight_difference(on.out, self.args.root / "priors" / f"{scheme}-off"))
+    def capture_equality(self, scheme: str, mode: str, steps: int) -> None:
+        """The same updates with --compile MODE and off: max |difference| of the EMA weights (0 = bitwise)."""
+        same = self.prior(f"{scheme}-same-{mode}", scheme=scheme, steps=steps, device="cuda", compile=mode)
+        time_train_prior(same)
+        self.record("train", scheme=scheme, check=f"--compile {mode} vs off, same updates", updates=steps,
+                    max_abs_weight_difference=_max_weight_difference(same.out, self.args.root / "priors" / f"{scheme}-off"))
 
     def sample(self) -> None:
         backbone = load_backbone(self.backbone, self.device)
@@ -135,12 +141,12 @@ class Suite:
         first: dict[str, torch.Tensor] = {}
         for mode in self.modes():
             self.attempt("sample", f"--compile {mode}", lambda: self.sample_one(folder, backbone, mode, first))
-        if len(first) == 2:
-            difference = float((first["on"] - first["off"]).abs().max())
-            self.record("sample", check="capture on vs off, first batch", max_abs_u0_difference=difference)
+        for mode in set(first) - {"off"}:
+            difference = float((first[mode] - first["off"]).abs().max())
+            self.record("sample", check=f"--compile {mode} vs off, first batch", max_abs_u0_difference=difference)
 
     def sample_one(self, folder: Path, backbone, mode: str, first: dict[str, torch.Tensor]) -> None:
-        n = self.sizes["sample_n"] if mode == "on" else self.sizes["eager_sample_n"]
+        n = self.sizes["eager_sample_n"] if mode == "off" else self.sizes["sample_n"]
         prior, _ = open_prior(folder, backbone, self.device, priors.SamplingOptions(compile=mode))
         batch = self.sizes["sample_batch"]
         next(priors.sample_batches(prior, batch, batch, 1, 1.0))  # warm-up (and the graphs' capture)
@@ -157,7 +163,7 @@ class Suite:
         s = self.sizes
         # The target's configuration only: on a GPU both sides captured (the eager pair would cost about 90 s of a
         # borrowed machine's minutes for a ratio the CPU already shows); on the CPU both eager.
-        for mode in self.modes()[-1:]:
+        for mode in ("on",) if self.cuda else ("off",):  # the sweep refuses fused
             self.attempt("sweep", f"--compile {mode}", lambda: self.record("sweep", **time_sweep(
                 self.args.root / f"sweep-{mode}", self.backbone, self.latents, s["sweep_n"], s["sweep_updates"], str(self.device),
                 self.args.smoke, compile=mode)))
@@ -216,6 +222,22 @@ class Suite:
                     fp32_seed0_vs_seed1_max_abs_weight_difference=_max_weight_difference(other_seed, fp32),
                     final_loss={path.name: _final_loss(path) for path in (tf32, fp32, other_seed)},
                     seed1_updates_per_s=seed1["updates_per_s"])
+        self.attempt("tf32", "fused with TF32", self.tf32_fused)
+
+    def tf32_fused(self) -> None:
+        """--compile fused with TF32 matmuls: the fastest configuration, timed like the train section's runs."""
+        steps = self.sizes["graph_updates"]
+        before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        try:
+            result = time_train_prior(self.prior("diffusion-tf32-fused", steps=steps, device="cuda", compile="fused",
+                                                 log_every=max(steps // 5, 1)))
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+        cpu = self.cpu_rates.get("diffusion")
+        steady = result["steady_updates_per_s"]
+        self.record("tf32", **result, tf32=True, vs_one_cpu_thread=round(result["updates_per_s"] / cpu, 2) if cpu else None,
+                    steady_vs_one_cpu_thread=round(steady / cpu, 2) if cpu and steady else None)
 
     def sync(self) -> None:
         if self.cuda:
