@@ -87,9 +87,6 @@ class DiffusionSweep:
         self.optimizer = torch.optim.Adam(self.trained.values(), lr=self.config.lr, betas=(self.config.beta1, 0.999))
         self.generators = [torch.Generator(device=device).manual_seed(c.seed) for c in configs]
         self.static: StaticStep | None = None
-        if compile == "fused":  # vmap over stacked weights is not what torch.compile was measured on here
-            raise ConfigError("train-prior-sweep supports --compile auto, on or off; 'fused' (torch.compile) is for a single "
-                              "train-prior or sample run.")
         self.capture = capture_enabled(compile, device)
         self.use_static = self.capture  # the captured step's buffers (tests set this without capture)
 

@@ -18,13 +18,7 @@ are explicit inputs); a plain closure runs eagerly. The energy's parameters are 
 optimizer steps, EMA and checkpoint loads (all in-place) are seen by later replays.
 
 Modes (``--compile``): ``off`` eager; ``auto`` graphs on CUDA, eager elsewhere; ``on`` graphs, an
-error without CUDA (an explicit request that cannot be honoured should not silently change); ``fused``
-the density compiled by ``torch.compile`` (TorchInductor fuses its small kernels), then captured on
-CUDA. A replayed graph of the eager step is still a few hundred tiny kernels per step, each a few
-microseconds on the GPU; fusing them is what is left to gain. Fused kernels sum in another order, so
-``fused`` agrees with the eager loop to float rounding, not bitwise (the other modes are bitwise). On
-the CPU ``fused`` compiles without capture: correct, and tested, but not faster there (compiling
-takes about 20 s).
+error without CUDA (an explicit request that cannot be honoured should not silently change).
 """
 
 from __future__ import annotations
@@ -41,7 +35,7 @@ from hebmctl.samplers.langevin import EAGER, Density, StepRunner, draw_noise, la
 
 __all__ = ["CaptureMode", "CaptureUnavailable", "LangevinGraphs", "StaticStep", "capture_enabled", "step_runner"]
 
-CaptureMode = Literal["auto", "on", "off", "fused"]
+CaptureMode = Literal["auto", "on", "off"]
 WARMUP_STEPS = 3
 """Eager runs on a side stream before capture (lazy cuBLAS / autograd initialisation, as torch's docs ask)."""
 
@@ -56,10 +50,8 @@ class StaticStep:
     replaying a CUDA graph when captured, else calling :func:`langevin_step` eagerly (same function)."""
 
     def __init__(self, density: Density, u: Tensor, s: Tensor, half_s_sq: Tensor, add_noise: bool, capture: bool,
-                 pool: object | None = None, fuse: bool = False) -> None:
-        # fuse: TorchInductor's kernels for the density's forward and backward (compiled at the first call, which is
-        # a warm-up step when capturing); a shape change would recompile, so shapes are fixed (dynamic=False)
-        self.fn = torch.compile(density.fn, dynamic=False) if fuse else density.fn
+                 pool: object | None = None) -> None:
+        self.fn = density.fn
         self.u = u.detach().clone()
         self.eps = torch.zeros_like(self.u) if add_noise else None
         self.inputs = tuple(x.detach().clone() for x in density.inputs)
@@ -115,10 +107,10 @@ class StaticStep:
 class LangevinGraphs:
     """A :class:`~hebmctl.samplers.langevin.StepRunner` that keeps one :class:`StaticStep` per (density key, shapes,
     dtypes, device, noise on/off) and runs chains on it; ``capture=False`` is the same machinery without CUDA
-    graphs (the CPU-testable path); ``fuse=True`` compiles each density first. Densities without a key run eagerly."""
+    graphs (the CPU-testable path). Densities without a key run eagerly."""
 
-    def __init__(self, capture: bool, fuse: bool = False) -> None:
-        self.capture, self.fuse = capture, fuse
+    def __init__(self, capture: bool) -> None:
+        self.capture = capture
         self.steps: dict[tuple, StaticStep] = {}
         self.pool = torch.cuda.graph_pool_handle() if capture else None
 
@@ -129,7 +121,7 @@ class LangevinGraphs:
         key = (density.key, add_noise, _signature(u_init), _signature(s), *(_signature(x) for x in density.inputs))
         step = self.steps.get(key)
         if step is None:
-            step = self.steps[key] = StaticStep(density, u_init, s, half_s_sq, add_noise, self.capture, self.pool, self.fuse)
+            step = self.steps[key] = StaticStep(density, u_init, s, half_s_sq, add_noise, self.capture, self.pool)
         step.load(density, u_init, s, half_s_sq)
         # eps.normal_(generator) = torch.randn(u.shape, generator=...): the eager loop's draw, same stream; a shard of a
         # batch (NoiseRows, several processes) copies in its rows of the batch's draw, as draw_noise gives them
@@ -143,9 +135,9 @@ def _signature(x: Tensor) -> tuple:
 
 
 def capture_enabled(mode: CaptureMode, device: torch.device) -> bool:
-    """Whether `--compile MODE` captures on `device`: off never, auto and fused on CUDA only, on always
-    (CaptureUnavailable without CUDA)."""
-    if mode == "off" or (mode in ("auto", "fused") and device.type != "cuda"):
+    """Whether `--compile MODE` captures on `device`: off never, auto on CUDA only, on always (CaptureUnavailable
+    without CUDA)."""
+    if mode == "off" or (mode == "auto" and device.type != "cuda"):
         return False
     if device.type != "cuda":
         raise CaptureUnavailable(f"--compile on captures the Langevin step in CUDA graphs, but the device is {device}. "
@@ -154,9 +146,5 @@ def capture_enabled(mode: CaptureMode, device: torch.device) -> bool:
 
 
 def step_runner(mode: CaptureMode, device: torch.device) -> StepRunner:
-    """The runner for `--compile MODE` on `device`: CUDA graphs where `capture_enabled` (of compiled densities with
-    `fused`), a compiled density without capture for `fused` on the CPU, else the eager loop."""
-    capture = capture_enabled(mode, device)
-    if mode == "fused":
-        return LangevinGraphs(capture=capture, fuse=True)
-    return LangevinGraphs(capture=True) if capture else EAGER
+    """The runner for `--compile MODE` on `device`: CUDA graphs where `capture_enabled`, else the eager loop."""
+    return LangevinGraphs(capture=True) if capture_enabled(mode, device) else EAGER

@@ -102,9 +102,8 @@ class SampleConfig(StageConfig):
     batch_size: int = Field(500, ge=1, description="Images per sampling batch.")
     seed: int = Field(0, description="Seed of the sampling noise.")
     device: str = Field("auto", description="Torch device: 'auto' (CUDA when present, else CPU), 'cpu', 'cuda', ...")
-    compile: Literal["auto", "on", "off", "fused"] = Field("auto", description="Capture the Langevin step in a CUDA graph (replayed "
-        "each step; the same numbers as the eager loop): 'auto' on CUDA only, 'on' (an error without CUDA), 'off' the eager loop; "
-        "'fused' compiles the density with torch.compile first, then captures on CUDA (equal to float rounding, not bitwise).")
+    compile: Literal["auto", "on", "off"] = Field("auto", description="Capture the Langevin step in a CUDA graph (replayed each "
+        "step; the same numbers as the eager loop): 'auto' on CUDA only, 'on' (an error without CUDA), 'off' the eager loop.")
 
     _csv = field_validator("traverse", mode="before")(lambda cls, v: split_csv(v))
 

@@ -121,30 +121,6 @@ def test_prior_training_and_sampling_see_in_place_weight_updates(nets, scheme):
     assert all(torch.equal(a, b) for a, b in zip(outcomes["eager"], outcomes["static"], strict=True))
 
 
-def test_fused_compiles_the_density_and_agrees_with_the_eager_loop_to_float_rounding(nets):
-    """--compile fused on the CPU: TorchInductor's kernels without capture. The chains agree with the eager loop to
-    float rounding (fused sums in another order), and a weight changed in place after compiling is seen."""
-    runner = step_runner("fused", torch.device("cpu"))
-    assert isinstance(runner, LangevinGraphs) and runner.fuse and not runner.capture
-    density, u_init, s = conditional(nets, 32, 1)
-    u_e, stats_e = langevin(density, u_init, 5, s, torch.Generator().manual_seed(5), runner=EAGER)
-    u_f, stats_f = langevin(density, u_init, 5, s, torch.Generator().manual_seed(5), runner=runner)
-    (step,) = runner.steps.values()
-    assert step.fn is not density.fn  # the compiled function runs, not the eager one
-    assert torch.allclose(u_f, u_e, rtol=1e-5, atol=1e-5)
-    assert torch.allclose(stats_f.grad_norm, stats_e.grad_norm, rtol=1e-4)
-    weight = next(nets[1].parameters())
-    with torch.no_grad():
-        weight.mul_(3.0)  # an optimizer step or an EMA load: in place, after the compile
-    try:
-        u_e, _ = langevin(density, u_init, 3, s, torch.Generator().manual_seed(6), runner=EAGER)
-        u_f, _ = langevin(density, u_init, 3, s, torch.Generator().manual_seed(6), runner=runner)
-    finally:
-        with torch.no_grad():
-            weight.div_(3.0)
-    assert torch.allclose(u_f, u_e, rtol=1e-5, atol=1e-5)
-
-
 def test_compile_modes_on_a_cpu_only_device():
     cpu = torch.device("cpu")
     assert step_runner("off", cpu) is EAGER and step_runner("auto", cpu) is EAGER
