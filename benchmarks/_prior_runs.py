@@ -46,8 +46,8 @@ def time_train_prior(config: TrainPriorConfig, threads: int | None = None) -> di
     finally:
         torch.set_num_threads(old)
     return {"device": manifest.metrics["device"], "updates": config.steps, "train_wall_s": manifest.metrics["train_wall_s"],
-            "updates_per_s": manifest.metrics["steps_per_s"], "compile": config.compile, "scheme": config.scheme,
-            "steady_updates_per_s": steady_rate(config.out / "metrics.jsonl")}
+            "updates_per_s": manifest.metrics["steps_per_s"], "compile": config.compile, "tf32": config.tf32,
+            "scheme": config.scheme, "steady_updates_per_s": steady_rate(config.out / "metrics.jsonl")}
 
 
 def steady_rate(metrics: Path) -> float | None:

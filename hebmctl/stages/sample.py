@@ -34,7 +34,7 @@ from hebmctl.io.manifest import common_fields, describe_file, prepare_output, st
 from hebmctl.io.output import writes_artifact
 from hebmctl.io.plots import save_line_plot
 from hebmctl.io.state import save_tensors
-from hebmctl.runtime import peak_rss_mb, resolve_device
+from hebmctl.runtime import cuda_matmul_precision, peak_rss_mb, resolve_device
 from hebmctl.samplers import ChainStats, langevin
 from hebmctl.samplers.graphs import capture_enabled
 from hebmctl.schemas.common import InputRef
@@ -61,6 +61,11 @@ def sampling_options(config: SampleConfig) -> priors.SamplingOptions:
 def run(config: SampleConfig, control: RunControl = RunControl()) -> SamplesManifest | None:
     """Sample (or skip when up to date); None on ranks other than 0, which write nothing."""
     device = dist.init(resolve_device(config.device))
+    with cuda_matmul_precision(device, config.tf32):
+        return _run(config, control, device)
+
+
+def _run(config: SampleConfig, control: RunControl, device: torch.device) -> SamplesManifest | None:
     capture_enabled(config.compile, device)  # --compile on without CUDA: refused before any folder work
     backbone = load_backbone(config.backbone, device)
     _check_traverse(config, backbone.model.num_layers)

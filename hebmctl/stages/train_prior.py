@@ -60,7 +60,7 @@ from hebmctl.io.output import writes_artifact
 from hebmctl.io.state import save_tensors
 from hebmctl.models.ema import ema_update
 from hebmctl.noise import Noise, NoiseRows
-from hebmctl.runtime import peak_cuda_mb, peak_rss_mb, resolve_device
+from hebmctl.runtime import cuda_matmul_precision, peak_cuda_mb, peak_rss_mb, resolve_device
 from hebmctl.samplers.graphs import capture_enabled
 from hebmctl.schemas.common import InputRef
 from hebmctl.schemas.latents import LatentsManifest
@@ -79,6 +79,11 @@ def run(config: TrainPriorConfig, control: RunControl = RunControl()) -> PriorMa
     """Train (or resume, or skip when up to date); None when stopped early by `control.stop_after`, and on ranks
     other than 0 (which write nothing)."""
     device = dist.init(resolve_device(config.device))
+    with cuda_matmul_precision(device, config.tf32):
+        return _run(config, control, device)
+
+
+def _run(config: TrainPriorConfig, control: RunControl, device: torch.device) -> PriorManifest | None:
     capture_enabled(config.compile, device)  # --compile on without CUDA: refused before any folder work
     backbone = load_backbone(config.backbone, device)
     latents, latents_sha = read_manifest(config.latents, LatentsManifest)

@@ -35,7 +35,7 @@ from hebmctl.io.manifest import (
 from hebmctl.io.output import output_session
 from hebmctl.io.state import save_tensors
 from hebmctl.priors.sweep import DiffusionSweep, check_sweepable
-from hebmctl.runtime import peak_cuda_mb, peak_rss_mb, resolve_device
+from hebmctl.runtime import cuda_matmul_precision, peak_cuda_mb, peak_rss_mb, resolve_device
 from hebmctl.schemas.common import InputRef
 from hebmctl.schemas.latents import LatentsManifest
 from hebmctl.schemas.prior import PriorManifest, TrainPriorConfig
@@ -81,7 +81,8 @@ def _run(configs: Sequence[TrainPriorConfig], force: bool) -> list[PriorManifest
         members[i] = member
     if members:
         console().print(f"train-prior-sweep: {len(members)} priors at once ({len(done)} up to date)")
-        done |= dict(zip(members, _train(list(members.values()), device), strict=True))
+        with cuda_matmul_precision(device, configs[0].tf32):  # the CLI gives every run the same train-prior options
+            done |= dict(zip(members, _train(list(members.values()), device), strict=True))
     return [done[i] for i in range(len(configs))]
 
 
