@@ -58,9 +58,16 @@ def _time_mlp(time_embed_dim: int, activation: str) -> nn.Sequential:
     )
 
 
-def _level_embedding(time_mlp: nn.Module | None, time_embed_dim: int, z: Tensor, t: Tensor | None) -> Tensor | None:
-    """The embedded level ``[B, time_embed_dim]`` (None for an energy without levels); checks that t ``[B]``
-    is given exactly when the energy is time-conditioned."""
+def _level_table(n_levels: int, time_embed_dim: int) -> Tensor | None:
+    """``sinusoidal_embedding`` of every level ``[n_levels, time_embed_dim]``, computed once: a row lookup then replaces
+    the eight or so small kernels the formula costs at every Langevin step (rows are bitwise the formula's values;
+    a non-persistent buffer, so saved energies keep their keys)."""
+    return sinusoidal_embedding(torch.arange(n_levels), time_embed_dim) if n_levels > 0 else None
+
+
+def _level_embedding(time_mlp: nn.Module | None, table: Tensor | None, z: Tensor, t: Tensor | None) -> Tensor | None:
+    """The embedded level ``[B, time_embed_dim]`` (None for an energy without levels): the time MLP of the level's
+    row of ``table`` (``_level_table``); checks that t ``[B]`` is given exactly when the energy is time-conditioned."""
     if time_mlp is None:
         if t is not None:
             raise ValueError("this energy is not time-conditioned (n_levels = 0) but t was given")
@@ -69,7 +76,7 @@ def _level_embedding(time_mlp: nn.Module | None, time_embed_dim: int, z: Tensor,
         raise ValueError("this energy is time-conditioned (n_levels > 0): pass t [B]")
     if t.shape != (z.shape[0],):
         raise ValueError(f"t must have shape [B]=[{z.shape[0]}], got {tuple(t.shape)}")
-    return time_mlp(sinusoidal_embedding(t, time_embed_dim).to(z.dtype))
+    return time_mlp(table[t].to(z.dtype))
 
 
 class GroupEnergy(nn.Module):
@@ -131,6 +138,7 @@ class GroupEnergy(nn.Module):
         )
         self.acts = nn.ModuleList([make_activation(activation) for _ in range(depth)])
         self.out = lin(width, n_outputs)
+        self.register_buffer("level_table", _level_table(n_levels, time_embed_dim), persistent=False)
         if n_levels > 0:
             self.time_mlp: nn.Module | None = _time_mlp(time_embed_dim, activation)
             self.time_proj: nn.ModuleList | None = nn.ModuleList(
@@ -144,7 +152,7 @@ class GroupEnergy(nn.Module):
         """z ``[B, dim]``, t LongTensor ``[B]`` (required iff ``n_levels > 0``) -> ``[B]`` / ``[B, n_outputs]``."""
         if z.dim() != 2 or z.shape[1] != self.dim:
             raise ValueError(f"expected z of shape [B, {self.dim}], got {tuple(z.shape)}")
-        temb = _level_embedding(self.time_mlp, self.time_embed_dim, z, t)
+        temb = _level_embedding(self.time_mlp, self.level_table, z, t)
         h = z
         for i, (layer, act) in enumerate(zip(self.hidden, self.acts)):
             pre = layer(h)
@@ -192,6 +200,7 @@ class ConvGroupEnergy(nn.Module):
         self.out = wrap(nn.Linear(channels, n_outputs))
         self.time_mlp: nn.Module | None = None
         self.time_proj: nn.ModuleList | None = None
+        self.register_buffer("level_table", _level_table(n_levels, time_embed_dim), persistent=False)
         if n_levels > 0:
             self.time_mlp = _time_mlp(time_embed_dim, activation)
             self.time_proj = nn.ModuleList(nn.Linear(time_embed_dim, channels) for _ in range(depth))
@@ -200,7 +209,7 @@ class ConvGroupEnergy(nn.Module):
         """z ``[B, c*h*w]`` (flattened group), t ``[B]`` iff ``n_levels > 0`` -> ``[B]`` / ``[B, n_outputs]``."""
         if z.dim() != 2 or z.shape[1] != self.dim:
             raise ValueError(f"expected z of shape [B, {self.dim}] (a flattened {self.shape} group), got {tuple(z.shape)}")
-        temb = _level_embedding(self.time_mlp, self.time_embed_dim, z, t)
+        temb = _level_embedding(self.time_mlp, self.level_table, z, t)
         h = z.view(z.shape[0], *self.shape)
         for i, (conv, act) in enumerate(zip(self.convs, self.acts)):
             pre = conv(h)

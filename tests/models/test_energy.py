@@ -10,7 +10,7 @@ from hebmctl.models.ebm_losses import (
     joint_ebm_loss,
     label_cross_entropy,
 )
-from hebmctl.models.energy import GroupEnergy, JointEnergy, sinusoidal_embedding
+from hebmctl.models.energy import GroupEnergy, JointEnergy, _level_embedding, sinusoidal_embedding
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -166,3 +166,21 @@ def test_loss_gradient_direction():
         loss.backward()
         opt.step()
     assert energy_gap(model(pos), model(neg)) > before + 0.1
+
+
+@pytest.mark.parametrize("shape", [(6,), (2, 4, 4)])
+def test_the_level_table_gives_bitwise_the_formula_and_is_not_saved(shape):
+    """The per-level lookup that replaced the per-step sinusoidal formula: same numbers to the bit for every level in
+    a batch, same energy as the formula-based path, and no new key in a saved energy (old artifacts still load)."""
+    torch.manual_seed(0)
+    energy = JointEnergy(group_shapes=[shape], width=8, depth=1, n_levels=4, time_embed_dim=10, conv_channels=4)
+    group = energy.groups[0]
+    t = torch.randint(4, (37,), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(group.level_table[t], sinusoidal_embedding(t, 10))
+    assert not any("level_table" in key for key in energy.state_dict())
+    z = torch.randn(37, energy.total_dim)
+    by_formula = group.time_mlp(sinusoidal_embedding(t, 10))
+    assert torch.equal(_level_embedding(group.time_mlp, group.level_table, z, t), by_formula)
+    copy = JointEnergy(group_shapes=[shape], width=8, depth=1, n_levels=4, time_embed_dim=10, conv_channels=4)
+    copy.load_state_dict(energy.state_dict())  # strict: the table is rebuilt, not loaded
+    assert torch.equal(copy(z, t), energy(z, t))
