@@ -83,6 +83,7 @@ class DiffusionSweep:
         self.trained = {k: v for k, v in params.items() if k.startswith("energy.")}  # leaves [N, ...] with gradients
         self.frozen = {k: v for k, v in params.items() if not k.startswith("energy.")} | buffers
         self.template = copy.deepcopy(modules[0]).to("meta")
+        self.saved_keys = set(singles[0].energy.state_dict())  # without non-persistent buffers (the level tables)
         self.ema = {k: v.detach().clone() for k, v in self.trained.items()}
         self.optimizer = torch.optim.Adam(self.trained.values(), lr=self.config.lr, betas=(self.config.beta1, 0.999))
         self.generators = [torch.Generator(device=device).manual_seed(c.seed) for c in configs]
@@ -191,5 +192,6 @@ class DiffusionSweep:
     def energy_state(self, i: int, ema: bool = True) -> dict[str, Tensor]:
         """Prior i's energy state dict (EMA weights by default), named as a lone JointEnergy's."""
         source = self.ema if ema else self.trained
-        return {name.removeprefix("energy."): w[i].detach().clone() for name, w in source.items()} | {
+        state = {name.removeprefix("energy."): w[i].detach().clone() for name, w in source.items()} | {
             name.removeprefix("energy."): b[i].clone() for name, b in self.frozen.items() if name.startswith("energy.")}
+        return {name: value for name, value in state.items() if name in self.saved_keys}
