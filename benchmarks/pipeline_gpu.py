@@ -30,6 +30,21 @@ from hebmctl.errors import HebmctlError
 from hebmctl.metrics.fid import ENV_VAR, resolve_inception_weights
 from hebmctl.stages import pipeline
 
+SCRATCH_MARK = ".pipeline_gpu_scratch"
+"""A file in every run folder this benchmark made: only such a folder is ever deleted."""
+
+
+def fresh_run(run: Path) -> None:
+    """Start `run` empty, so that every stage runs and none is found up to date. A folder this benchmark made before
+    is replaced; any other existing folder is refused, never deleted (it may hold someone's artifacts)."""
+    if run.exists():
+        if not (run / SCRATCH_MARK).is_file():
+            raise SystemExit(f"pipeline_gpu.py times a fresh run, but {run} exists and was not made by this benchmark; "
+                             "point the config's `run` at a new folder, or remove it yourself.")
+        shutil.rmtree(run)
+    run.mkdir(parents=True)
+    (run / SCRATCH_MARK).write_text("made by benchmarks/pipeline_gpu.py; deleted by its next run\n")
+
 
 def fid_network(explicit: str | None, root: Path) -> tuple[str, bool]:
     """(path of the FID network to use, whether it is the stand-in)."""
@@ -68,7 +83,7 @@ def main() -> None:
     args = parser.parse_args()
     plan = pipeline.load_plan(args.config, None)
     run = Path(plan.pretrain.run)
-    shutil.rmtree(run, ignore_errors=True)  # the benchmark's own scratch folder: every stage runs, none is skipped
+    fresh_run(run)
     weights, stand_in = fid_network(args.inception_weights, run.parent / "stand-in")
     os.environ[ENV_VAR] = weights
     plan = pipeline.load_plan(args.config, None)  # again, now that the weights are set
