@@ -101,9 +101,8 @@ class TrainPriorConfig(StageConfig):
     device: str = Field("auto", description="Torch device: 'auto' (CUDA when present, else CPU), 'cpu', 'cuda', ...")
     compile: Literal["auto", "on", "off"] = Field("auto", description="Capture the Langevin step in a CUDA graph (replayed each "
         "step; the same numbers as the eager loop): 'auto' on CUDA only, 'on' (an error without CUDA), 'off' the eager loop.")
-    tf32: bool = Field(True, description="On CUDA, TF32 matmuls and convolutions (10-bit mantissa) for the energy and the Langevin "
-        "steps: 15 % more updates/s on an H200, weights within 2e-4 of fp32 after 30 updates where two seeds differ by 0.49 "
-        "(benchmarks/gpu_suite.py). No effect on the CPU; --no-tf32 for full fp32.")
+    tf32: bool = Field(True, description="On CUDA, TF32 matmuls and convolutions (10-bit mantissa) throughout this stage: faster, "
+        "and measured within the seed-to-seed spread (docs/scale.md). No effect on the CPU; --no-tf32 for full fp32.")
 
     _csv = field_validator("label_layers", "label_factors", mode="before")(lambda cls, v: split_csv(v))
 
