@@ -85,8 +85,7 @@ def main() -> None:
     run = Path(plan.pretrain.run)
     fresh_run(run)
     weights, stand_in = fid_network(args.inception_weights, run.parent / "stand-in")
-    os.environ[ENV_VAR] = weights
-    plan = pipeline.load_plan(args.config, None)  # again, now that the weights are set
+    os.environ[ENV_VAR] = weights  # read when eval fid runs (the plan's inception_weights stays unset)
     signal.signal(signal.SIGTERM, _stop)  # `timeout` on a borrowed machine: keep the stages that finished
     started_at = dt.datetime.now(dt.timezone.utc)
     start, completed = time.perf_counter(), False
