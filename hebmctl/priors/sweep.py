@@ -62,6 +62,9 @@ def check_sweepable(configs: Sequence[TrainPriorConfig]) -> None:
     if first.scheme != "diffusion" or first.spectral_norm:
         raise ConfigError("The batched sweep trains diffusion priors without spectral normalisation; train the others one at a time "
                           "with train-prior.")
+    if any(c.weight_decay is not None or c.lr_decay is not None for c in configs):
+        raise ConfigError("The batched sweep trains with a constant learning rate and no weight decay; train priors with "
+                          "--weight-decay or --lr-decay one at a time with train-prior.")
     for config in configs[1:]:
         differ = [name for name in SHARED_FIELDS if getattr(config, name) != getattr(first, name)]
         if differ:

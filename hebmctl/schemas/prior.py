@@ -33,9 +33,10 @@ class TrainPriorConfig(StageConfig):
                                                     "keep_checkpoints"})
     hashed_when_set: ClassVar[frozenset[str]] = frozenset({"conv_channels", "conv_depth", "shared_noise", "tweedie", "labels",
                                                            "label_layers", "label_levels", "label_dropout", "label_weight",
-                                                           "label_factors"})
+                                                           "label_factors", "weight_decay", "lr_decay"})
     """Unset = DEFAULT_CONV_CHANNELS / DEFAULT_CONV_DEPTH, left unset so that priors written before spatial groups keep their "
-        "fingerprints; shared_noise and tweedie (cooperative scheme) and the label options likewise stay unset unless given."""
+        "fingerprints; shared_noise and tweedie (cooperative scheme), the label options, weight_decay and lr_decay likewise stay "
+        "unset unless given."""
 
     backbone: Path = Field(None, description="Backbone folder (default: RUN/backbone).")
     latents: Path = Field(None, description="Latent cache folder (default: RUN/latents).")
@@ -85,6 +86,10 @@ class TrainPriorConfig(StageConfig):
     batch_size: int = Field(256, ge=1, description="Latents per update.")
     lr: float = Field(1e-4, gt=0, description="Adam learning rate of the EBM.")
     beta1: float = Field(0.5, ge=0, lt=1, description="Adam beta1.")
+    weight_decay: float | None = Field(None, ge=0, description="L2 weight decay of the EBM's Adam (added to the gradient, as "
+        "torch.optim.Adam's weight_decay; Diff-EBM's CIFAR-10 recipe: 3e-5; default 0).")
+    lr_decay: float | None = Field(None, gt=0, le=1, description="Multiply the EBM's learning rate by this factor after every epoch "
+        "(ceil(cached latents / --batch-size) updates): lr * lr_decay^epoch (Diff-EBM's CIFAR-10 recipe: 0.9; default 1, constant).")
     energy_l2: float = Field(None, ge=0, description="Weight of the regulariser mean(F_pos^2 + F_neg^2) (default: 0.1 joint, 0 diffusion).")
     grad_clip: float = Field(10.0, gt=0, description="Gradient-norm clip of the EBM update.")
     ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA decay of the EBM weights; the EMA weights are the prior's output.")

@@ -158,10 +158,12 @@ class _PriorTrainer:
         self.prior = priors.for_training(config, backbone.model, device, config.compile, coupling)
         self.energy = self.prior.energy
         self.ema = copy.deepcopy(self.energy).requires_grad_(False)
-        self.optimizer = torch.optim.Adam(self.energy.parameters(), lr=config.lr, betas=(config.beta1, 0.999))
+        decay = config.weight_decay or 0.0
+        self.optimizer = torch.optim.Adam(self.energy.parameters(), lr=config.lr, betas=(config.beta1, 0.999), weight_decay=decay)
         self.extras = self.prior.extra_modules()
         self.extra_emas = {name: copy.deepcopy(m).requires_grad_(False) for name, m in self.extras.items()}
-        self.extra_optimizers = {name: torch.optim.Adam(m.parameters(), lr=config.lr, betas=(config.beta1, 0.999)) for name, m in self.extras.items()}
+        self.extra_optimizers = {name: torch.optim.Adam(m.parameters(), lr=config.lr, betas=(config.beta1, 0.999), weight_decay=decay)
+                                 for name, m in self.extras.items()}
         self.generator = torch.Generator(device=device).manual_seed(config.seed)
         self.shard = _shard_of_batch(config.batch_size)
         self.step, self.wall_s, self.progress = 0, 0.0, _Progress()
@@ -230,12 +232,20 @@ class _PriorTrainer:
         total = means["loss"] + sum(means[name] for name in outcome.extra_losses) if outcome.extra_losses else means["loss"]
         return (total if finite and not runaway else None), record
 
+    def learning_rate(self) -> float:
+        """The rate of the next update: lr * lr_decay^epoch (an epoch is ceil(cached latents / batch) updates, Diff-EBM's
+        per-epoch decay), times the rollbacks' halvings. A function of the step alone, so a resumed run continues it."""
+        updates_per_epoch = math.ceil(len(self.data) / self.config.batch_size)
+        decay = (self.config.lr_decay or 1.0) ** (self.step // updates_per_epoch)
+        return self.config.lr * decay * self.progress.lr_scale
+
     def train_step(self) -> dict | None:
         """One update; None on divergence (non-finite values or a runaway energy gap; nothing is applied then)."""
         optimizers = [self.optimizer, *self.extra_optimizers.values()]
+        lr = self.learning_rate()
         for optimizer in optimizers:
             for group in optimizer.param_groups:
-                group["lr"] = self.config.lr * self.progress.lr_scale
+                group["lr"] = lr
         if self.coupling is not None:
             loss, record = self.negatives_and_loss(*self.data.batch_with_labels(self.step, self.config.batch_size))
         else:

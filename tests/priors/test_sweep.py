@@ -53,6 +53,10 @@ def test_a_sweep_refuses_priors_that_cannot_share_one_computation(tiny_backbone,
     mixed = [tiny_prior_config(tiny_backbone, tiny_latents, tmp_path / f"m{w}", scheme="diffusion", width=w) for w in (8, 16)]
     with pytest.raises(ConfigError, match="width"):
         train_prior_sweep.run(mixed)
+    decayed = [tiny_prior_config(tiny_backbone, tiny_latents, tmp_path / f"d{s}", scheme="diffusion", seed=s,
+                                 lr_decay=0.9 if s else None) for s in SEEDS]
+    with pytest.raises(ConfigError, match="--lr-decay"):
+        train_prior_sweep.run(decayed)
     assert not (tmp_path / "j0").exists()  # refused before any folder was made
 
 

@@ -142,3 +142,33 @@ def test_an_update_reads_its_loss_and_statistics_in_one_transfer(tiny_backbone, 
     assert loss is not None and reads.names == ["tolist"], reads.names
     assert {"loss", "energy_gap", "loss_gap", "langevin_grad_norm"} <= record.keys()
     assert all(isinstance(value, float) for value in record.values())
+
+
+def test_lr_decay_steps_once_per_epoch_and_resumes(tiny_backbone, tiny_latents, tmp_path):
+    """Diff-EBM's recipe: lr * gamma^epoch. 300 cached latents at batch 100 make an epoch of 3 updates, so updates 1-3 use
+    lr, 4-6 lr * gamma, 7 lr * gamma^2; a run stopped at 5 and resumed continues the same schedule, bit for bit."""
+    settings = dict(scheme="diffusion", steps=7, batch_size=100, lr=1e-3, lr_decay=0.5, weight_decay=3e-5)
+    straight = tiny_prior_config(tiny_backbone, tiny_latents, tmp_path / "straight", **settings)
+    train_prior.run(straight)
+    lines = [json.loads(x) for x in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in lines] == pytest.approx([1e-3] * 3 + [5e-4] * 3 + [2.5e-4])
+    resumed = tiny_prior_config(tiny_backbone, tiny_latents, tmp_path / "resumed", **settings)
+    assert train_prior.run(resumed, train_prior.RunControl(stop_after=5)) is None
+    train_prior.run(resumed)
+    a, _ = load_tensors(tmp_path / "straight" / "energy.safetensors")
+    b, _ = load_tensors(tmp_path / "resumed" / "energy.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_weight_decay_reaches_the_optimizer_and_the_fingerprint(tiny_backbone, tiny_latents, tiny_priors, tmp_path):
+    """Unset, the new options leave old priors' fingerprints alone; set, they change the identity and the weights."""
+    plain = tiny_prior_config(tiny_backbone, tiny_latents, tmp_path / "plain", scheme="diffusion")
+    decayed = tiny_prior_config(tiny_backbone, tiny_latents, tmp_path / "decayed", scheme="diffusion", weight_decay=10.0)
+    manifest, _ = read_manifest(tiny_priors["diffusion"], PriorManifest)
+    assert plain.hashed_fields() == manifest.config.hashed_fields()
+    assert "weight_decay" not in plain.hashed_fields() and decayed.hashed_fields()["weight_decay"] == 10.0
+    train_prior.run(decayed)
+    # A weight decay of 10 adds 10 * w to every gradient, so Adam's first steps shrink each weight toward 0.
+    before = sum(v.abs().sum() for v in load_tensors(tiny_priors["diffusion"] / "energy.safetensors")[0].values())
+    after = sum(v.abs().sum() for v in load_tensors(tmp_path / "decayed" / "energy.safetensors")[0].values())
+    assert after < before
