@@ -40,17 +40,20 @@ def collect(run: Path) -> dict:
     for folder in sorted((run / "priors").glob("*")):
         m = _manifest(folder)
         if m:
-            keys = ("scheme", "T", "langevin_steps", "step_size", "b2", "energy_l2", "spectral_norm", "steps", "width")
+            keys = ("scheme", "T", "langevin_steps", "step_size", "b2", "energy_l2", "spectral_norm", "steps", "width", "batch_size", "lr",
+                    "weight_decay", "lr_decay")
             out["priors"][folder.name] = {"config": {k: m["config"].get(k) for k in keys}, "metrics": m["metrics"]}
     out["eval"] = {}
     for folder in sorted((run / "eval").glob("*")):
         m = _manifest(folder)
         if m:
             out["eval"][folder.name] = m["metrics"]
-    fids = {name[len("fid-"):]: r["fid"] for name, r in out["eval"].items() if name.startswith("fid-")}
-    ns = {r["n"] for name, r in out["eval"].items() if name.startswith("fid-")}
-    if {"gaussian", "recon"} <= set(fids) and len(ns) == 1:
-        out["fid_summary"] = pipeline.fid_summary(fids, ns.pop())
+    gaussian = out["eval"].get("fid-gaussian")
+    if gaussian and "fid-recon" in out["eval"]:  # the FIDs at the Gaussian prior's N (a run may hold smaller-N studies too)
+        n = gaussian["n"]
+        fids = {name[len("fid-"):]: r["fid"] for name, r in out["eval"].items() if name.startswith("fid-") and r["n"] == n}
+        if "recon" in fids:
+            out["fid_summary"] = pipeline.fid_summary(fids, n)
     return out
 
 
