@@ -33,16 +33,12 @@ def _setting(text: str) -> tuple[int, int]:
     return int(channels), int(depth)
 
 
-def step_ms(gradient, u: torch.Tensor, repeats: int) -> list[float]:
-    """Milliseconds of one call of `gradient(u)` per repeat (each repeat: 3 calls, timed together)."""
-    gradient(u)  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(3):
-            gradient(u)
-        times.append(1000 * (time.perf_counter() - start) / 3)
-    return times
+def step_ms(gradient, u: torch.Tensor) -> float:
+    """Milliseconds of one call of `gradient(u)`: 3 calls, timed together."""
+    start = time.perf_counter()
+    for _ in range(3):
+        gradient(u)
+    return 1000 * (time.perf_counter() - start) / 3
 
 
 def main() -> None:
@@ -73,10 +69,12 @@ def main() -> None:
         energy = priors.for_training(config, model, device).energy.requires_grad_(False)
         gradients[f"{channels}x{depth}"] = grad_of(lambda v, e=energy: e(model.u_to_z(v), t))
         parameters[f"{channels}x{depth}"] = sum(p.numel() for p in energy.parameters())
+    for gradient in gradients.values():
+        gradient(u)  # warm-up, once per setting
     timings = {name: [] for name in gradients}
     for _ in range(args.repeats):  # interleaved: every setting sees the same load
         for name, gradient in gradients.items():
-            timings[name] += step_ms(gradient, u, 1)
+            timings[name].append(step_ms(gradient, u))
     median = {name: statistics.median(ms) for name, ms in timings.items()}
     emit(args.name, {
         "command": "python benchmarks/energy_cost.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()),
