@@ -23,7 +23,9 @@ test = the other 20 % plus every image of D, about 36 % positives; run folders `
 `--protocol test-split` is the older one (`--exclude-classes D` on MNIST's train split, scored on its
 test split, about 10 % positives; folders `heldoutD-seedS`). Every stage is resumable and skipped when
 complete, so re-running the command continues. Writes benchmarks/results/<name>.json with per-run AUPRC
-and AUROC, the positive fraction, mean, std and per-seed values per digit and row, and the paper anchors.
+and AUROC, the positive fraction, mean, std (population, ddof 0) and per-seed values per digit and row, each EBM
+row's AUPRC gain over the Gaussian prior of the same backbone and score, seed by seed ('auprc_gain_over_gaussian'),
+and the paper anchors.
 
 --batched-priors trains each scheme's priors of every (digit, seed) together in one process
 (`hebmctl.stages.train_prior_sweep`: stacked weights, one vmap per Langevin step; diffusion scheme only), after
@@ -178,6 +180,32 @@ def collect_run(args, digit: int, seed: int) -> dict[str, dict[str, float]]:
     return found
 
 
+def baseline_pairs(args) -> dict[str, str]:
+    """Row -> the Gaussian-prior row on the same backbone, scored from the same draws: what the EBM adds, seed by seed.
+    Two-stage EBM schemes pair with 'gaussian' (the diffusion prior's DiffEBM>0 has no Gaussian counterpart and is left
+    out), a jointly learned EBM with its own backbone's Gaussian prior alone."""
+    pairs = {scheme: "gaussian" for scheme in args.schemes if scheme != "diffusion"}
+    return pairs | {f"joint-learned-{family}": f"gaussian-of-joint-{family}" for family in args.joint_families}
+
+
+def paired_gains(args, runs: dict, digits: list[int], seeds: list[int]) -> dict[str, dict]:
+    """AUPRC of each EBM row minus its Gaussian baseline's, same backbone, same score, per (digit, seed): the per-seed
+    differences, their mean and (population) std, and on how many seeds the EBM row is strictly above."""
+    gains = {}
+    for row, baseline in baseline_pairs(args).items():
+        for terms in TERMS:
+            per_digit = {}
+            for digit in digits:
+                pair = [runs[f"{digit}/{s}"] for s in seeds]
+                diffs = [r[f"{row}/{terms}"]["auprc"] - r[f"{baseline}/{terms}"]["auprc"]
+                         for r in pair if f"{row}/{terms}" in r and f"{baseline}/{terms}" in r]
+                if diffs:
+                    per_digit[digit] = {"mean": float(np.mean(diffs)), "std": float(np.std(diffs)), "values": diffs,
+                                        "n_seeds": len(diffs), "n_above": int(sum(d > 0 for d in diffs))}
+            gains[f"{row}-minus-{baseline}/{terms}"] = per_digit
+    return gains
+
+
 def _backbone_device(run: Path) -> str:
     """Where the run's backbone was trained ('cuda' / 'cpu'), from its manifest (runs may come from another machine)."""
     return str(json.loads((run / "backbone" / "manifest.json").read_text())["metrics"].get("device"))
@@ -235,6 +263,7 @@ def main() -> None:
                 "mle_steps": args.mle_steps, "mle_step_size": args.mle_step_size, "batched_priors": args.batched_priors}
     missing = sorted(f"{run}:{row.name}" for run, value in runs.items() for row in rows_of(args) if f"{row.name}/{TERMS[0]}" not in value)
     emit(args.name, {"backbone_devices": devices, "settings": settings, "auprc": summary["auprc"], "auroc": summary["auroc"],
+                     "auprc_gain_over_gaussian": paired_gains(args, runs, digits, seeds),
                      "positive_fraction": positive_fraction, "runs": runs, "missing": missing, "anchors": ANCHORS})
 
 if __name__ == "__main__":
