@@ -182,9 +182,9 @@ def collect_run(args, digit: int, seed: int) -> dict[str, dict[str, float]]:
 
 def baseline_pairs(args) -> dict[str, str]:
     """Row -> the Gaussian-prior row on the same backbone, scored from the same draws: what the EBM adds, seed by seed.
-    Two-stage EBM schemes pair with 'gaussian' (the diffusion prior's DiffEBM>0 has no Gaussian counterpart and is left
-    out), a jointly learned EBM with its own backbone's Gaussian prior alone."""
-    pairs = {scheme: "gaussian" for scheme in args.schemes if scheme != "diffusion"}
+    The two-stage joint scheme pairs with 'gaussian' (the diffusion and cooperative priors score DiffEBM>0, which has no
+    Gaussian counterpart, and are left out), a jointly learned EBM with its own backbone's Gaussian prior alone."""
+    pairs = {scheme: "gaussian" for scheme in args.schemes if scheme == "joint"}
     return pairs | {f"joint-learned-{family}": f"gaussian-of-joint-{family}" for family in args.joint_families}
 
 
