@@ -180,6 +180,11 @@ def collect_run(args, digit: int, seed: int) -> dict[str, dict[str, float]]:
     return found
 
 
+def spread(values: list[float]) -> dict:
+    """Mean, population std (ddof 0), count and the values themselves, over seeds."""
+    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "n_seeds": len(values), "values": values}
+
+
 def baseline_pairs(args) -> dict[str, str]:
     """Row -> the Gaussian-prior row on the same backbone, scored from the same draws: what the EBM adds, seed by seed.
     The two-stage joint scheme pairs with 'gaussian' (the diffusion and cooperative priors score DiffEBM>0, which has no
@@ -200,8 +205,7 @@ def paired_gains(args, runs: dict, digits: list[int], seeds: list[int]) -> dict[
                 diffs = [r[f"{row}/{terms}"]["auprc"] - r[f"{baseline}/{terms}"]["auprc"]
                          for r in pair if f"{row}/{terms}" in r and f"{baseline}/{terms}" in r]
                 if diffs:
-                    per_digit[digit] = {"mean": float(np.mean(diffs)), "std": float(np.std(diffs)), "values": diffs,
-                                        "n_seeds": len(diffs), "n_above": int(sum(d > 0 for d in diffs))}
+                    per_digit[digit] = spread(diffs) | {"n_above": int(sum(d > 0 for d in diffs))}
             gains[f"{row}-minus-{baseline}/{terms}"] = per_digit
     return gains
 
@@ -252,8 +256,7 @@ def main() -> None:
     for key in keys:
         for metric, table in summary.items():
             values = {d: [runs[f"{d}/{s}"][key][metric] for s in seeds if key in runs[f"{d}/{s}"]] for d in digits}
-            table[key] = {d: {"mean": float(np.mean(v)), "std": float(np.std(v)), "n_seeds": len(v), "values": v}
-                          for d, v in values.items() if v}
+            table[key] = {d: spread(v) for d, v in values.items() if v}
     positive_fraction = {run: next(iter(value.values()))["positive_fraction"] for run, value in runs.items() if value}
     devices = sorted({_backbone_device(run_folder(args, *map(int, run.split("/")))) for run, value in runs.items() if value})
     settings = {"data": args.data, "protocol": args.protocol, "pretrain_steps": args.pretrain_steps,
